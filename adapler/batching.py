@@ -1,0 +1,106 @@
+"""Rows -> padded tensor batches: the one place that tokenizes, for training, evaluation and serving.
+
+Rows are a pandas DataFrame with columns ``id, text, text_pair, label`` (adapler.data). Saliency
+labels, when given, join by ``id`` (never by position) and are padded to the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class SaliencyMismatch(ValueError):
+    """Saliency labels that do not belong to these rows (missing ids or wrong token counts)."""
+
+
+def encode(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None, max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Tokenize and pad to the longest in the batch. (B, T) input_ids, attention_mask, token_type_ids."""
+    max_length = max_length or tokenizer.model_max_length
+    pairs = None
+    if text_pairs is not None and any(p is not None for p in text_pairs):
+        pairs = [p or "" for p in text_pairs]
+    enc = tokenizer(
+        list(texts), pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+    )
+    return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+class RowsDataset(Dataset):
+    def __init__(self, rows: pd.DataFrame):
+        self.rows = rows.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows.iloc[index].to_dict()
+
+
+class Collator:
+    """Turns a list of row dicts into a batch; picklable, so DataLoader workers can use it."""
+
+    def __init__(self, tokenizer, max_length: int, saliency: Mapping[str, np.ndarray] | None = None):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.saliency = saliency
+
+    def __call__(self, items: list[dict]) -> dict:
+        pairs = [item.get("text_pair") for item in items]
+        batch = encode(self.tokenizer, [item["text"] for item in items], pairs, self.max_length)
+        batch["labels"] = torch.tensor([int(item["label"]) for item in items])
+        batch["ids"] = [str(item["id"]) for item in items]
+        if self.saliency is not None:
+            batch["saliency"] = self._saliency(batch["ids"], batch["attention_mask"])
+        return batch
+
+    def _saliency(self, ids: list[str], attention_mask: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(attention_mask.shape, dtype=torch.float32)  # (B, T), padding 0
+        lengths = attention_mask.sum(-1).tolist()
+        for row, (example_id, length) in enumerate(zip(ids, lengths)):
+            values = self.saliency.get(example_id)
+            if values is None:
+                raise SaliencyMismatch(f"no saliency labels for example id {example_id!r}")
+            if len(values) != length:
+                raise SaliencyMismatch(
+                    f"saliency for id {example_id!r} has {len(values)} values but the example has "
+                    f"{length} tokens: labels were computed with another tokenizer or max_length"
+                )
+            out[row, :length] = torch.as_tensor(np.asarray(values, dtype=np.float32))
+        return out
+
+
+def make_loader(
+    rows: pd.DataFrame,
+    tokenizer,
+    batch_size: int,
+    max_length: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    saliency: Mapping[str, np.ndarray] | None = None,
+    sampler=None,
+) -> DataLoader:
+    """A DataLoader over rows. ``sampler`` (e.g. a DistributedSampler) overrides ``shuffle``."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        RowsDataset(rows),
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        generator=generator,
+        collate_fn=Collator(tokenizer, max_length, saliency),
+    )
+
+
+def check_saliency_covers(rows: pd.DataFrame, saliency: Mapping[str, np.ndarray]) -> None:
+    """Fail early (not mid-epoch) when labels are missing for some rows."""
+    missing = [i for i in rows["id"].astype(str) if i not in saliency]
+    if missing:
+        raise SaliencyMismatch(
+            f"saliency labels are missing for {len(missing)} of {len(rows)} examples "
+            f"(e.g. ids {missing[:3]}); recompute them for this data"
+        )

@@ -1,0 +1,82 @@
+"""Metrics over a data set: accuracy, macro-F1, FLOPs speedup, per-layer retention, throughput."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from adapler.flops import EncoderSize, flops_speedup, retention
+from adapler.modeling import AdapLeRForSequenceClassification
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    macro_f1: float
+    flops_speedup: float  # backbone FLOPs / AdapLeR FLOPs over the whole set (1.0 for removal="none")
+    retention: list[float]  # per layer, mean fraction of input tokens entering it
+    mean_input_length: float
+    num_examples: int
+    examples_per_s: float
+    predictions: np.ndarray  # (N,) predicted label ids, in loader order
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "flops_speedup": self.flops_speedup,
+            "mean_input_length": self.mean_input_length,
+            "examples_per_s": self.examples_per_s,
+        }
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> float:
+    scores = []
+    for label in range(num_labels):
+        tp = np.sum((predictions == label) & (labels == label))
+        fp = np.sum((predictions == label) & (labels != label))
+        fn = np.sum((predictions != label) & (labels == label))
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def unwrap(model) -> AdapLeRForSequenceClassification:
+    """The AdapLeR module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+@torch.no_grad()
+def evaluate(model, loader, removal: str = "packed", progress: bool = False, desc: str = "evaluate") -> EvalResult:
+    core = unwrap(model)
+    was_training = core.training
+    core.eval()
+    device = next(core.parameters()).device
+    labels, predictions, input_lengths, kept = [], [], [], []
+    start = time.perf_counter()
+    for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        out = core(**inputs, removal=removal)
+        predictions.append(out.logits.argmax(-1).cpu().numpy())
+        labels.append(batch["labels"].numpy())
+        input_lengths.append(batch["attention_mask"].sum(-1).numpy())
+        kept.append(out.kept_lengths.cpu().numpy())
+    elapsed = time.perf_counter() - start
+    core.train(was_training)
+    labels_np, predictions_np = np.concatenate(labels), np.concatenate(predictions)
+    n0, kept_np = np.concatenate(input_lengths), np.concatenate(kept)
+    size = EncoderSize.from_config(core.config, core.settings.cp_hidden)
+    speedup = 1.0 if removal == "none" else flops_speedup(n0, kept_np, size)
+    return EvalResult(
+        accuracy=float(np.mean(labels_np == predictions_np)),
+        macro_f1=macro_f1(labels_np, predictions_np, core.config.num_labels),
+        flops_speedup=speedup,
+        retention=retention(n0, kept_np).tolist(),
+        mean_input_length=float(n0.mean()),
+        num_examples=len(labels_np),
+        examples_per_s=len(labels_np) / elapsed if elapsed > 0 else float("inf"),
+        predictions=predictions_np,
+    )

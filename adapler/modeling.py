@@ -1,0 +1,374 @@
+"""AdapLeR: a BERT-family classifier that drops unimportant tokens layer by layer.
+
+Spec: shared/spec/adapler-method.md. One Contribution Predictor (CP) per encoder layer scores
+the tokens entering that layer; a token whose normalised score falls under eta_l / n (n = tokens
+present) leaves the network for good. [CLS] always stays: the classifier reads it.
+
+The forward takes ``removal``:
+  "none"    the plain backbone (the Hugging Face model's own forward): stage 1 and baselines.
+  "soft"    training (spec section 4): tokens fade through a soft mask that biases attention
+            keys; nothing is dropped, every token costs.
+  "masked"  hard removal by masking keys, as the authors' batched evaluation: same predictions
+            as "packed", no saving.
+  "packed"  real removal, the default in eval: the kept tokens of the whole batch live in one
+            (N, H) tensor; dense layers run over those N tokens only, and attention per example
+            over a re-padded (B, heads, T_kept, d) view of them.
+
+Shapes: B batch, T padded input length, H hidden, L layers, N kept tokens in the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from adapler.config import AdapLeRSettings
+
+REMOVAL_MODES = ("none", "soft", "masked", "packed")
+SOFT_FLOOR = -10000.0  # floor of the soft-removal function and of the attention bias (spec 4)
+FIRST_STEP_TEMPERATURE = 1000.0  # lambda of the very first training step (spec 4)
+ADAPLER_WEIGHTS = "adapler.safetensors"  # CPs + etas; model.safetensors stays a plain HF checkpoint
+
+# Backbones whose layers have the BERT layout (attention.self.{query,key,value}, attention.output,
+# intermediate, output) and whose classification head reads the first token.
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+
+
+class UnsupportedBackbone(ValueError):
+    """The checkpoint is not a BERT-family encoder this module knows how to prune."""
+
+
+@dataclass
+class AdapLeROutput:
+    logits: torch.Tensor  # (B, C)
+    kept_lengths: torch.Tensor  # (B, L) int: tokens entering each layer ([CLS] counted, padding not)
+    kept_mask: torch.Tensor  # (B, L, T) bool: token t of the input enters layer l
+    # Soft removal only (training), one entry per layer:
+    scores: list[torch.Tensor] | None = None  # i~_l (B, T), for the KL to saliency
+    masks_before: list[torch.Tensor] | None = None  # m_{l-1} (B, T), soft mask entering layer l
+    soft_lengths: torch.Tensor | None = None  # (B, L) n_l; grads reach the etas only
+
+
+class ContributionPredictor(nn.Module):
+    """Linear(H, c) -> GELU -> Linear(c, 1): one contribution logit per token."""
+
+    def __init__(self, hidden: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)  # (..., H) -> (...)
+
+
+def soft_removal(x: torch.Tensor, delta: torch.Tensor, temperature: float, beta: float) -> torch.Tensor:
+    """The spec's S(x): log of the factor that multiplies a token's soft mask.
+
+    Steep (slope lambda/delta) under the threshold delta, nearly flat above it; clipped to
+    [-10000, 0]. As lambda grows it approaches a hard cut.
+    """
+    lam = temperature
+    below = (lam / delta) * (x - delta) - beta / lam
+    above = -(beta / lam) * (1 - x) / (1 - delta).clamp_min(1e-6)
+    return torch.where(x < delta, below, above).clamp(SOFT_FLOOR, 0.0)
+
+
+def temperature_for_epoch(epoch: int, epochs: int) -> float:
+    """lambda of the soft removal for a 0-based epoch (after the first step, which uses 1000).
+
+    The authors' schedules: 10 * 10^e for 5 epochs, 10 * 3^e for 10, 50 * 50^e for 3. Each ends
+    near 1e5 (a practically hard cut); for other run lengths we keep that shape: start at 10 and
+    grow geometrically to 1e5 at the last epoch.
+    """
+    table = {5: (10.0, 10.0), 10: (10.0, 3.0), 3: (50.0, 50.0)}
+    if epochs in table:
+        start, growth = table[epochs]
+    else:
+        start = 10.0
+        growth = 10.0 ** (4.0 / max(epochs - 1, 1))
+    return start * growth**epoch
+
+
+def _soft_scores(z: torch.Tensor, mask: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """i~ = softmax(z) * m / sum(softmax(z) * m), the softmax over the non-padding tokens. (B, T)."""
+    weights = torch.softmax(z.masked_fill(~present, float("-inf")), dim=-1) * mask
+    return weights / weights.sum(dim=-1, keepdim=True)
+
+
+def _check_backbone(config) -> None:
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedBackbone(
+            f"model_type {config.model_type!r} is not supported; AdapLeR here prunes BERT-family "
+            f"encoders: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
+        raise UnsupportedBackbone("only absolute position embeddings are supported")
+    if getattr(config, "is_decoder", False):
+        raise UnsupportedBackbone("decoder configurations are not supported")
+
+
+class AdapLeRForSequenceClassification(nn.Module):
+    """A Hugging Face BERT-family classifier plus one CP and one eta per layer."""
+
+    def __init__(self, backbone: nn.Module, settings: AdapLeRSettings | None = None, tokenizer=None):
+        super().__init__()
+        _check_backbone(backbone.config)
+        self.backbone = backbone  # e.g. BertForSequenceClassification, unchanged
+        self.settings = settings or AdapLeRSettings()
+        self.tokenizer = tokenizer  # kept with the model so that save/load carries it
+        config = backbone.config
+        self.num_layers = config.num_hidden_layers
+        self.predictors = nn.ModuleList(
+            ContributionPredictor(config.hidden_size, self.settings.cp_hidden) for _ in range(self.num_layers)
+        )
+        self.etas = nn.Parameter(torch.full((self.num_layers,), float(self.settings.eta_init)))
+
+    # ------------------------------------------------------------------ construction / io
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_dir: str,
+        num_labels: int,
+        label_names: list[str] | None = None,
+        **settings,
+    ) -> "AdapLeRForSequenceClassification":
+        """Build from a plain HF checkpoint (hub id or local dir); head and CPs start random."""
+        config = AutoConfig.from_pretrained(name_or_dir)
+        _check_backbone(config)
+        kwargs = {"num_labels": num_labels, "attn_implementation": "sdpa"}
+        if label_names:
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
+        backbone = AutoModelForSequenceClassification.from_pretrained(name_or_dir, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
+        return cls(backbone, AdapLeRSettings(**settings), tokenizer)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """HF-style directory: config.json (with the AdapLeR settings), model.safetensors (the
+        backbone, loadable by plain transformers), adapler.safetensors (CPs, etas), tokenizer."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backbone.config.adapler = dataclasses.asdict(self.settings)
+        self.backbone.save_pretrained(directory, safe_serialization=True)
+        extra = {f"predictors.{k}": v.contiguous() for k, v in self.predictors.state_dict().items()}
+        extra["etas"] = self.etas.detach().contiguous()
+        save_file(extra, str(directory / ADAPLER_WEIGHTS))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, attn_implementation: str = "sdpa") -> "AdapLeRForSequenceClassification":
+        directory = Path(directory)
+        if not (directory / "config.json").is_file() or not (directory / ADAPLER_WEIGHTS).is_file():
+            raise FileNotFoundError(
+                f"{directory} is not an AdapLeR model directory (needs config.json and {ADAPLER_WEIGHTS})"
+            )
+        raw = json.loads((directory / "config.json").read_text())
+        settings = AdapLeRSettings(**raw.get("adapler", {}))
+        backbone = AutoModelForSequenceClassification.from_pretrained(directory, attn_implementation=attn_implementation)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = cls(backbone, settings, tokenizer)
+        extra = load_file(str(directory / ADAPLER_WEIGHTS))
+        model.etas.data.copy_(extra.pop("etas"))
+        model.predictors.load_state_dict({k.removeprefix("predictors."): v for k, v in extra.items()})
+        return model.eval()
+
+    # ------------------------------------------------------------------ pieces of the backbone
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def _encoder(self) -> nn.Module:
+        return getattr(self.backbone, self.backbone.base_model_prefix)
+
+    def _classify(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from the final [CLS] hidden states (B, H), through the backbone's own head."""
+        features = cls_hidden[:, None, :]  # (B, 1, H): heads read position 0
+        if self.config.model_type == "bert":
+            pooled = self._encoder.pooler(features)
+            return self.backbone.classifier(self.backbone.dropout(pooled))
+        return self.backbone.classifier(features)
+
+    def clip_etas(self) -> None:
+        with torch.no_grad():
+            self.etas.clamp_(self.settings.eta_min, self.settings.eta_max)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        removal: str | None = None,
+        temperature: float = FIRST_STEP_TEMPERATURE,
+    ) -> AdapLeROutput:
+        """input_ids, attention_mask, token_type_ids: (B, T). removal: see the module docstring;
+        default "soft" in train mode, "packed" in eval. temperature: lambda, soft removal only."""
+        removal = removal or ("soft" if self.training else "packed")
+        if removal not in REMOVAL_MODES:
+            raise ValueError(f"removal must be one of {REMOVAL_MODES}, got {removal!r}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        present = attention_mask.bool()  # (B, T)
+        if removal == "none":
+            logits = self.backbone(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).logits
+            kept_mask = present[:, None, :].expand(-1, self.num_layers, -1)
+            return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
+        hidden = self._encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
+        if removal == "soft":
+            return self._forward_soft(hidden, present, temperature)
+        if removal == "masked":
+            return self._forward_masked(hidden, present)
+        return self._forward_packed(hidden, present)
+
+    def _layer(
+        self,
+        index: int,
+        x: torch.Tensor,
+        batch: int,
+        seq: int,
+        scatter: torch.Tensor | None,
+        key_bias: torch.Tensor | None,
+        attention_dropout: float = 0.0,
+    ) -> torch.Tensor:
+        """One BERT layer over token rows x (N, H), from the backbone's own weights.
+
+        scatter (N,) gives each row's slot in a (B * seq) padded grid (None: x already is that
+        grid); key_bias (B, 1, 1, seq) is added to the attention scores (None: attend to all).
+        """
+        layer = self._encoder.encoder.layer[index]
+        attn = layer.attention.self
+        heads, head_dim = attn.num_attention_heads, attn.attention_head_size
+
+        def to_heads(rows: torch.Tensor) -> torch.Tensor:  # (N, H) -> (B, heads, seq, d)
+            if scatter is not None:
+                grid = rows.new_zeros(batch * seq, rows.shape[-1])
+                grid[scatter] = rows
+                rows = grid
+            return rows.view(batch, seq, heads, head_dim).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(
+            to_heads(attn.query(x)), to_heads(attn.key(x)), to_heads(attn.value(x)),
+            attn_mask=key_bias, dropout_p=attention_dropout,
+        )  # (B, heads, seq, d)
+        context = context.transpose(1, 2).reshape(batch * seq, heads * head_dim)  # (B*seq, H)
+        if scatter is not None:
+            context = context[scatter]  # back to (N, H)
+        attended = layer.attention.output(context, x)  # dense, dropout, LayerNorm(+ residual)
+        return layer.output(layer.intermediate(attended), attended)  # FFN, LayerNorm(+ residual)
+
+    def _forward_soft(self, hidden: torch.Tensor, present: torch.Tensor, temperature: float) -> AdapLeROutput:
+        """Soft removal (spec 4). Three copies of the (cheap, (B, T)) mask recursion route the
+        gradients as the spec asks, in one backward pass:
+          live:   drives the attention bias, so CE reaches backbone, CPs and etas;
+          kl:     etas detached, for the KL term (the etas get no gradient from it);
+          length: CP scores detached, for n_l (the model gets no gradient from the length term).
+        """
+        batch, seq, width = hidden.shape
+        is_cls = torch.zeros_like(present)
+        is_cls[:, 0] = True
+        frozen = ~present | is_cls  # S is 0 for [CLS] and padding
+        beta = self.settings.beta
+        key_bias = torch.where(present, 0.0, SOFT_FLOOR).to(hidden.dtype)  # (B, T)
+        mask_live = mask_kl = mask_len = present.to(hidden.dtype)  # m_0: 1 for tokens, 0 for padding
+        scores, masks_before, soft_lengths = [], [], []
+
+        def step(z: torch.Tensor, eta: torch.Tensor, mask: torch.Tensor):
+            x = _soft_scores(z, mask, present)  # (B, T)
+            delta = eta / mask.sum(-1, keepdim=True)  # (B, 1): eta_l / n, n = 1 + sum m (non-CLS)
+            s = soft_removal(x, delta, temperature, beta).masked_fill(frozen, 0.0)
+            return x, s
+
+        x = hidden.reshape(batch * seq, width)  # (B*T, H)
+        for index, predictor in enumerate(self.predictors):
+            z = predictor(x).view(batch, seq)  # (B, T) contribution logits of the tokens entering layer l
+            eta = self.etas[index]
+            _, s_live = step(z, eta, mask_live)
+            mask_live = mask_live * torch.exp(s_live)
+            key_bias = (key_bias + s_live).clamp_min(SOFT_FLOOR)
+
+            score_kl, s_kl = step(z, eta.detach(), mask_kl)
+            scores.append(score_kl)
+            masks_before.append(mask_kl)
+            mask_kl = mask_kl * torch.exp(s_kl)
+
+            _, s_len = step(z.detach(), eta, mask_len)
+            mask_len = mask_len * torch.exp(s_len)
+            soft_lengths.append(mask_len.sum(-1))  # n_l = 1 + sum of m over non-[CLS] tokens
+
+            x = self._layer(index, x, batch, seq, None, key_bias[:, None, None, :])
+        logits = self._classify(x.view(batch, seq, width)[:, 0])
+        kept_mask = present[:, None, :].expand(-1, self.num_layers, -1)  # soft: nothing leaves
+        return AdapLeROutput(
+            logits, kept_mask.sum(-1), kept_mask, scores, masks_before, torch.stack(soft_lengths, dim=1)
+        )
+
+    def _hard_keep(self, index: int, z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Hard cut of layer l on padded scores: keep i iff i~_i >= eta_l / n, plus [CLS]. (B, T) bool."""
+        scores = torch.softmax(z.masked_fill(~present, float("-inf")), dim=-1)  # (B, T)
+        threshold = self.etas[index] / present.sum(-1, keepdim=True)  # (B, 1)
+        keep = (scores >= threshold) & present
+        keep[:, 0] = True
+        return keep
+
+    def _forward_masked(self, hidden: torch.Tensor, present: torch.Tensor) -> AdapLeROutput:
+        """Hard removal by masking: removed tokens are still computed, only hidden from attention."""
+        batch, seq, width = hidden.shape
+        x = hidden.reshape(batch * seq, width)
+        kept = []
+        for index, predictor in enumerate(self.predictors):
+            present = self._hard_keep(index, predictor(x).view(batch, seq), present)
+            kept.append(present)
+            key_bias = torch.where(present, 0.0, float("-inf")).to(x.dtype)[:, None, None, :]
+            x = self._layer(index, x, batch, seq, None, key_bias)
+        logits = self._classify(x.view(batch, seq, width)[:, 0])
+        kept_mask = torch.stack(kept, dim=1)  # (B, L, T)
+        return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
+
+    def _forward_packed(self, hidden: torch.Tensor, present: torch.Tensor) -> AdapLeROutput:
+        """Real removal: only kept tokens are computed."""
+        batch, seq, width = hidden.shape
+        device = hidden.device
+        x = hidden[present]  # (N, H), example-major, positions ascending
+        example = torch.arange(batch, device=device)[:, None].expand(batch, seq)[present]  # (N,)
+        position = torch.arange(seq, device=device)[None, :].expand(batch, seq)[present]  # (N,) input position
+        grid = _PackedGrid(example, batch)
+        kept_mask = torch.zeros(batch, self.num_layers, seq, dtype=torch.bool, device=device)
+        for index, predictor in enumerate(self.predictors):
+            z = x.new_full((batch, grid.length), float("-inf"))  # (B, T_grid) scores on the padded grid
+            z[example, grid.slot] = predictor(x)
+            keep = self._hard_keep(index, z, grid.present)[example, grid.slot]  # (N,)
+            x, example, position = x[keep], example[keep], position[keep]
+            grid = _PackedGrid(example, batch)
+            kept_mask[example, index, position] = True
+            x = self._layer(index, x, batch, grid.length, grid.scatter, grid.key_bias(x.dtype))
+        logits = self._classify(x[grid.starts])  # [CLS] is the first kept row of each example
+        return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
+
+
+class _PackedGrid:
+    """Where packed rows sit in a (B, T_grid) padded grid, T_grid the longest kept length."""
+
+    def __init__(self, example: torch.Tensor, batch: int):
+        lengths = torch.bincount(example, minlength=batch)  # (B,)
+        self.length = int(lengths.max())
+        self.starts = lengths.cumsum(0) - lengths  # (B,) first row of each example
+        self.slot = torch.arange(example.shape[0], device=example.device) - self.starts[example]  # (N,)
+        self.present = torch.arange(self.length, device=example.device)[None, :] < lengths[:, None]  # (B, T_grid)
+        self.padded = not bool(self.present.all())  # no padding (e.g. batch size 1): no scatter, no mask
+        self.scatter = example * self.length + self.slot if self.padded else None  # (N,) flat grid index
+
+    def key_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        if not self.padded:
+            return None
+        return torch.where(self.present, 0.0, float("-inf")).to(dtype)[:, None, None, :]  # (B, 1, 1, T_grid)

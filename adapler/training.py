@@ -1,0 +1,217 @@
+"""The two training stages, written once: the plain loop here is what Ray Train runs per worker.
+
+Each loop takes a model, data loaders and a config, and hands every epoch's metrics and model to
+a callback (:class:`EpochReport`), which saves checkpoints or reports them to Ray. Both loops
+work on a DistributedDataParallel-wrapped model too (they only call forward and parameters()).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from adapler.config import Stage1Config, Stage2Config
+from adapler.evaluate import EvalResult, evaluate, unwrap
+from adapler.modeling import FIRST_STEP_TEMPERATURE, AdapLeROutput, temperature_for_epoch
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class EpochReport:
+    stage: str  # "stage1" | "stage2"
+    epoch: int  # 0-based
+    metrics: dict[str, float]  # dev metrics (and train loss) of this epoch
+    model: torch.nn.Module  # the model after this epoch (possibly DDP-wrapped)
+    selected: bool = False  # the best epoch so far by the stage's selection rule
+
+
+EpochCallback = Callable[[EpochReport], None]
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict of metrics per epoch
+    best_epoch: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warm-up over warmup_ratio of the steps, then linear decay to 0."""
+    warmup = max(1, math.ceil(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _decay_groups(named_params, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and LayerNorm weights (the usual BERT recipe)."""
+    decay, no_decay = [], []
+    for name, param in named_params:
+        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def _metrics(result: EvalResult, prefix: str = "dev_") -> dict[str, float]:
+    metrics = {f"{prefix}{k}": v for k, v in result.summary().items()}
+    metrics.update({f"{prefix}retention_layer{i + 1}": r for i, r in enumerate(result.retention)})
+    return metrics
+
+
+def train_stage1(
+    model: torch.nn.Module,
+    train_loader,
+    dev_loader,
+    config: Stage1Config,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Plain fine-tuning (spec section 1); the model ends at its best dev epoch."""
+    torch.manual_seed(config.seed)
+    core = unwrap(model)
+    device = next(core.parameters()).device
+    params = [(n, p) for n, p in model.named_parameters() if "predictors" not in n and not n.endswith("etas")]
+    optimizer = torch.optim.AdamW(_decay_groups(params, config.weight_decay), lr=config.lr)
+    scheduler = linear_schedule(optimizer, config.epochs * len(train_loader), config.warmup_ratio)
+    result, best_state = TrainResult(), None
+    for epoch in range(config.epochs):
+        _set_epoch(train_loader, epoch)
+        model.train()
+        total, steps = 0.0, 0
+        for batch in tqdm(train_loader, desc=f"stage 1 epoch {epoch + 1}/{config.epochs}", disable=not progress):
+            batch = _to_device(batch, device)
+            out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, removal="none")
+            loss = F.cross_entropy(out.logits, batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total, steps = total + loss.item(), steps + 1
+        metrics = {"train_loss": total / max(steps, 1), **_metrics(evaluate(model, dev_loader, removal="none"))}
+        result.history.append(metrics)
+        selected = not result.best_metrics or metrics["dev_accuracy"] > result.best_metrics["dev_accuracy"]
+        if selected:
+            result.best_epoch, result.best_metrics = epoch, metrics
+            best_state = copy.deepcopy(core.state_dict())
+        if on_epoch:
+            on_epoch(EpochReport("stage1", epoch, metrics, model, selected))
+    core.load_state_dict(best_state)
+    return result
+
+
+def stage2_loss(
+    out: AdapLeROutput, labels: torch.Tensor, saliency: torch.Tensor, gamma: float, phi: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """CE + gamma * sum_l w_l KL(t_l || i~_l) + phi * mean_batch sum_l n_l, as one scalar.
+
+    The forward's gradient routing makes one backward pass equal to the spec's two losses: the
+    KL reaches the model but not the etas, the length term reaches the etas but not the model,
+    and CE reaches both. w_l = L, L-1, ..., 1; t_l = saliency * m_{l-1} renormalised; each layer's
+    KL is multiplied by the (stop-grad) largest non-[CLS] mask, so it vanishes once all are gone.
+    """
+    ce = F.cross_entropy(out.logits, labels)
+    num_layers = len(out.scores)
+    kl_total = out.logits.new_zeros(())
+    for index, (scores, mask) in enumerate(zip(out.scores, out.masks_before)):
+        target = saliency * mask  # (B, T)
+        target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
+        kl = (target * (torch.log(target.clamp_min(1e-12)) - torch.log(scores.clamp_min(1e-12)))).sum(-1)  # (B,)
+        alive = mask[:, 1:].max(dim=-1).values.detach()  # (B,) largest non-[CLS] mask
+        kl_total = kl_total + (num_layers - index) * (kl * alive).mean()
+    length = out.soft_lengths.sum(-1).mean()  # mean over batch of sum_l n_l (absolute tokens)
+    loss = ce + gamma * kl_total + phi * length
+    return loss, {"ce": ce.item(), "kl": kl_total.item(), "soft_length": length.item()}
+
+
+def select_stage2_epoch(history: list[dict[str, float]], reference_dev_score: float, tolerance: float) -> int:
+    """Spec 4: the highest dev speedup among epochs whose dev accuracy >= reference - tolerance.
+
+    If no epoch qualifies, the most accurate one (the caller sees that in its metrics).
+    """
+    eligible = [i for i, m in enumerate(history) if m["dev_accuracy"] >= reference_dev_score - tolerance]
+    if not eligible:
+        return max(range(len(history)), key=lambda i: history[i]["dev_accuracy"])
+    return max(eligible, key=lambda i: (history[i]["dev_flops_speedup"], history[i]["dev_accuracy"]))
+
+
+def train_stage2(
+    model: torch.nn.Module,
+    train_loader,
+    dev_loader,
+    config: Stage2Config,
+    reference_dev_score: float,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """AdapLeR training with soft removal (spec section 4); train batches must carry saliency.
+
+    reference_dev_score: the best stage-1 dev accuracy, for the selection rule. The model ends
+    at the selected epoch.
+    """
+    torch.manual_seed(config.seed)
+    core = unwrap(model)
+    device = next(core.parameters()).device
+    named = [(n, p) for n, p in model.named_parameters() if not n.endswith("etas")]
+    etas = [p for n, p in model.named_parameters() if n.endswith("etas")]
+    model_optimizer = torch.optim.AdamW(_decay_groups(named, config.weight_decay), lr=config.lr, eps=1e-12)
+    eta_optimizer = torch.optim.Adam(etas, lr=config.eta_lr)
+    total_steps = config.epochs * len(train_loader)
+    schedulers = [linear_schedule(o, total_steps, config.warmup_ratio) for o in (model_optimizer, eta_optimizer)]
+    result, best_state, step = TrainResult(), None, 0
+    for epoch in range(config.epochs):
+        _set_epoch(train_loader, epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(train_loader, desc=f"stage 2 epoch {epoch + 1}/{config.epochs}", disable=not progress)
+        for batch in bar:
+            batch = _to_device(batch, device)
+            temperature = FIRST_STEP_TEMPERATURE if step == 0 else temperature_for_epoch(epoch, config.epochs)
+            out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, removal="soft", temperature=temperature)
+            loss, parts = stage2_loss(out, batch["labels"], batch["saliency"], config.gamma, config.phi)
+            model_optimizer.zero_grad(set_to_none=True)
+            eta_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in named], config.max_grad_norm)
+            model_optimizer.step()
+            eta_optimizer.step()
+            for scheduler in schedulers:
+                scheduler.step()
+            core.clip_etas()
+            step += 1
+            for key, value in {"loss": loss.item(), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + value
+        metrics = {f"train_{k}": v / max(len(train_loader), 1) for k, v in sums.items()}
+        metrics.update(_metrics(evaluate(model, dev_loader, removal="packed")))
+        metrics.update({f"eta_layer{i + 1}": float(e) for i, e in enumerate(core.etas.detach())})
+        result.history.append(metrics)
+        best = select_stage2_epoch(result.history, reference_dev_score, config.selection_tolerance)
+        selected = best == epoch
+        if selected:
+            result.best_epoch, result.best_metrics = epoch, metrics
+            best_state = copy.deepcopy(core.state_dict())
+        if on_epoch:
+            on_epoch(EpochReport("stage2", epoch, metrics, model, selected))
+    core.load_state_dict(best_state)
+    return result
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    """Reshuffle a DistributedSampler per epoch (no-op for a plain loader)."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
