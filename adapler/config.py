@@ -85,6 +85,9 @@ class Stage2Config:
 
     lr: float = 3e-5  # AdamW on backbone, CPs and classifier
     eta_lr: float = 5e-4  # Adam on the etas only
+    # The CPs start random; at the backbone's 3e-5 they need the paper's thousands of steps to
+    # learn. None = lr (the paper); short runs on small data do better with ~1e-3.
+    predictor_lr: float | None = None
     gamma: float = 0.005  # weight of the CP (KL to saliency) loss; search in [5e-4, 1e-2]
     phi: float = 0.0005  # weight of the length loss, in absolute tokens; search in [1e-4, 1e-2]
     batch_size: int = 32
@@ -137,6 +140,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: cannot read {value!r} as {typ}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
@@ -183,6 +190,11 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         else:
             kwargs[name] = _coerce(value, typ, key)
     return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any], cls: type = ExperimentConfig) -> Any:
+    """Rebuild a config from config_to_dict's output (e.g. shipped to a Ray worker)."""
+    return _from_dict(cls, data, "")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -85,7 +85,7 @@ def temperature_for_epoch(epoch: int, epochs: int) -> float:
 
     The authors' schedules: 10 * 10^e for 5 epochs, 10 * 3^e for 10, 50 * 50^e for 3. Each ends
     near 1e5 (a practically hard cut); for other run lengths we keep that shape: start at 10 and
-    grow geometrically to 1e5 at the last epoch.
+    grow geometrically to 1e5 at the last epoch (a 1-epoch run stays at 10 after its first step).
     """
     table = {5: (10.0, 10.0), 10: (10.0, 3.0), 3: (50.0, 50.0)}
     if epochs in table:
@@ -142,7 +142,8 @@ class AdapLeRForSequenceClassification(nn.Module):
         """Build from a plain HF checkpoint (hub id or local dir); head and CPs start random."""
         config = AutoConfig.from_pretrained(name_or_dir)
         _check_backbone(config)
-        kwargs = {"num_labels": num_labels, "attn_implementation": "sdpa"}
+        # ignore_mismatched_sizes: a checkpoint with another head size gets a fresh head.
+        kwargs = {"num_labels": num_labels, "attn_implementation": "sdpa", "ignore_mismatched_sizes": True}
         if label_names:
             kwargs["id2label"] = dict(enumerate(label_names))
             kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}

@@ -60,7 +60,7 @@ def saliency_for_rows(
         pairs = chunk["text_pair"].tolist() if "text_pair" in chunk else None
         batch = encode(model.tokenizer, chunk["text"].tolist(), pairs, max_length)
         batch = {k: v.to(device) for k, v in batch.items()}
-        values = saliency_of_batch(model, batch, torch.as_tensor(chunk["label"].to_numpy(dtype=np.int64)))
+        values = saliency_of_batch(model, batch, torch.tensor(chunk["label"].to_numpy(dtype=np.int64)))
         lengths = batch["attention_mask"].sum(-1).tolist()
         for example_id, row, length in zip(chunk["id"].astype(str), values.cpu().numpy(), lengths):
             out[example_id] = row[:length].astype(np.float32)

@@ -79,16 +79,21 @@ def train_stage1(
     config: Stage1Config,
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
+    start_epoch: int = 0,
 ) -> TrainResult:
-    """Plain fine-tuning (spec section 1); the model ends at its best dev epoch."""
+    """Plain fine-tuning (spec section 1); the model ends at its best dev epoch.
+
+    start_epoch > 0 resumes a run whose weights the caller restored from that epoch's
+    checkpoint: the learning-rate schedule is fast-forwarded, optimizer moments start afresh."""
     torch.manual_seed(config.seed)
     core = unwrap(model)
     device = next(core.parameters()).device
     params = [(n, p) for n, p in model.named_parameters() if "predictors" not in n and not n.endswith("etas")]
     optimizer = torch.optim.AdamW(_decay_groups(params, config.weight_decay), lr=config.lr)
     scheduler = linear_schedule(optimizer, config.epochs * len(train_loader), config.warmup_ratio)
+    _fast_forward([scheduler], start_epoch * len(train_loader))
     result, best_state = TrainResult(), None
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
         _set_epoch(train_loader, epoch)
         model.train()
         total, steps = 0.0, 0
@@ -109,19 +114,23 @@ def train_stage1(
             best_state = copy.deepcopy(core.state_dict())
         if on_epoch:
             on_epoch(EpochReport("stage1", epoch, metrics, model, selected))
-    core.load_state_dict(best_state)
+    if best_state is not None:
+        core.load_state_dict(best_state)
+    core.eval()
     return result
 
 
 def stage2_loss(
     out: AdapLeROutput, labels: torch.Tensor, saliency: torch.Tensor, gamma: float, phi: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """CE + gamma * sum_l w_l KL(t_l || i~_l) + phi * mean_batch sum_l n_l, as one scalar.
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(CE + gamma * KL + phi * length, gamma * KL, parts for logging).
 
-    The forward's gradient routing makes one backward pass equal to the spec's two losses: the
-    KL reaches the model but not the etas, the length term reaches the etas but not the model,
-    and CE reaches both. w_l = L, L-1, ..., 1; t_l = saliency * m_{l-1} renormalised; each layer's
-    KL is multiplied by the (stop-grad) largest non-[CLS] mask, so it vanishes once all are gone.
+    KL = sum_l w_l KL(t_l || i~_l), w_l = L, L-1, ..., 1; t_l = saliency * m_{l-1} renormalised;
+    each layer's KL is multiplied by the (stop-grad) largest non-[CLS] mask, so it vanishes once
+    all are gone. length = mean over the batch of sum_l n_l.
+    The forward routes the length term to the etas only and CE to everything. The KL still
+    reaches the etas through the hidden states (eta_l biases layer l, whose output feeds the
+    later CPs): train_stage2 removes that share with the returned KL term.
     """
     ce = F.cross_entropy(out.logits, labels)
     num_layers = len(out.scores)
@@ -133,8 +142,9 @@ def stage2_loss(
         alive = mask[:, 1:].max(dim=-1).values.detach()  # (B,) largest non-[CLS] mask
         kl_total = kl_total + (num_layers - index) * (kl * alive).mean()
     length = out.soft_lengths.sum(-1).mean()  # mean over batch of sum_l n_l (absolute tokens)
-    loss = ce + gamma * kl_total + phi * length
-    return loss, {"ce": ce.item(), "kl": kl_total.item(), "soft_length": length.item()}
+    kl_term = gamma * kl_total
+    loss = ce + kl_term + phi * length
+    return loss, kl_term, {"ce": ce.item(), "kl": kl_total.item(), "soft_length": length.item()}
 
 
 def select_stage2_epoch(history: list[dict[str, float]], reference_dev_score: float, tolerance: float) -> int:
@@ -156,23 +166,31 @@ def train_stage2(
     reference_dev_score: float,
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
+    start_epoch: int = 0,
 ) -> TrainResult:
     """AdapLeR training with soft removal (spec section 4); train batches must carry saliency.
 
     reference_dev_score: the best stage-1 dev accuracy, for the selection rule. The model ends
-    at the selected epoch.
+    at the selected epoch. start_epoch: as in train_stage1 (selection then covers the epochs
+    run in this call).
     """
     torch.manual_seed(config.seed)
     core = unwrap(model)
     device = next(core.parameters()).device
     named = [(n, p) for n, p in model.named_parameters() if not n.endswith("etas")]
     etas = [p for n, p in model.named_parameters() if n.endswith("etas")]
-    model_optimizer = torch.optim.AdamW(_decay_groups(named, config.weight_decay), lr=config.lr, eps=1e-12)
+    backbone = [(n, p) for n, p in named if "predictors." not in n]
+    predictors = [(n, p) for n, p in named if "predictors." in n]
+    groups = _decay_groups(backbone, config.weight_decay)
+    groups += [{**g, "lr": config.predictor_lr or config.lr} for g in _decay_groups(predictors, config.weight_decay)]
+    model_optimizer = torch.optim.AdamW(groups, lr=config.lr, eps=1e-12)
     eta_optimizer = torch.optim.Adam(etas, lr=config.eta_lr)
     total_steps = config.epochs * len(train_loader)
     schedulers = [linear_schedule(o, total_steps, config.warmup_ratio) for o in (model_optimizer, eta_optimizer)]
-    result, best_state, step = TrainResult(), None, 0
-    for epoch in range(config.epochs):
+    step = start_epoch * len(train_loader)
+    _fast_forward(schedulers, step)
+    result, best_state = TrainResult(), None
+    for epoch in range(start_epoch, config.epochs):
         _set_epoch(train_loader, epoch)
         model.train()
         sums: dict[str, float] = {}
@@ -181,10 +199,15 @@ def train_stage2(
             batch = _to_device(batch, device)
             temperature = FIRST_STEP_TEMPERATURE if step == 0 else temperature_for_epoch(epoch, config.epochs)
             out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, removal="soft", temperature=temperature)
-            loss, parts = stage2_loss(out, batch["labels"], batch["saliency"], config.gamma, config.phi)
+            loss, kl_term, parts = stage2_loss(out, batch["labels"], batch["saliency"], config.gamma, config.phi)
             model_optimizer.zero_grad(set_to_none=True)
             eta_optimizer.zero_grad(set_to_none=True)
+            # Spec 4: the etas learn from CE + phi * length only. Take out the KL's share, which
+            # reaches them through the hidden states (no detach inside one forward can cut it).
+            (kl_on_etas,) = torch.autograd.grad(kl_term, core.etas, retain_graph=True, allow_unused=True)
             loss.backward()
+            if kl_on_etas is not None:
+                core.etas.grad -= _all_reduce_mean(kl_on_etas)
             torch.nn.utils.clip_grad_norm_([p for _, p in named], config.max_grad_norm)
             model_optimizer.step()
             eta_optimizer.step()
@@ -199,13 +222,15 @@ def train_stage2(
         metrics.update({f"eta_layer{i + 1}": float(e) for i, e in enumerate(core.etas.detach())})
         result.history.append(metrics)
         best = select_stage2_epoch(result.history, reference_dev_score, config.selection_tolerance)
-        selected = best == epoch
+        selected = best == len(result.history) - 1
         if selected:
             result.best_epoch, result.best_metrics = epoch, metrics
             best_state = copy.deepcopy(core.state_dict())
         if on_epoch:
             on_epoch(EpochReport("stage2", epoch, metrics, model, selected))
-    core.load_state_dict(best_state)
+    if best_state is not None:
+        core.load_state_dict(best_state)
+    core.eval()
     return result
 
 
@@ -215,3 +240,18 @@ def _set_epoch(loader, epoch: int) -> None:
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
 
+
+
+def _fast_forward(schedulers, steps: int) -> None:
+    """Move learning-rate schedules to where a resumed run left them."""
+    for scheduler in schedulers:
+        for _ in range(steps):
+            scheduler.step()
+
+
+def _all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Average over DDP workers (autograd.grad bypasses DDP's own all-reduce); no-op alone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+        tensor /= torch.distributed.get_world_size()
+    return tensor

@@ -1,0 +1,120 @@
+"""The whole method on one machine, without Ray: data -> stage 1 -> saliency -> stage 2 -> model.
+
+This is the reference run (and what `adapler train` and the inference benchmark use); the Ray
+pipeline runs the same steps, each one on Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adapler.batching import make_loader
+from adapler.config import ExperimentConfig, save_config
+from adapler.data import DatasetSplits, load_splits
+from adapler.evaluate import evaluate
+from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.saliency import saliency_from_checkpoints
+from adapler.training import EpochReport, train_stage1, train_stage2
+
+
+@dataclass
+class RecipeResult:
+    model_dir: Path
+    stage1_dev_accuracy: float
+    backbone_test_accuracy: float
+    adapler_test_accuracy: float
+    flops_speedup: float  # on test
+    retention: list[float]
+    wall_seconds: float
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def load_data(config: ExperimentConfig) -> DatasetSplits:
+    d = config.data
+    return load_splits(
+        d.source, text_column=d.text_column, text_pair_column=d.text_pair_column,
+        label_column=d.label_column, id_column=d.id_column, hub_config=d.hub_config,
+        train_file=d.train_file, dev_file=d.dev_file, test_file=d.test_file, seed=d.seed, limit=d.limit,
+    )
+
+
+def new_model(config: ExperimentConfig, data: DatasetSplits) -> AdapLeRForSequenceClassification:
+    import dataclasses
+
+    model = AdapLeRForSequenceClassification.from_backbone(
+        config.model.backbone_path(), num_labels=len(data.label_names), label_names=data.label_names,
+        **dataclasses.asdict(config.model.adapler),
+    )
+    model.tokenizer.model_max_length = config.data.max_length  # saved with the model: inference truncates alike
+    return model.to(config.device)
+
+
+def checkpoint_saver(directory: Path):
+    """Epoch callback: save each epoch as <directory>/<stage>-epoch<k>/ with its metrics."""
+
+    def save(report: EpochReport) -> None:
+        target = directory / f"{report.stage}-epoch{report.epoch}"
+        getattr(report.model, "module", report.model).save_pretrained(target)
+        (target / "metrics.json").write_text(json.dumps(report.metrics, indent=2))
+
+    return save
+
+
+def top_checkpoints(directory: Path, stage: str, k: int) -> list[str]:
+    """The k best epochs of a stage by dev accuracy (ties: earlier epoch first)."""
+    scored = []
+    for path in sorted(directory.glob(f"{stage}-epoch*")):
+        metrics = json.loads((path / "metrics.json").read_text())
+        scored.append((-metrics["dev_accuracy"], int(path.name.rsplit("epoch", 1)[1]), str(path)))
+    return [path for *_, path in sorted(scored)[:k]]
+
+
+def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
+    start = time.perf_counter()
+    out = Path(config.output_dir) / config.name
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.json")
+    torch.manual_seed(config.stage1.seed)
+    data = load_data(config)
+    max_length = config.data.max_length
+
+    model = new_model(config, data)
+    tok = model.tokenizer
+    dev = make_loader(data.dev, tok, config.stage1.batch_size, max_length)
+    test = make_loader(data.test, tok, config.stage1.batch_size, max_length)
+    train = make_loader(data.train, tok, config.stage1.batch_size, max_length, shuffle=True, seed=config.stage1.seed)
+    stage1 = train_stage1(model, train, dev, config.stage1, checkpoint_saver(out / "checkpoints"), progress)
+    backbone_test = evaluate(model, test, removal="none", progress=progress, desc="test (backbone)")
+
+    best = top_checkpoints(out / "checkpoints", "stage1", config.saliency_checkpoints)
+    saliency = saliency_from_checkpoints(best, data.train, max_length, device=config.device, progress=progress)
+
+    if config.stage2.init == "pretrained":
+        model = new_model(config, data)
+    train = make_loader(
+        data.train, tok, config.stage2.batch_size, max_length, shuffle=True, seed=config.stage2.seed, saliency=saliency
+    )
+    train_stage2(
+        model, train, dev, config.stage2, stage1.best_metrics["dev_accuracy"],
+        checkpoint_saver(out / "checkpoints"), progress,
+    )
+    adapler_test = evaluate(model, test, removal="packed", progress=progress, desc="test (AdapLeR)")
+    model.save_pretrained(out / "model")
+    result = RecipeResult(
+        model_dir=out / "model",
+        stage1_dev_accuracy=stage1.best_metrics["dev_accuracy"],
+        backbone_test_accuracy=backbone_test.accuracy,
+        adapler_test_accuracy=adapler_test.accuracy,
+        flops_speedup=adapler_test.flops_speedup,
+        retention=adapler_test.retention,
+        wall_seconds=time.perf_counter() - start,
+    )
+    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result

@@ -1,0 +1,1 @@
+"""Ray Serve application for AdapLeR models (installed as ``adapler_deploy``)."""

@@ -1,0 +1,51 @@
+"""Pipeline configuration: the method's ExperimentConfig plus Ray, Tune and MLflow sections.
+
+Loaded like every config through ``adapler.config.load_config(preset, overrides, cls=PipelineConfig)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from adapler.config import ExperimentConfig
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start a local Ray; "auto": join the cluster (ray job submit)
+    num_workers: int = 1  # Ray Train workers (DDP); 1 on a laptop
+    cpus_per_worker: int = 2  # torch threads per worker; 2 = this project's CI machines
+    use_gpu: bool = False  # one GPU per worker when true
+    storage_path: str = "runs/ray"  # checkpoints and results: a local path or s3:// gs:// URI
+    max_failures: int = 2  # a worker that dies is restarted from the last checkpoint this often
+    saliency_actors: int = 1  # Ray Data actor pool size for the saliency labels
+    fail_once_at_step: int = -1  # chaos drill: a worker raises once at this global step (-1: never)
+
+
+@dataclass
+class TuneConfig:
+    num_samples: int = 8  # trials; 0 = no search, one stage-2 run with the stage2 section as is
+    max_concurrent: int = 1  # trials at once (each takes ray.cpus_per_worker CPUs)
+    gamma_min: float = 5e-4  # search ranges from the spec, section 8 (log scale)
+    gamma_max: float = 1e-2
+    phi_min: float = 1e-4
+    phi_max: float = 1e-2
+    lrs: list[float] = field(default_factory=lambda: [2e-5, 3e-5, 5e-5])
+    inits: list[str] = field(default_factory=lambda: ["pretrained", "finetuned"])
+    grace_period: int = 1  # epochs before the early-stopping scheduler may stop a trial
+    seed: int = 0
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir
+    experiment: str = "adapler"
+    registered_model: str = ""  # "" = "adapler-<data set>"
+    alias: str = "champion"
+
+
+@dataclass
+class PipelineConfig(ExperimentConfig):
+    ray: RayConfig = field(default_factory=RayConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)

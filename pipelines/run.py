@@ -1,0 +1,184 @@
+"""The driver: stage 1 (Ray Train) -> saliency (Ray Data) -> stage 2 search (Ray Tune) ->
+registration (MLflow), then a summary of the backbone against the chosen model on test.
+
+Runs the same on a laptop (a local Ray is started) and as a `ray job submit` entrypoint on a
+cluster (ray.init() joins the job's cluster). Every stage is an MLflow run nested under one
+parent run; the stage-1 outcome is written to <output_dir>/<name>/stage1.json so that
+`adapler tune` can search again without retraining stage 1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+
+from adapler.batching import make_loader
+from adapler.config import save_config
+from adapler.evaluate import evaluate
+from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.recipe import load_data
+from adapler_pipelines.config import PipelineConfig
+from adapler_pipelines.registry import log_stage_run, register_model, setup_mlflow
+from adapler_pipelines.saliency import compute_saliency
+from adapler_pipelines.train import MODEL_SUBDIR, fit_stage
+from adapler_pipelines.tune import SearchOutcome, TrialPoint, choose, pareto_front, search, write_pareto
+
+STAGE1_MANIFEST = "stage1.json"
+
+
+@dataclass
+class Stage1Outcome:
+    checkpoints: list[dict]  # {"path", "epoch", "dev_accuracy"}, best first
+    saliency_path: str
+
+    @property
+    def reference(self) -> float:
+        return self.checkpoints[0]["dev_accuracy"]
+
+    @property
+    def best_model_dir(self) -> str:
+        return str(Path(self.checkpoints[0]["path"]) / MODEL_SUBDIR)
+
+
+@dataclass
+class PipelineSummary:
+    dataset: str
+    backbone: str
+    stage1_dev_accuracy: float
+    backbone_test_accuracy: float
+    adapler_test_accuracy: float
+    flops_speedup: float
+    backbone_examples_per_s: float
+    adapler_examples_per_s: float
+    registered_model: str
+    version: str
+    chosen: dict
+    wall_seconds: float
+
+    def table(self) -> str:
+        rows = [
+            ("", "backbone (stage 1)", "AdapLeR (chosen)"),
+            ("test accuracy", f"{self.backbone_test_accuracy:.4f}", f"{self.adapler_test_accuracy:.4f}"),
+            ("FLOPs speedup", "1.00x", f"{self.flops_speedup:.2f}x"),
+            ("throughput (examples/s)", f"{self.backbone_examples_per_s:.1f}", f"{self.adapler_examples_per_s:.1f}"),
+        ]
+        return "\n".join(f"{a:<26}{b:>20}{c:>20}" for a, b, c in rows)
+
+
+def init_ray(config: PipelineConfig) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=config.ray.address, include_dashboard=False, log_to_driver=True)
+
+
+def run_stage1(config: PipelineConfig, out: Path, parent_run_id: str) -> Stage1Outcome:
+    print(f"[1/4] stage 1: fine-tune {config.model.backbone or 'the packaged MiniLM-L6'} on Ray Train "
+          f"({config.ray.num_workers} worker(s), {config.stage1.epochs} epoch(s))", flush=True)
+    epochs = fit_stage(config, "stage1", f"{config.name}-stage1")
+    log_stage_run(config, "stage1", [c.metrics for c in epochs], parent_run_id=parent_run_id)
+    best = sorted(epochs, key=lambda c: (-c.metrics["dev_accuracy"], c.epoch))[: config.saliency_checkpoints]
+    print(f"[2/4] saliency labels on Ray Data from the {len(best)} best stage-1 epoch(s)", flush=True)
+    data = load_data(config)
+    saliency_path = compute_saliency(
+        data.train, [str(Path(c.path) / MODEL_SUBDIR) for c in best], config.data.max_length,
+        out / "saliency", num_actors=config.ray.saliency_actors, cpus_per_actor=config.ray.cpus_per_worker,
+    )
+    outcome = Stage1Outcome(
+        [{"path": c.path, "epoch": c.epoch, "dev_accuracy": c.metrics["dev_accuracy"]} for c in best],
+        str(saliency_path),
+    )
+    (out / STAGE1_MANIFEST).write_text(json.dumps(asdict(outcome), indent=2))
+    return outcome
+
+
+def load_stage1(out: Path) -> Stage1Outcome:
+    manifest = out / STAGE1_MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no stage-1 results at {manifest}: run `adapler run` first (same --config)")
+    return Stage1Outcome(**json.loads(manifest.read_text()))
+
+
+def run_stage2(config: PipelineConfig, stage1: Stage1Outcome, out: Path, parent_run_id: str) -> SearchOutcome:
+    if config.tune.num_samples > 0:
+        print(f"[3/4] stage 2: Ray Tune search, {config.tune.num_samples} trial(s) x {config.stage2.epochs} "
+              f"epoch(s) over gamma, phi, lr, init", flush=True)
+        outcome = search(config, stage1.best_model_dir, stage1.saliency_path, stage1.reference, f"{config.name}-tune")
+    else:
+        print(f"[3/4] stage 2 on Ray Train ({config.stage2.epochs} epoch(s), no search)", flush=True)
+        init_dir = stage1.best_model_dir if config.stage2.init == "finetuned" else None
+        epochs = fit_stage(config, "stage2", f"{config.name}-stage2", init_dir=init_dir,
+                           saliency_path=stage1.saliency_path, reference_dev_score=stage1.reference)
+        s = config.stage2
+        points = [TrialPoint("stage2", c.epoch, c.metrics["dev_accuracy"], c.metrics["dev_flops_speedup"],
+                             s.gamma, s.phi, s.lr, s.init, c.path) for c in epochs]
+        chosen, eligible = choose(points, stage1.reference, s.selection_tolerance)
+        outcome = SearchOutcome(points, pareto_front(points), chosen, eligible)
+    artifacts = write_pareto(outcome, out / "report", stage1.reference)
+    trials: dict[str, list[TrialPoint]] = {}  # one MLflow run per trial, its epochs as steps
+    for point in outcome.points:
+        trials.setdefault(point.trial, []).append(point)
+    for trial, points in trials.items():
+        history = [{"dev_accuracy": p.dev_accuracy, "dev_flops_speedup": p.dev_flops_speedup}
+                   for p in sorted(points, key=lambda p: p.epoch)]
+        log_stage_run(config, f"stage2-{trial}", history, parent_run_id=parent_run_id,
+                      tags={"gamma": str(points[0].gamma), "phi": str(points[0].phi),
+                            "lr": str(points[0].lr), "init": points[0].init})
+    mlflow.log_artifacts(str(out / "report"), artifact_path="report", run_id=parent_run_id)
+    if not outcome.chosen_eligible:
+        print("      no trial stayed within the accuracy tolerance; the most accurate one was chosen", flush=True)
+    return outcome
+
+
+def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome, out: Path,
+           parent_run_id: str, start: float) -> PipelineSummary:
+    print("[4/4] test set: backbone vs chosen model; registering the chosen model in MLflow", flush=True)
+    data = load_data(config)
+    backbone = AdapLeRForSequenceClassification.from_pretrained(stage1.best_model_dir)
+    chosen = AdapLeRForSequenceClassification.from_pretrained(outcome.chosen.model_dir)
+    test = make_loader(data.test, chosen.tokenizer, 32, config.data.max_length)
+    base = evaluate(backbone, test, removal="none", progress=True, desc="test (backbone)")
+    ours = evaluate(chosen, test, removal="packed", progress=True, desc="test (AdapLeR)")
+    metrics = {
+        "stage1_dev_accuracy": stage1.reference, "dev_accuracy": outcome.chosen.dev_accuracy,
+        "backbone_test_accuracy": base.accuracy, "test_accuracy": ours.accuracy,
+        "flops_speedup": ours.flops_speedup, "dev_flops_speedup": outcome.chosen.dev_flops_speedup,
+        "backbone_examples_per_s": base.examples_per_s, "adapler_examples_per_s": ours.examples_per_s,
+    }
+    mlflow.log_metrics(metrics, run_id=parent_run_id)
+    name = config.mlflow.registered_model or f"adapler-{data.name}".replace("/", "-")
+    name, version = register_model(outcome.chosen.model_dir, config, metrics, name,
+                                   alias=config.mlflow.alias, parent_run_id=parent_run_id)
+    summary = PipelineSummary(
+        dataset=data.name, backbone=config.model.backbone or "all-MiniLM-L6-v2 (packaged)",
+        stage1_dev_accuracy=stage1.reference, backbone_test_accuracy=base.accuracy,
+        adapler_test_accuracy=ours.accuracy, flops_speedup=ours.flops_speedup,
+        backbone_examples_per_s=base.examples_per_s, adapler_examples_per_s=ours.examples_per_s,
+        registered_model=name, version=str(version), chosen=asdict(outcome.chosen),
+        wall_seconds=time.perf_counter() - start,
+    )
+    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    return summary
+
+
+def run_pipeline(config: PipelineConfig, stage1_only_from: Path | None = None) -> PipelineSummary:
+    """The whole pipeline; with stage1_only_from (= `adapler tune`), reuse that stage-1 outcome."""
+    start = time.perf_counter()
+    out = Path(config.output_dir) / config.name
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.json")
+    init_ray(config)
+    setup_mlflow(config.mlflow)
+    with mlflow.start_run(run_name=config.name) as parent:
+        mlflow.log_artifact(str(out / "config.json"), run_id=parent.info.run_id)
+        if stage1_only_from is None:
+            stage1 = run_stage1(config, out, parent.info.run_id)
+        else:
+            stage1 = load_stage1(stage1_only_from)
+        outcome = run_stage2(config, stage1, out, parent.info.run_id)
+        summary = finish(config, stage1, outcome, out, parent.info.run_id, start)
+    return summary

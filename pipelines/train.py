@@ -1,0 +1,206 @@
+"""Stage 1 and stage 2 on Ray Train: the loops of adapler.training, run per worker.
+
+This file adds only the Ray context: the worker's rank and device, a DistributedSampler shard of
+the training rows, DDP (``prepare_model``), a checkpoint + dev metrics reported per epoch, and
+resuming from the last checkpoint when a worker fails (``FailureConfig``).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data.distributed import DistributedSampler
+
+from adapler.batching import RowsDataset, make_loader
+from adapler.config import config_from_dict, config_to_dict
+from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.recipe import load_data, new_model
+from adapler.training import EpochReport, train_stage1, train_stage2
+from adapler_pipelines.config import PipelineConfig
+
+MODEL_SUBDIR = "model"  # inside every checkpoint: an HF-style AdapLeR directory
+STATE_FILE = "state.json"  # inside every checkpoint: epoch and metrics
+
+Reporter = Callable[[dict, "str | None"], None]  # (metrics, checkpoint dir or None)
+
+
+@dataclass
+class EpochCheckpoint:
+    path: str  # a local directory holding MODEL_SUBDIR and STATE_FILE
+    epoch: int
+    metrics: dict
+
+
+def storage_path(config: PipelineConfig) -> str:
+    """Ray wants an absolute local path (or a URI such as s3://bucket/prefix)."""
+    path = config.ray.storage_path
+    return path if "://" in path else str(Path(path).resolve())
+
+
+class _FailOnce:
+    """Chaos drill (ray.fail_once_at_step): the loader raises once at a given global step, so a
+    test can watch Ray restart the worker from its last checkpoint. A marker file makes it once."""
+
+    def __init__(self, loader, step: int, marker: Path, start_epoch: int):
+        self.loader, self.step, self.marker = loader, step, marker
+        self.sampler = loader.sampler
+        self.seen = start_epoch * len(loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.seen == self.step and not self.marker.exists():
+                self.marker.write_text("failed once")
+                raise RuntimeError(f"injected worker failure at step {self.step}")
+            self.seen += 1
+            yield batch
+
+
+def run_stage(
+    config: PipelineConfig,
+    stage: str,
+    report: Reporter,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    resume_dir: str | None = None,
+    init_dir: str | None = None,
+    saliency_path: str | None = None,
+    reference_dev_score: float = 0.0,
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    fail_marker: Path | None = None,
+) -> None:
+    """One worker's share of a stage: the same loop whether Ray Train or Ray Tune calls it.
+
+    resume_dir: a checkpoint to continue from (its epoch + 1); init_dir: stage 2's starting
+    weights when they are the fine-tuned ones; saliency_path: stage 2's labels (parquet).
+    """
+    from adapler_pipelines.saliency import load_saliency
+
+    data = load_data(config)
+    start_epoch = 0
+    if resume_dir:
+        model = AdapLeRForSequenceClassification.from_pretrained(Path(resume_dir) / MODEL_SUBDIR)
+        start_epoch = json.loads((Path(resume_dir) / STATE_FILE).read_text())["epoch"] + 1
+    elif init_dir:
+        model = AdapLeRForSequenceClassification.from_pretrained(init_dir)
+    else:
+        model = new_model(config, data)
+    model = model.to(device)
+    tokenizer, max_length = model.tokenizer, config.data.max_length
+    stage_config = config.stage1 if stage == "stage1" else config.stage2
+    saliency = None
+    if stage == "stage2":
+        saliency = load_saliency(saliency_path, data.train, tokenizer, max_length)
+    sampler = DistributedSampler(
+        RowsDataset(data.train), num_replicas=world_size, rank=rank, shuffle=True, seed=stage_config.seed
+    )
+    train_loader = make_loader(
+        data.train, tokenizer, stage_config.batch_size, max_length, saliency=saliency, sampler=sampler
+    )
+    if config.ray.fail_once_at_step >= 0 and fail_marker is not None:
+        train_loader = _FailOnce(train_loader, config.ray.fail_once_at_step, fail_marker, start_epoch)
+    dev_loader = make_loader(data.dev, tokenizer, stage_config.batch_size, max_length)
+    model = wrap_model(model)
+
+    def on_epoch(epoch_report: EpochReport) -> None:
+        metrics = {**epoch_report.metrics, "epoch": epoch_report.epoch}
+        if rank != 0:  # every worker must report (a barrier); only rank 0 writes a checkpoint
+            report(metrics, None)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            getattr(epoch_report.model, "module", epoch_report.model).save_pretrained(Path(tmp) / MODEL_SUBDIR)
+            (Path(tmp) / STATE_FILE).write_text(json.dumps(metrics))
+            report(metrics, tmp)
+
+    progress = rank == 0
+    if stage == "stage1":
+        train_stage1(model, train_loader, dev_loader, config.stage1, on_epoch, progress, start_epoch)
+    else:
+        train_stage2(
+            model, train_loader, dev_loader, config.stage2, reference_dev_score, on_epoch, progress, start_epoch
+        )
+
+
+def stage_worker(loop_config: dict) -> None:
+    """train_loop_per_worker of the TorchTrainer."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    config = config_from_dict(loop_config["config"], PipelineConfig)
+    torch.set_num_threads(config.ray.cpus_per_worker)
+    context = ray.train.get_context()
+    checkpoint = ray.train.get_checkpoint()
+
+    def report(metrics: dict, directory: str | None) -> None:
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory) if directory else None)
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        # Stage 1 never runs the CPs: DDP must not wait for their gradients.
+        unused = loop_config["stage"] == "stage1"
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
+
+    def run(resume_dir: str | None) -> None:
+        run_stage(
+            config, loop_config["stage"], report,
+            rank=context.get_world_rank(), world_size=context.get_world_size(),
+            device=ray.train.torch.get_device(), resume_dir=resume_dir,
+            init_dir=loop_config.get("init_dir"), saliency_path=loop_config.get("saliency_path"),
+            reference_dev_score=loop_config.get("reference_dev_score", 0.0), wrap_model=wrap,
+            fail_marker=Path(loop_config["fail_marker"]) if loop_config.get("fail_marker") else None,
+        )
+
+    if checkpoint is None:
+        run(None)
+    else:
+        with checkpoint.as_directory() as directory:
+            run(directory)
+
+
+def fit_stage(config: PipelineConfig, stage: str, run_name: str, **extra) -> list[EpochCheckpoint]:
+    """Run a stage on Ray Train; returns every epoch's checkpoint (local dirs) with its metrics."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    loop_config = {"config": config_to_dict(config), "stage": stage, **extra}
+    if config.ray.fail_once_at_step >= 0:
+        loop_config["fail_marker"] = str(Path(tempfile.gettempdir()) / f"adapler-fail-once-{run_name}")
+    trainer = TorchTrainer(
+        stage_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=config.ray.num_workers,
+            use_gpu=config.ray.use_gpu,
+            resources_per_worker={"CPU": config.ray.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path(config),
+            failure_config=FailureConfig(max_failures=config.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"{stage} failed on Ray Train: {result.error}")
+    checkpoints = [
+        EpochCheckpoint(_local_path(checkpoint), int(metrics["epoch"]), metrics)
+        for checkpoint, metrics in (result.best_checkpoints or [])
+    ]
+    return sorted(checkpoints, key=lambda c: c.epoch)
+
+
+def _local_path(checkpoint) -> str:
+    """A local directory for a checkpoint: itself on local storage, a download from a URI."""
+    if checkpoint.filesystem.type_name == "local":
+        return checkpoint.path
+    return checkpoint.to_directory()

@@ -1,0 +1,107 @@
+"""Shared fixtures: the packaged MiniLM tokenizer, a tiny random BERT wrapped in AdapLeR, row frames."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification  # noqa: E402
+
+from adapler.config import default_backbone  # noqa: E402
+from adapler.modeling import AdapLeRForSequenceClassification  # noqa: E402
+
+# The models here are tiny: with several intra-op threads, every small op waits on the thread pool,
+# and on a shared 2-core machine that turns a 2 s run into 40 s. One thread is fastest.
+torch.set_num_threads(int(os.environ.get("ADAPLER_TEST_THREADS", "1")))
+
+# Real sentences of very different lengths (token counts 4 .. ~40 with the MiniLM tokenizer).
+SENTENCES = [
+    "A gripping, beautifully acted film.",
+    "Dull.",
+    "The plot wanders for two hours, the dialogue is stiff, and not even the excellent score "
+    "can rescue a story that never decides what it wants to be or why we should care about it.",
+    "I laughed, I cried, and then I went to see it again with my whole family on Sunday.",
+    "Not bad at all.",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(default_backbone())
+
+
+def make_tiny_model(tokenizer, seed: int = 0, num_labels: int = 3, **settings) -> AdapLeRForSequenceClassification:
+    """A seeded, random 3-layer BERT (hidden 32) with the MiniLM tokenizer, in eval mode."""
+    from adapler.config import AdapLeRSettings
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=num_labels,
+        attn_implementation="sdpa",
+    )
+    backbone = BertForSequenceClassification(config)
+    model = AdapLeRForSequenceClassification(backbone, AdapLeRSettings(**settings), tokenizer=tokenizer)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    return make_tiny_model(tokenizer)
+
+
+@pytest.fixture
+def tiny_model_factory(tokenizer):
+    return lambda seed=0, **kw: make_tiny_model(tokenizer, seed=seed, **kw)
+
+
+@pytest.fixture(scope="session")
+def _minilm_session():
+    torch.manual_seed(0)
+    model = AdapLeRForSequenceClassification.from_backbone(default_backbone(), num_labels=2)
+    return model.eval()
+
+
+@pytest.fixture
+def minilm(_minilm_session):
+    """The packaged MiniLM-L6 (random head and CPs, seeded), eval mode; etas and CPs restored after the test."""
+    model = _minilm_session
+    saved = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("predictors") or k == "etas"}
+    yield model.eval()
+    with torch.no_grad():
+        state = model.state_dict()
+        for k, v in saved.items():
+            state[k].copy_(v)
+
+
+def rows_frame(texts, labels=None, ids=None) -> pd.DataFrame:
+    """Rows as adapler.data produces them: id, text, text_pair (None), label."""
+    n = len(texts)
+    labels = list(labels) if labels is not None else [i % 3 for i in range(n)]
+    ids = list(ids) if ids is not None else [f"ex{i}" for i in range(n)]
+    return pd.DataFrame({"id": ids, "text": list(texts), "text_pair": [None] * n, "label": labels})
+
+
+@pytest.fixture
+def make_rows():
+    return rows_frame
+
+
+@pytest.fixture
+def sentences():
+    return list(SENTENCES)
+
+
+@pytest.fixture
+def sentence_batch(tokenizer):
+    """A padded batch of real sentences of different lengths."""
+    return dict(tokenizer(SENTENCES, padding=True, return_tensors="pt"))
