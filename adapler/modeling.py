@@ -340,6 +340,8 @@ class AdapLeRForSequenceClassification(nn.Module):
         """Real removal: only kept tokens are computed."""
         batch, seq, width = hidden.shape
         device = hidden.device
+        if batch == 1:
+            return self._forward_single(hidden[0][present[0]], seq)
         x = hidden[present]  # (N, H), example-major, positions ascending
         example = torch.arange(batch, device=device)[:, None].expand(batch, seq)[present]  # (N,)
         position = torch.arange(seq, device=device)[None, :].expand(batch, seq)[present]  # (N,) input position
@@ -354,6 +356,22 @@ class AdapLeRForSequenceClassification(nn.Module):
             kept_mask[example, index, position] = True
             x = self._layer(index, x, batch, grid.length, grid.scatter, grid.key_bias(x.dtype))
         logits = self._classify(x[grid.starts])  # [CLS] is the first kept row of each example
+        return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
+
+
+    def _forward_single(self, x: torch.Tensor, seq: int) -> AdapLeROutput:
+        """Packed removal for one example, x (n, H) without padding: no grid, no scatter, no mask.
+        Batch size 1 is bound by reading the weights; this keeps the per-layer overhead small."""
+        position = torch.arange(x.shape[0], device=x.device)  # (n,) input positions
+        kept_mask = torch.zeros(1, self.num_layers, seq, dtype=torch.bool, device=x.device)
+        for index, predictor in enumerate(self.predictors):
+            scores = torch.softmax(predictor(x), dim=-1)  # (n,)
+            keep = scores >= self.etas[index] / x.shape[0]
+            keep[0] = True  # [CLS]
+            x, position = x[keep], position[keep]
+            kept_mask[0, index, position] = True
+            x = self._layer(index, x, 1, x.shape[0], None, None)
+        logits = self._classify(x[:1])
         return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -32,7 +33,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -70,11 +71,19 @@ def _mlflow_section(config: Any) -> MlflowConfig:
 
 
 def tracking_uri(config: MlflowConfig | None = None) -> str:
-    """The config's URI, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<abs path of ./mlflow.db>``."""
-    import os
+    """The config's URI, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<abs path of ./mlflow.db>``.
 
+    A relative SQLite path is made absolute here, so the URI means the same store in processes
+    with another working directory (Ray Tune trials run in their trial folder).
+    """
     value = (config.tracking_uri if config is not None else "") or os.environ.get("MLFLOW_TRACKING_URI", "")
-    return value or f"sqlite:///{Path('mlflow.db').resolve()}"
+    if not value:
+        return f"sqlite:///{Path('mlflow.db').resolve()}"
+    db = _sqlite_path(value)
+    if db is not None and not value[len("sqlite:///"):].startswith("/"):
+        query = value.split("?", 1)[1] if "?" in value else ""
+        return f"sqlite:///{db}" + (f"?{query}" if query else "")
+    return value
 
 
 def _sqlite_path(uri: str) -> Path | None:

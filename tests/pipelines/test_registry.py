@@ -316,6 +316,8 @@ def test_tracking_uri_resolution(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path)
     assert registry.tracking_uri(MlflowConfig()) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    # a relative SQLite path is pinned to this working directory (Ray trials run elsewhere)
+    assert registry.tracking_uri(MlflowConfig(tracking_uri="sqlite:///runs/m.db")) == f"sqlite:///{tmp_path.resolve() / 'runs/m.db'}"
 
 
 def test_pyfunc_input_checks():
