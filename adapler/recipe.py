@@ -6,6 +6,7 @@ pipeline runs the same steps, each one on Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -46,8 +47,6 @@ def load_data(config: ExperimentConfig) -> DatasetSplits:
 
 
 def new_model(config: ExperimentConfig, data: DatasetSplits) -> AdapLeRForSequenceClassification:
-    import dataclasses
-
     model = AdapLeRForSequenceClassification.from_backbone(
         config.model.backbone_path(), num_labels=len(data.label_names), label_names=data.label_names,
         **dataclasses.asdict(config.model.adapler),

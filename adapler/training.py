@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +41,21 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one dict of metrics per epoch
     best_epoch: int = 0
     best_metrics: dict[str, float] = field(default_factory=dict)
+    _best_state: dict | None = field(default=None, repr=False)
+
+    def close_epoch(self, report: EpochReport, on_epoch: EpochCallback | None) -> None:
+        """Keep the selected epoch's weights (in memory) and hand the epoch to the callback."""
+        if report.selected:
+            self.best_epoch, self.best_metrics = report.epoch, report.metrics
+            self._best_state = copy.deepcopy(unwrap(report.model).state_dict())
+        if on_epoch:
+            on_epoch(report)
+
+    def restore_best(self, core: torch.nn.Module) -> None:
+        """End a loop at the selected epoch, in eval mode."""
+        if self._best_state is not None:
+            core.load_state_dict(self._best_state)
+        core.eval()
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
@@ -92,11 +108,11 @@ def train_stage1(
     optimizer = torch.optim.AdamW(_decay_groups(params, config.weight_decay), lr=config.lr)
     scheduler = linear_schedule(optimizer, config.epochs * len(train_loader), config.warmup_ratio)
     _fast_forward([scheduler], start_epoch * len(train_loader))
-    result, best_state = TrainResult(), None
+    result = TrainResult()
     for epoch in range(start_epoch, config.epochs):
         _set_epoch(train_loader, epoch)
         model.train()
-        total, steps = 0.0, 0
+        total, steps, start = 0.0, 0, time.perf_counter()
         for batch in tqdm(train_loader, desc=f"stage 1 epoch {epoch + 1}/{config.epochs}", disable=not progress):
             batch = _to_device(batch, device)
             out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, removal="none")
@@ -106,17 +122,12 @@ def train_stage1(
             optimizer.step()
             scheduler.step()
             total, steps = total + loss.item(), steps + 1
-        metrics = {"train_loss": total / max(steps, 1), **_metrics(evaluate(model, dev_loader, removal="none"))}
+        metrics = {"train_loss": total / max(steps, 1), "train_seconds": time.perf_counter() - start}
+        metrics.update(_metrics(evaluate(model, dev_loader, removal="none")))
         result.history.append(metrics)
         selected = not result.best_metrics or metrics["dev_accuracy"] > result.best_metrics["dev_accuracy"]
-        if selected:
-            result.best_epoch, result.best_metrics = epoch, metrics
-            best_state = copy.deepcopy(core.state_dict())
-        if on_epoch:
-            on_epoch(EpochReport("stage1", epoch, metrics, model, selected))
-    if best_state is not None:
-        core.load_state_dict(best_state)
-    core.eval()
+        result.close_epoch(EpochReport("stage1", epoch, metrics, model, selected), on_epoch)
+    result.restore_best(core)
     return result
 
 
@@ -189,11 +200,12 @@ def train_stage2(
     schedulers = [linear_schedule(o, total_steps, config.warmup_ratio) for o in (model_optimizer, eta_optimizer)]
     step = start_epoch * len(train_loader)
     _fast_forward(schedulers, step)
-    result, best_state = TrainResult(), None
+    result = TrainResult()
     for epoch in range(start_epoch, config.epochs):
         _set_epoch(train_loader, epoch)
         model.train()
         sums: dict[str, float] = {}
+        start = time.perf_counter()
         bar = tqdm(train_loader, desc=f"stage 2 epoch {epoch + 1}/{config.epochs}", disable=not progress)
         for batch in bar:
             batch = _to_device(batch, device)
@@ -218,19 +230,13 @@ def train_stage2(
             for key, value in {"loss": loss.item(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + value
         metrics = {f"train_{k}": v / max(len(train_loader), 1) for k, v in sums.items()}
+        metrics["train_seconds"] = time.perf_counter() - start
         metrics.update(_metrics(evaluate(model, dev_loader, removal="packed")))
         metrics.update({f"eta_layer{i + 1}": float(e) for i, e in enumerate(core.etas.detach())})
         result.history.append(metrics)
         best = select_stage2_epoch(result.history, reference_dev_score, config.selection_tolerance)
-        selected = best == len(result.history) - 1
-        if selected:
-            result.best_epoch, result.best_metrics = epoch, metrics
-            best_state = copy.deepcopy(core.state_dict())
-        if on_epoch:
-            on_epoch(EpochReport("stage2", epoch, metrics, model, selected))
-    if best_state is not None:
-        core.load_state_dict(best_state)
-    core.eval()
+        result.close_epoch(EpochReport("stage2", epoch, metrics, model, best == len(result.history) - 1), on_epoch)
+    result.restore_best(core)
     return result
 
 

@@ -196,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load are noise here
+    hf_logging.set_verbosity_error()
     from adapler.batching import SaliencyMismatch
     from adapler.config import ConfigError
     from adapler.data import DataError

@@ -1,0 +1,324 @@
+"""Ray Serve application: an AdapLeR model behind a FastAPI ingress.
+
+    serve run deploy/serve_config.yaml              # or: adapler serve --model DIR|models:/name@alias
+    curl -s 127.0.0.1:8000/predict -H 'content-type: application/json' \
+         -d '{"texts": ["A gripping, beautifully acted film."], "explain": true}'
+
+Endpoints: ``POST /predict`` (:class:`~adapler_deploy.schemas.PredictRequest` ->
+:class:`~adapler_deploy.schemas.PredictResponse`), ``GET /healthz``, ``GET /stats`` (the recent
+batches of this replica: requests, texts and tokens in each, and the token budget). Serve's
+readiness and liveness go through :meth:`AdapLeRService.check_health`.
+
+Inference is :class:`adapler.inference.Predictor` (tokenization, length-sorted batching, packed
+removal), nothing else.
+
+Batching by token budget
+------------------------
+Ray Serve 2.60's ``@serve.batch`` takes a ``batch_size_fn``: the batch's size is computed by a
+function of its items instead of ``len``, and a batch is closed when adding the next request
+would pass ``max_batch_size``. We use that directly: the ingress counts each request's tokens
+with ``Predictor.token_counts`` (after truncation, [CLS]/[SEP] included), the batch size is the
+sum of the tokens of its requests, and ``max_batch_size`` is ``max_batch_tokens``. So 30 long
+documents fill a batch that 30 tweets leave mostly empty, and a batch never holds more tokens
+than the budget. A request is never split across batches, hence ``max_request_tokens <=
+max_batch_tokens`` (checked in the settings); a bigger request gets a 413 from the ingress, so
+Serve's "item larger than max_batch_size" error can not happen. Inside a batch, Predictor sorts
+the texts by length and runs ``predict_batch_size`` texts per forward pass.
+
+``max_ongoing_requests`` must be above the number of requests we want in one batch: a replica
+admits at most ``max_ongoing_requests`` requests at a time (Serve's default is 5), and a batch
+can only be made of admitted requests, so with the default no batch would ever hold more than
+5 requests whatever the token budget. (Serve logs a warning when ``max_ongoing_requests`` is
+below ``max_batch_size``; with ``batch_size_fn`` that "size" is our token budget, not a count
+of requests, so the warning is expected and harmless.)
+
+Hardening: binds 127.0.0.1 (serve_config.yaml, ``adapler serve``); a model directory is loaded
+only if it has its weights as safetensors and no pickle-format file; every bad request is a 4xx
+with ``{"error": "<one line>"}``.
+"""
+
+# No `from __future__ import annotations`: FastAPI (through serve.ingress) needs real annotations.
+
+import asyncio
+import copy
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+
+from adapler_deploy.schemas import (
+    MODEL_URI_PREFIX,
+    LimitExceeded,
+    PredictRequest,
+    PredictResponse,
+    ServeSettings,
+    check_limits,
+    parse_model_uri,
+)
+
+logger = logging.getLogger("ray.serve")
+
+DEPLOYMENT_NAME = "AdapLeR"
+# Files that hold (or may hold) pickles; an AdapLeR directory needs none of them. (Same list as
+# adapler_pipelines.registry.PICKLE_SUFFIXES, not imported from there: that module pulls MLflow,
+# ~7 s on 2 cores, which a model directory does not need.)
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt", ".joblib")
+REQUIRED_FILES = ("config.json", "model.safetensors", "adapler.safetensors")
+
+
+class ModelSourceError(ValueError):
+    """A model directory or registry URI that can not be served (one line for the user)."""
+
+
+def check_model_dir(directory: str | Path) -> Path:
+    """An AdapLeR directory with safetensors weights and no pickle-format file, else ModelSourceError."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelSourceError(f"model directory not found: {directory}")
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if missing:
+        raise ModelSourceError(f"{directory} is not an AdapLeR model directory (missing {', '.join(missing)})")
+    pickles = sorted(p.name for p in directory.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelSourceError(f"{directory} holds pickle-format files {pickles}; only safetensors models are served")
+    return directory
+
+
+def resolve_model_dir(model: str, tracking_uri: str = "") -> Path:
+    """A local, checked AdapLeR directory for ``model`` (a directory or ``models:/<name>@<alias>``)."""
+    if model.startswith(MODEL_URI_PREFIX):
+        name, alias = parse_model_uri(model)
+        from adapler_pipelines.registry import RegistryError, download_model_dir
+
+        try:
+            return check_model_dir(download_model_dir(name, alias, uri=tracking_uri or None))
+        except RegistryError as err:
+            raise ModelSourceError(str(err)) from None
+    return check_model_dir(model)
+
+
+@dataclass
+class Job:
+    """One HTTP request, as it waits in the batch queue."""
+
+    texts: list[str]
+    text_pairs: list[str | None] | None
+    explain: bool
+    tokens: int
+
+
+def batch_tokens(jobs: list[Job]) -> int:
+    """The size of a batch for ``@serve.batch``: its tokens, not its number of requests."""
+    return sum(job.tokens for job in jobs)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+def _validation_message(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ())) or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    more = f" (+{err.error_count() - 5} more)" if err.error_count() > 5 else ""
+    return "invalid request: " + "; ".join(parts) + more
+
+
+api = FastAPI(
+    title="adapler",
+    description="AdapLeR text classification with token removal",
+    responses={400: {"description": "body is not UTF-8 JSON"}, 413: {"description": "over a limit"},
+               422: {"description": "wrong shape or types"}},
+)
+
+
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    # See the module docstring: above the number of requests a batch should hold.
+    max_ongoing_requests=64,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=10,
+)
+@serve.ingress(api)
+class AdapLeRService:
+    def __init__(self, settings: dict[str, Any]):
+        import torch
+
+        from adapler.inference import Predictor
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.settings = ServeSettings(**settings)
+        self._ready = False
+        torch.set_num_threads(self.settings.torch_threads)
+        directory = resolve_model_dir(self.settings.model, self.settings.tracking_uri)
+        self.predictor = Predictor.from_directory(
+            directory, device=self.settings.device,
+            batch_size=self.settings.predict_batch_size, removal=self.settings.removal,
+        )
+        # Token counting (the ingress, many requests at once) and inference (the batch, one at a
+        # time) run in worker threads. A Hugging Face fast tokenizer is not thread-safe: a call
+        # with other truncation/padding settings running beside another fails ("Unable to
+        # create tensor", "Already borrowed"). So counting gets a tokenizer of its own (same
+        # files, same Predictor.token_counts code, serialised by a lock), and the model's
+        # tokenizer is used only by the batch (max_concurrent_batches=1).
+        from transformers import AutoTokenizer
+
+        counting_tokenizer = AutoTokenizer.from_pretrained(directory)
+        counting_tokenizer.model_max_length = self.predictor.model.tokenizer.model_max_length
+        self.counter = copy.copy(self.predictor)
+        self.counter.model = SimpleNamespace(tokenizer=counting_tokenizer)
+        self.count_lock = threading.Lock()
+        self.predict_batch.set_max_batch_size(self.settings.max_batch_tokens)
+        self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self.batches: deque[dict] = deque(maxlen=self.settings.stats_window)
+        self.requests_served = 0
+        # Warm up: the first forward pass pays for lazy initialisation (kernels, thread pools).
+        self.predictor.predict(["warm up the model", "a second, somewhat longer text to warm up"], explain=True)
+        self._ready = True
+        logger.info("adapler: serving %s (removal=%s) from %s", self.settings.model, self.settings.removal, directory)
+
+    # ------------------------------------------------------------------ health
+    def check_health(self) -> None:
+        """Serve's readiness/liveness hook: raising marks the replica unhealthy (it is replaced)."""
+        if not self._ready:
+            raise RuntimeError("model not loaded")
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {
+            "status": "ok" if self._ready else "loading",
+            "model": self.settings.model,
+            "removal": self.settings.removal,
+            "labels": self.predictor.label_names,
+            "max_length": self.predictor.max_length,
+        }
+
+    @api.get("/stats")
+    async def stats(self) -> dict:
+        return {
+            "max_batch_tokens": self.settings.max_batch_tokens,
+            "requests_served": self.requests_served,
+            "batches": list(self.batches),
+        }
+
+    # ------------------------------------------------------------------ predict
+    @api.post(
+        "/predict",
+        response_model=PredictResponse,
+        response_model_exclude_none=True,  # kept_tokens only when explain=true
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": PredictRequest.model_json_schema()}}}},
+    )
+    async def predict(self, request: Request):
+        # The body is read and parsed here rather than by FastAPI so that every bad body gets a
+        # status of its own and one clear line: 400 (empty, not UTF-8, not JSON), 413 (over a
+        # limit), 422 (wrong shape or types).
+        limit = self.settings.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return _error(413, f"request body of {length} bytes > max_body_bytes {limit}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return _error(413, f"request body > max_body_bytes {limit}")
+        if not body.strip():
+            return _error(400, 'empty request body; send JSON like {"texts": ["some text"]}')
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as err:
+            return _error(400, f"request body is not UTF-8 (byte {err.start})")
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as err:
+            return _error(400, f"request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}")
+        if not isinstance(payload, dict):
+            return _error(422, f'request body must be a JSON object like {{"texts": [...]}}, not {type(payload).__name__}')
+        try:
+            req = PredictRequest.model_validate(payload)
+            check_limits(req, self.settings)
+        except ValidationError as err:
+            return _error(422, _validation_message(err))
+        except LimitExceeded as err:
+            return _error(413, str(err))
+
+        counts = await asyncio.to_thread(self._token_counts, req.texts, req.text_pairs)
+        tokens = sum(counts)
+        if tokens > self.settings.max_request_tokens:
+            return _error(413, f"request has {tokens} tokens > max_request_tokens {self.settings.max_request_tokens}")
+        predictions = await self.predict_batch(Job(req.texts, req.text_pairs, req.explain, tokens))
+        self.requests_served += 1
+        return {
+            "predictions": [p.to_dict() for p in predictions],
+            "model": self.settings.model,
+            "removal": self.settings.removal,
+        }
+
+    def _token_counts(self, texts: list[str], text_pairs: list[str | None] | None) -> list[int]:
+        with self.count_lock:
+            return self.counter.token_counts(texts, text_pairs)
+
+    @serve.batch(max_batch_size=8192, batch_wait_timeout_s=0.01, batch_size_fn=batch_tokens)
+    async def predict_batch(self, jobs: list[Job]) -> list[list]:
+        """One batch of requests (at most ``max_batch_tokens`` tokens) through Predictor.
+
+        Requests with and without text pairs are run apart: in one Predictor call a missing
+        pair would be tokenized as an empty second segment."""
+        start = time.perf_counter()
+        results: list[list | None] = [None] * len(jobs)
+        for with_pairs in (False, True):
+            group = [i for i, job in enumerate(jobs) if (job.text_pairs is not None) == with_pairs]
+            if not group:
+                continue
+            texts = [t for i in group for t in jobs[i].texts]
+            pairs = [p for i in group for p in jobs[i].text_pairs] if with_pairs else None
+            explain = any(jobs[i].explain for i in group)
+            predictions = await asyncio.to_thread(self.predictor.predict, texts, pairs, explain)
+            offset = 0
+            for i in group:
+                mine = predictions[offset : offset + len(jobs[i].texts)]
+                offset += len(jobs[i].texts)
+                if explain and not jobs[i].explain:
+                    for p in mine:
+                        p.kept_tokens = None
+                results[i] = mine
+        self.batches.append({
+            "requests": len(jobs),
+            "texts": sum(len(job.texts) for job in jobs),
+            "tokens": batch_tokens(jobs),
+            "seconds": round(time.perf_counter() - start, 4),
+            "time": time.time(),
+        })
+        return results  # type: ignore[return-value]
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """Application builder for ``serve run`` / serve_config.yaml (``import_path:
+    adapler_deploy.app:build_app``); ``args`` are :class:`ServeSettings` fields plus the optional
+    deployment options ``num_replicas`` and ``autoscaling_config`` (serve_config.yaml's
+    ``deployments:`` section, when given, wins over these)."""
+    args = dict(args or {})
+    options: dict[str, Any] = {}
+    for key in ("num_replicas", "autoscaling_config"):
+        if args.get(key) is not None:
+            options[key] = args.pop(key)
+        args.pop(key, None)
+    settings = ServeSettings(**args)
+    return AdapLeRService.options(
+        max_ongoing_requests=settings.max_ongoing_requests,
+        ray_actor_options={"num_cpus": settings.num_cpus},
+        **options,
+    ).bind(settings.model_dump())

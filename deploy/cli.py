@@ -1,0 +1,153 @@
+"""``adapler serve``: the Serve application of :mod:`adapler_deploy.app` in the foreground.
+
+Wired into the CLI by ``cli/main.py`` (``add_serve_command(sub)`` in ``build_parser``). Starts a
+local Ray instance in this process (in-process ``ray.init`` needs no Ray auth token; with
+``RAY_ADDRESS`` set it joins that cluster instead), Serve on 127.0.0.1, the application, and
+waits until Ctrl-C, then shuts Serve down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import socket
+import sys
+import time
+
+DEFAULT_MODEL = "models:/adapler-rotten_tomatoes@champion"
+
+
+def add_serve_command(subparsers) -> argparse.ArgumentParser:
+    s = subparsers.add_parser(
+        "serve", help="serve a model over HTTP with Ray Serve (127.0.0.1, autoscaling) until Ctrl-C",
+        description="POST /predict {\"texts\": [...], \"explain\": false}, GET /healthz, GET /stats.",
+    )
+    s.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"AdapLeR model directory or models:/<name>@<alias> (default: {DEFAULT_MODEL})")
+    s.add_argument("--tracking-uri", default="", help="MLflow tracking URI for models:/ (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--removal", default="packed", choices=["packed", "masked", "none"],
+                   help="packed: AdapLeR (default); none: the plain backbone, as a baseline")
+    s.add_argument("--replicas", type=int, help="a fixed number of replicas (default: autoscale)")
+    s.add_argument("--min-replicas", type=int, default=1)
+    s.add_argument("--max-replicas", type=int, default=2)
+    s.add_argument("--target-ongoing-requests", type=float, default=8.0,
+                   help="autoscaling target of in-flight requests per replica")
+    s.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per replica")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any application setting, e.g. --set max_batch_tokens=4096 --set max_texts=64 (repeatable)")
+    s.set_defaults(func=run_serve)
+    return s
+
+
+def _user_error(message: str) -> Exception:
+    from adapler_cli.main import UserError
+
+    return UserError(message)
+
+
+def serve_args(args: argparse.Namespace) -> dict:
+    """The application arguments (``build_app``) from the command line, validated."""
+    from pydantic import ValidationError
+
+    from adapler_deploy.schemas import ServeSettings
+
+    values: dict = {"model": args.model, "tracking_uri": args.tracking_uri, "removal": args.removal,
+                    "num_cpus": args.num_cpus}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ServeSettings.model_fields:
+            raise _user_error(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(ServeSettings.model_fields)}")
+        values[key] = value
+    try:
+        settings = ServeSettings(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "settings"
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        raise _user_error(f"invalid serve setting {where}: {message}") from None
+    out = settings.model_dump()
+    if args.replicas is not None:
+        if args.replicas < 1:
+            raise _user_error("--replicas must be >= 1")
+        out["num_replicas"] = args.replicas
+    else:
+        if not 1 <= args.min_replicas <= args.max_replicas:
+            raise _user_error(f"need 1 <= --min-replicas ({args.min_replicas}) <= --max-replicas ({args.max_replicas})")
+        out["autoscaling_config"] = {
+            "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+            "target_ongoing_requests": args.target_ongoing_requests,
+            "upscale_delay_s": 5, "downscale_delay_s": 60,
+        }
+    return out
+
+
+def check_model(model: str, tracking_uri: str = "") -> None:
+    """Fail early, with one line, on a model the replicas could not load."""
+    from adapler_deploy.app import ModelSourceError, check_model_dir
+    from adapler_deploy.schemas import MODEL_URI_PREFIX, parse_model_uri
+
+    try:
+        if model.startswith(MODEL_URI_PREFIX):
+            name, alias = parse_model_uri(model)
+            from adapler_pipelines.registry import RegistryError, model_version
+
+            try:
+                model_version(name, alias, tracking_uri or None)
+            except RegistryError as err:
+                raise ModelSourceError(str(err)) from None
+        else:
+            check_model_dir(model)
+    except ValueError as err:  # ModelSourceError, a malformed URI
+        raise _user_error(str(err)) from None
+
+
+def _check_port(host: str, port: int) -> None:
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, port))
+    except OSError as err:
+        raise _user_error(f"can not listen on {host}:{port}: {err.strerror}") from None
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    app_args = serve_args(args)
+    check_model(args.model, args.tracking_uri)
+    _check_port(args.host, args.port)
+    try:
+        if not ipaddress.ip_address(args.host).is_loopback:
+            print(f"adapler serve: warning: listening on {args.host}, not only on this machine; "
+                  "the service has no authentication", file=sys.stderr)
+    except ValueError:
+        pass
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import ray
+    from ray import serve
+
+    from adapler_deploy.app import build_app
+
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(app_args), name="adapler", route_prefix="/", blocking=False)
+        url = f"http://{args.host}:{args.port}"
+        print(f"adapler serve: {args.model} (removal={args.removal}) at {url}/predict "
+              f"(also {url}/healthz, {url}/stats, {url}/docs); Ctrl-C to stop", flush=True)
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # A second Ctrl-C (or one forwarded twice, e.g. by `timeout`) must not abort the
+        # shutdown half-way and leave Serve actors behind: ignore it for the few seconds this takes.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("adapler serve: stopping", file=sys.stderr)
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            signal.signal(signal.SIGINT, previous)

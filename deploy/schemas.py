@@ -1,0 +1,121 @@
+"""Typed settings, request and response of the Serve application (pydantic, no Ray, no torch).
+
+The limits live in :class:`ServeSettings` (the application arguments: ``args:`` in
+``deploy/serve_config.yaml``, or ``adapler serve`` flags). A request is checked in two steps:
+shape and types by :class:`PredictRequest` (-> 422), then size against the limits by
+:func:`check_limits` (-> 413); the body itself (empty, not UTF-8, not JSON) -> 400.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+
+MODEL_URI_PREFIX = "models:/"
+
+
+class ServeSettings(BaseModel):
+    """Application arguments. Every limit is per request unless it says batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "models:/adapler-rotten_tomatoes@champion",
+        description="an AdapLeR model directory (safetensors) or models:/<name>@<alias> in the MLflow registry",
+    )
+    tracking_uri: str = Field("", description="MLflow tracking URI for models:/ (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    removal: Literal["packed", "masked", "none"] = Field(
+        "packed", description="packed: AdapLeR with real token removal; none: the plain backbone (the baseline)"
+    )
+    device: str = "cpu"
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per replica (1 is fastest for small batches on few cores)")
+    # request limits
+    max_texts: int = Field(256, ge=1, description="texts per request")
+    max_chars: int = Field(20_000, ge=1, description="characters per text")
+    max_request_tokens: int | None = Field(
+        None, ge=1, description="tokens per request, after truncation ([CLS]/[SEP] counted); default max_batch_tokens"
+    )
+    max_body_bytes: int = Field(4_000_000, ge=1, description="request body size")
+    # batching
+    max_batch_tokens: int = Field(8192, ge=1, description="token budget of one batch (sum over its requests)")
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    predict_batch_size: int = Field(64, ge=1, description="texts per forward pass inside a batch (Predictor.batch_size)")
+    max_ongoing_requests: int = Field(64, ge=1)
+    stats_window: int = Field(256, ge=1, description="batches remembered by GET /stats")
+    num_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved per replica")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ServeSettings":
+        if self.max_request_tokens is None:
+            self.max_request_tokens = self.max_batch_tokens
+        if self.max_request_tokens > self.max_batch_tokens:
+            # A request is never split across batches: it must fit into one.
+            raise ValueError(
+                f"max_request_tokens ({self.max_request_tokens}) must be <= max_batch_tokens ({self.max_batch_tokens})"
+            )
+        if self.model.startswith(MODEL_URI_PREFIX):
+            parse_model_uri(self.model)
+        return self
+
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    """``models:/<name>@<alias>`` -> (name, alias); ValueError for anything else."""
+    rest = uri.removeprefix(MODEL_URI_PREFIX)
+    name, sep, alias = rest.partition("@")
+    if not sep or not name or not alias or "/" in name:
+        raise ValueError(f"model URI {uri!r} is not models:/<name>@<alias>")
+    return name, alias
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[StrictStr] = Field(..., min_length=1, description="texts to classify")
+    text_pairs: list[StrictStr | None] | None = Field(None, description="second texts, for pair models (same length)")
+    explain: StrictBool = Field(False, description="also return the tokens kept at each layer")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PredictRequest":
+        empty = [i for i, t in enumerate(self.texts) if not t.strip()]
+        if empty:
+            raise ValueError(f"texts must be non-empty; empty at index {empty[:10]}")
+        if self.text_pairs is not None and len(self.text_pairs) != len(self.texts):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.text_pairs)} text_pairs")
+        return self
+
+
+class LimitExceeded(ValueError):
+    """A request larger than the configured limits (HTTP 413)."""
+
+
+def check_limits(request: PredictRequest, settings: ServeSettings) -> None:
+    """Cheap checks before tokenizing (the token limit is checked after token counting)."""
+    if len(request.texts) > settings.max_texts:
+        raise LimitExceeded(f"too many texts: {len(request.texts)} > max_texts {settings.max_texts}")
+    for field, values in (("texts", request.texts), ("text_pairs", request.text_pairs or [])):
+        for i, text in enumerate(values):
+            if text is not None and len(text) > settings.max_chars:
+                raise LimitExceeded(
+                    f"{field}[{i}] has {len(text)} characters > max_chars {settings.max_chars}"
+                )
+
+
+class PredictionOut(BaseModel):
+    label: str
+    label_id: int
+    probabilities: dict[str, float]
+    input_tokens: int
+    flops_speedup: float
+    kept_lengths: list[int]
+    kept_tokens: list[list[str]] | None = None
+
+
+class PredictResponse(BaseModel):
+    predictions: list[PredictionOut]
+    model: str
+    removal: str
+
+
+class ErrorResponse(BaseModel):
+    error: str

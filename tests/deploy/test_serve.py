@@ -1,0 +1,265 @@
+"""Ray Serve for real on 127.0.0.1: predictions over HTTP equal Predictor's, explanations, bad
+requests -> 4xx, token-budget batching, autoscaling. One Ray cluster + one Serve instance for the
+module (a tiny random 2-layer BERT with the packaged tokenizer)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("ray.serve")
+
+TEXTS = [
+    "A gripping, beautifully acted film.",
+    "Dull.",
+    "The plot wanders for two hours, the dialogue is stiff, and not even the excellent score "
+    "can rescue a story that never decides what it wants to be.",
+    "Not bad at all.",
+]
+LONG = " ".join(["the film is long and slow but sometimes quite lovely"] * 8)  # > 64 tokens: truncated to 64
+BUDGET = 256  # max_batch_tokens of the test app: 4 truncated long texts
+SETTINGS = {
+    "max_texts": 16, "max_chars": 2000, "max_request_tokens": 200, "max_batch_tokens": BUDGET,
+    "max_body_bytes": 200_000, "batch_wait_timeout_s": 0.2, "num_cpus": 0.5, "max_ongoing_requests": 32,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from adapler.config import default_backbone
+    from adapler.modeling import AdapLeRForSequenceClassification
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    backbone = tmp_path_factory.mktemp("backbone")
+    BertModel(config).save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    model = AdapLeRForSequenceClassification.from_backbone(str(backbone), num_labels=2, label_names=["neg", "pos"])
+    model.tokenizer.model_max_length = 64
+    out = tmp_path_factory.mktemp("adapler-model")
+    model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    import ray
+    from ray import serve
+
+    from adapler_deploy.app import build_app
+
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({"model": model_dir, **SETTINGS}), name="adapler", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _post(url: str, **kwargs) -> httpx.Response:
+    return httpx.post(url + "/predict", timeout=60, **kwargs)
+
+
+def test_predictions_match_predictor(server, model_dir):
+    from adapler.inference import Predictor
+
+    r = _post(server, json={"texts": TEXTS})
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    want = Predictor.from_directory(model_dir).predict(TEXTS)
+    assert [p["label"] for p in got] == [p.label for p in want]
+    for g, w in zip(got, want):
+        assert g["probabilities"].keys() == w.probabilities.keys()
+        assert all(abs(g["probabilities"][k] - w.probabilities[k]) < 1e-4 for k in w.probabilities)
+        assert g["input_tokens"] == w.input_tokens and g["kept_lengths"] == w.kept_lengths
+        assert abs(g["flops_speedup"] - w.flops_speedup) < 1e-6
+        assert "kept_tokens" not in g
+    assert httpx.get(server + "/healthz", timeout=10).json()["status"] == "ok"
+
+
+def test_explain_lists_kept_tokens_of_the_input(server, model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    r = _post(server, json={"texts": TEXTS[:3], "explain": True})
+    assert r.status_code == 200, r.text
+    for text, p in zip(TEXTS, r.json()["predictions"]):
+        input_tokens = tokenizer.convert_ids_to_tokens(tokenizer(text, truncation=True, max_length=64)["input_ids"])
+        assert len(p["kept_tokens"]) == len(p["kept_lengths"])
+        for layer, kept in enumerate(p["kept_tokens"]):
+            assert len(kept) == p["kept_lengths"][layer]
+            assert set(kept) <= set(input_tokens), (layer, kept)
+
+
+BAD = [
+    ("empty body", {"content": b""}, 400),
+    ("invalid JSON", {"content": b'{"texts": ["a",', "headers": {"content-type": "application/json"}}, 400),
+    ("non-UTF-8", {"content": b'{"texts": ["\xff\xfe caf\xe9"]}', "headers": {"content-type": "application/json"}}, 400),
+    ("not an object", {"json": ["a", "b"]}, 422),
+    ("texts not a list", {"json": {"texts": "a single string"}}, 422),
+    ("wrong item type", {"json": {"texts": ["ok", 3]}}, 422),
+    ("explain not bool", {"json": {"texts": ["ok"], "explain": "yes"}}, 422),
+    ("empty list", {"json": {"texts": []}}, 422),
+    ("empty text", {"json": {"texts": ["   "]}}, 422),
+    ("pairs of the wrong length", {"json": {"texts": ["a", "b"], "text_pairs": ["x"]}}, 422),
+    ("unknown field", {"json": {"texts": ["a"], "txt": 1}}, 422),
+    ("1 MB text", {"json": {"texts": ["x" * 1_000_000]}}, 413),
+    ("10,000 texts", {"json": {"texts": ["good film"] * 10_000}}, 413),
+    ("too many tokens", {"json": {"texts": [LONG] * 4}}, 413),
+]
+
+
+def test_bad_requests_get_a_4xx_with_a_message(server):
+    for name, kwargs, status in BAD:
+        r = _post(server, **kwargs)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        message = r.json()["error"]
+        assert isinstance(message, str) and len(message) > 10, (name, message)
+    r = _post(server, json={"texts": ["still alive?"]})  # the service still answers
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+
+
+def test_concurrent_requests_are_batched_within_the_token_budget(server):
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            texts = [[TEXTS[i % len(TEXTS)]] for i in range(12)] + [[LONG]] * 8
+            responses = await asyncio.gather(*(client.post(server + "/predict", json={"texts": t}) for t in texts))
+            return [r.status_code for r in responses]
+
+    before = len(httpx.get(server + "/stats", timeout=10).json()["batches"])
+    assert asyncio.run(burst()) == [200] * 20
+    stats = httpx.get(server + "/stats", timeout=10).json()
+    batches = stats["batches"][before:]
+    assert stats["max_batch_tokens"] == BUDGET
+    assert sum(b["requests"] for b in batches) == 20
+    assert max(b["requests"] for b in batches) > 1, batches
+    assert all(b["tokens"] <= BUDGET for b in batches), batches
+    # 8 long texts of 64 tokens can not share one batch of 256 tokens
+    assert len(batches) >= 3, batches
+
+
+def _running_replicas(app: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None or "AdapLeR" not in status.deployments:
+        return 0
+    return status.deployments["AdapLeR"].replica_states.get("RUNNING", 0)
+
+
+def test_autoscaling_adds_a_replica_under_load(server, model_dir):
+    from ray import serve
+
+    from adapler_deploy.app import build_app
+
+    autoscaling = {
+        "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+        "upscale_delay_s": 1, "downscale_delay_s": 3, "metrics_interval_s": 0.5, "look_back_period_s": 2,
+    }
+    args = {**SETTINGS, "model": model_dir, "batch_wait_timeout_s": 0.05, "num_cpus": 0.25,
+            "autoscaling_config": autoscaling}
+    serve.run(build_app(args), name="auto", route_prefix="/auto")
+    try:
+        assert _running_replicas("auto") == 1
+
+        async def load(seconds: float) -> int:
+            stop = time.monotonic() + seconds
+            peak = 1
+
+            async def worker(client):
+                while time.monotonic() < stop:
+                    await client.post(server + "/auto/predict", json={"texts": [LONG, TEXTS[2]]})
+
+            async def watch():
+                nonlocal peak
+                while time.monotonic() < stop and peak < 2:
+                    peak = max(peak, await asyncio.to_thread(_running_replicas, "auto"))
+                    await asyncio.sleep(0.5)
+
+            async with httpx.AsyncClient(timeout=60) as client:
+                tasks = [asyncio.create_task(worker(client)) for _ in range(8)]
+                await watch()
+                stop = time.monotonic()  # noqa: F841  (stop the workers early once scaled)
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            return peak
+
+        assert asyncio.run(load(60)) >= 2, "no second replica after 60 s of load"
+        deadline = time.monotonic() + 60  # and back to 1 when the load stops
+        while _running_replicas("auto") > 1 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert _running_replicas("auto") == 1
+    finally:
+        serve.delete("auto")
+
+
+def test_loadtest_counts_every_request(server):
+    from adapler_deploy.loadtest import compare, run_load
+
+    records = [
+        asyncio.run(run_load(server, TEXTS * 5, concurrency=8, duration_s=3, warmup_s=0.5, texts_per_request=3))
+        for _ in range(2)
+    ]
+    for r in records:
+        assert r["requests_sent"] == r["requests_ok"] > 0, r
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["requests_per_s"] > 0 and r["flops_speedup"] > 0
+    assert compare(records)["throughput_ratio"] > 0
+    bad = asyncio.run(run_load("http://127.0.0.1:9", TEXTS, concurrency=2, duration_s=0.5, warmup_s=0))
+    assert bad["requests_ok"] == 0 and bad["requests_sent"] == bad["connection_error"] > 0
+
+
+def test_serve_command_checks_its_arguments(model_dir, tmp_path):
+    import argparse
+
+    from adapler_cli.main import UserError
+    from adapler_deploy.cli import add_serve_command, check_model, serve_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--model", model_dir, "--set", "max_batch_tokens=4096", "--max-replicas", "3"])
+    app_args = serve_args(args)
+    assert app_args["max_batch_tokens"] == 4096 and app_args["autoscaling_config"]["max_replicas"] == 3
+    check_model(model_dir)
+    (tmp_path / "bad").mkdir()
+    for argv, message in (
+        (["serve", "--model", str(tmp_path / "nope")], "not found"),
+        (["serve", "--model", str(tmp_path / "bad")], "not an AdapLeR model directory"),
+        (["serve", "--model", "models:/no-alias"], "models:/<name>@<alias>"),
+        (["serve", "--model", model_dir, "--set", "max_request_tokens=99999"], "max_request_tokens"),
+        (["serve", "--model", model_dir, "--set", "colour=red"], "KEY=VALUE"),
+    ):
+        with pytest.raises(UserError, match=message):
+            args = parser.parse_args(argv)
+            serve_args(args)
+            check_model(args.model)
+    (tmp_path / "pickled").mkdir()
+    for name in ("config.json", "model.safetensors", "adapler.safetensors", "pytorch_model.bin"):
+        (tmp_path / "pickled" / name).write_text("{}")
+    with pytest.raises(UserError, match="pickle"):
+        check_model(str(tmp_path / "pickled"))
