@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override, e.g. --set stage2.phi=0.001 (repeatable)")
     t.set_defaults(func=cmd_train)
+
+    from adapler_deploy.cli import add_serve_command
+
+    add_serve_command(sub)
     return parser
 
 

@@ -1,9 +1,10 @@
 """``adapler serve``: the Serve application of :mod:`adapler_deploy.app` in the foreground.
 
 Wired into the CLI by ``cli/main.py`` (``add_serve_command(sub)`` in ``build_parser``). Starts a
-local Ray instance in this process (in-process ``ray.init`` needs no Ray auth token; with
-``RAY_ADDRESS`` set it joins that cluster instead), Serve on 127.0.0.1, the application, and
-waits until Ctrl-C, then shuts Serve down.
+private local Ray instance in this process (``address="local"``: in-process, so no Ray auth
+token is needed, and never a ``ray start`` cluster that happens to run here; ``--address`` or
+``RAY_ADDRESS`` joins one instead), Serve on 127.0.0.1, the application, and waits until Ctrl-C
+(or SIGTERM), then shuts Serve down.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--tracking-uri", default="", help="MLflow tracking URI for models:/ (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""),
+                   help="join this Ray cluster (default: $RAY_ADDRESS, else a private local instance); "
+                        "Ctrl-C then shuts down Serve on that cluster")
     s.add_argument("--removal", default="packed", choices=["packed", "masked", "none"],
                    help="packed: AdapLeR (default); none: the plain backbone, as a baseline")
     s.add_argument("--replicas", type=int, help="a fixed number of replicas (default: autoscale)")
@@ -130,7 +134,9 @@ def run_serve(args: argparse.Namespace) -> None:
 
     from adapler_deploy.app import build_app
 
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    # Default: a private local Ray instance, so that Ctrl-C (serve.shutdown) can not take down the
+    # Serve applications of a cluster someone else started here; --address / $RAY_ADDRESS joins one.
+    ray.init(address=args.address or "local", ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(app_args), name="adapler", route_prefix="/", blocking=False)

@@ -208,7 +208,9 @@ def _start_serve(args: argparse.Namespace) -> list[tuple[str, str]]:
     for item in args.set:
         key, _, value = item.partition("=")
         settings[key] = value
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    # A private local instance (not a `ray start` cluster that may run here): the shutdown at the
+    # end must not take down anybody else's Serve.
+    ray.init(address="local", ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     targets = []

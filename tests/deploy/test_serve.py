@@ -70,7 +70,8 @@ def server(model_dir):
     from adapler_deploy.app import build_app
 
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    # address="local": a private instance, even when a `ray start` cluster runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({"model": model_dir, **SETTINGS}), name="adapler", route_prefix="/")
@@ -263,3 +264,39 @@ def test_serve_command_checks_its_arguments(model_dir, tmp_path):
         (tmp_path / "pickled" / name).write_text("{}")
     with pytest.raises(UserError, match="pickle"):
         check_model(str(tmp_path / "pickled"))
+
+
+def test_models_uri_resolves_to_a_safetensors_directory(model_dir, tmp_path):
+    """models:/<name>@<alias> -> the registered AdapLeR directory (in a subprocess: MLflow's
+    registration and download set process-wide tracking URIs)."""
+    import json
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = f"""
+import json
+from adapler_pipelines.config import MlflowConfig, PipelineConfig
+from adapler_pipelines.registry import register_model
+from adapler_deploy.app import ModelSourceError, resolve_model_dir
+config = PipelineConfig()
+config.mlflow = MlflowConfig(tracking_uri={uri!r}, experiment="deploy-test")
+register_model({model_dir!r}, config, {{}}, "adapler-deploy-test")
+directory = resolve_model_dir("models:/adapler-deploy-test@champion", {uri!r})
+try:
+    resolve_model_dir("models:/adapler-deploy-test@nope", {uri!r})
+    error = ""
+except ModelSourceError as err:
+    error = str(err)
+print(json.dumps({{"dir": str(directory), "error": error}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    from adapler.inference import Predictor
+
+    texts = TEXTS[:2]
+    got = Predictor.from_directory(out["dir"]).predict(texts)
+    assert [p.label for p in got] == [p.label for p in Predictor.from_directory(model_dir).predict(texts)]
+    assert "alias 'nope'" in out["error"]

@@ -35,10 +35,10 @@ def tiny_backbone_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray cluster for the module (starting one takes ~6 s)."""
+    """A private local Ray cluster for the module (~6 s to start); never one found running."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     yield ray
     ray.shutdown()
 

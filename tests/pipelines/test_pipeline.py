@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -92,11 +93,16 @@ def test_ray_job_submit_against_a_local_head(tiny_backbone_dir, tmp_path):
         env=env, check=True, capture_output=True, timeout=120,
     )
     try:
-        job = subprocess.run(
-            [ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(job_dir),
-             "--", "adapler", "run", "--config", "job.yaml"],
-            env=env, capture_output=True, text=True, timeout=600,
-        )
+        deadline = time.monotonic() + 180
+        while True:  # the head's job agent comes up some seconds after `ray start` returns
+            job = subprocess.run(
+                [ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(job_dir),
+                 "--", "adapler", "run", "--config", "job.yaml"],
+                env=env, capture_output=True, text=True, timeout=900,
+            )
+            if "No available agent" not in job.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(5)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout.lower()
     finally:
