@@ -15,12 +15,14 @@ from pathlib import Path
 import torch
 
 from adapler.batching import make_loader
-from adapler.config import ExperimentConfig, save_config
+from adapler.config import ExperimentConfig, config_to_dict, save_config
 from adapler.data import DatasetSplits, load_splits
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.saliency import saliency_from_checkpoints
 from adapler.training import EpochReport, train_stage1, train_stage2
+
+STAGE1_KEY = "stage1_config.json"  # what stage 1 was trained with; a matching rerun reuses it
 
 
 @dataclass
@@ -84,15 +86,29 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
     data = load_data(config)
     max_length = config.data.max_length
 
-    model = new_model(config, data)
+    checkpoints = out / "checkpoints"
+    stage1_key = json.dumps({k: config_to_dict(config)[k] for k in ("model", "data", "stage1")}, sort_keys=True)
+    if (out / STAGE1_KEY).is_file() and (out / STAGE1_KEY).read_text() == stage1_key:
+        # Same backbone, data and stage-1 settings as a finished earlier run: reuse its checkpoints.
+        model = AdapLeRForSequenceClassification.from_pretrained(top_checkpoints(checkpoints, "stage1", 1)[0])
+        model = model.to(config.device)
+        reference = json.loads((Path(top_checkpoints(checkpoints, "stage1", 1)[0]) / "metrics.json").read_text())
+        stage1_dev = reference["dev_accuracy"]
+        print(f"reusing the stage-1 checkpoints in {checkpoints} (same model, data and stage-1 config)")
+    else:
+        model = new_model(config, data)
+        train = make_loader(data.train, model.tokenizer, config.stage1.batch_size, max_length, shuffle=True,
+                            seed=config.stage1.seed)
+        dev = make_loader(data.dev, model.tokenizer, config.stage1.batch_size, max_length)
+        stage1_dev = train_stage1(model, train, dev, config.stage1, checkpoint_saver(checkpoints), progress
+                                  ).best_metrics["dev_accuracy"]
+        (out / STAGE1_KEY).write_text(stage1_key)
     tok = model.tokenizer
     dev = make_loader(data.dev, tok, config.stage1.batch_size, max_length)
     test = make_loader(data.test, tok, config.stage1.batch_size, max_length)
-    train = make_loader(data.train, tok, config.stage1.batch_size, max_length, shuffle=True, seed=config.stage1.seed)
-    stage1 = train_stage1(model, train, dev, config.stage1, checkpoint_saver(out / "checkpoints"), progress)
     backbone_test = evaluate(model, test, removal="none", progress=progress, desc="test (backbone)")
 
-    best = top_checkpoints(out / "checkpoints", "stage1", config.saliency_checkpoints)
+    best = top_checkpoints(checkpoints, "stage1", config.saliency_checkpoints)
     saliency = saliency_from_checkpoints(best, data.train, max_length, device=config.device, progress=progress)
 
     if config.stage2.init == "pretrained":
@@ -100,15 +116,12 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
     train = make_loader(
         data.train, tok, config.stage2.batch_size, max_length, shuffle=True, seed=config.stage2.seed, saliency=saliency
     )
-    train_stage2(
-        model, train, dev, config.stage2, stage1.best_metrics["dev_accuracy"],
-        checkpoint_saver(out / "checkpoints"), progress,
-    )
+    train_stage2(model, train, dev, config.stage2, stage1_dev, checkpoint_saver(checkpoints), progress)
     adapler_test = evaluate(model, test, removal="packed", progress=progress, desc="test (AdapLeR)")
     model.save_pretrained(out / "model")
     result = RecipeResult(
         model_dir=out / "model",
-        stage1_dev_accuracy=stage1.best_metrics["dev_accuracy"],
+        stage1_dev_accuracy=stage1_dev,
         backbone_test_accuracy=backbone_test.accuracy,
         adapler_test_accuracy=adapler_test.accuracy,
         flops_speedup=adapler_test.flops_speedup,
