@@ -4,6 +4,7 @@ MiniLM tokenizer), one local Ray cluster per test module, a throwaway SQLite MLf
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,21 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides():
+    """--set overrides for a pipeline run on a tiny slice with the tiny backbone, all under tmp_path."""
+
+    def tiny_overrides(backbone: str, tmp_path: Path, name: str) -> list[str]:
+        return [
+            f"name={name}", f"output_dir={tmp_path / 'runs'}", f"model.backbone={backbone}",
+            "data.source=rotten_tomatoes", "data.limit=48", "data.max_length=32",
+            "stage1.epochs=1", "stage1.batch_size=16", "stage1.lr=1e-3",
+            "stage2.epochs=1", "stage2.batch_size=16", "stage2.eta_lr=0.1", "stage2.predictor_lr=1e-3",
+            "saliency_checkpoints=1", "tune.num_samples=2", "tune.inits=[finetuned]",
+            "ray.cpus_per_worker=1", f"ray.storage_path={tmp_path / 'ray'}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "mlflow.registered_model=adapler-tiny",
+        ]
+
+    return tiny_overrides
