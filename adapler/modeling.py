@@ -129,6 +129,7 @@ class AdapLeRForSequenceClassification(nn.Module):
             ContributionPredictor(config.hidden_size, self.settings.cp_hidden) for _ in range(self.num_layers)
         )
         self.etas = nn.Parameter(torch.full((self.num_layers,), float(self.settings.eta_init)))
+        self._fused_qkv: dict[int, tuple] = {}  # inference cache of concatenated Q/K/V weights, per layer
 
     # ------------------------------------------------------------------ construction / io
     @classmethod
@@ -250,23 +251,41 @@ class AdapLeRForSequenceClassification(nn.Module):
         layer = self._encoder.encoder.layer[index]
         attn = layer.attention.self
         heads, head_dim = attn.num_attention_heads, attn.attention_head_size
-
-        def to_heads(rows: torch.Tensor) -> torch.Tensor:  # (N, H) -> (B, heads, seq, d)
-            if scatter is not None:
-                grid = rows.new_zeros(batch * seq, rows.shape[-1])
-                grid[scatter] = rows
-                rows = grid
-            return rows.view(batch, seq, heads, head_dim).transpose(1, 2)
-
+        width = heads * head_dim
+        qkv = self._qkv(index, x)  # (N, 3H): one matmul, one scatter, one grid
+        if scatter is not None:
+            grid = qkv.new_zeros(batch * seq, 3 * width)
+            grid[scatter] = qkv
+            qkv = grid
+        qkv = qkv.view(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, seq, d)
         context = F.scaled_dot_product_attention(
-            to_heads(attn.query(x)), to_heads(attn.key(x)), to_heads(attn.value(x)),
-            attn_mask=key_bias, dropout_p=attention_dropout,
+            qkv[0], qkv[1], qkv[2], attn_mask=key_bias, dropout_p=attention_dropout
         )  # (B, heads, seq, d)
         context = context.transpose(1, 2).reshape(batch * seq, heads * head_dim)  # (B*seq, H)
         if scatter is not None:
             context = context[scatter]  # back to (N, H)
         attended = layer.attention.output(context, x)  # dense, dropout, LayerNorm(+ residual)
         return layer.output(layer.intermediate(attended), attended)  # FFN, LayerNorm(+ residual)
+
+    def _qkv(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Q, K, V projections of x (N, H) side by side: (N, 3H).
+
+        Without autograd (inference) the three weight matrices are concatenated once and cached
+        (rebuilt if a weight changes); with autograd, the concatenation is part of the graph.
+        """
+        attn = self._encoder.encoder.layer[index].attention.self
+        linears = (attn.query, attn.key, attn.value)
+        if torch.is_grad_enabled():
+            weight = torch.cat([m.weight for m in linears])
+            bias = torch.cat([m.bias for m in linears])
+            return F.linear(x, weight, bias)
+        stamp = tuple((m.weight.data_ptr(), m.weight._version, m.bias._version) for m in linears)
+        cached = self._fused_qkv.get(index)
+        if cached is None or cached[0] != stamp or cached[1].device != x.device:
+            with torch.no_grad():
+                cached = (stamp, torch.cat([m.weight for m in linears]), torch.cat([m.bias for m in linears]))
+            self._fused_qkv[index] = cached
+        return F.linear(x, cached[1], cached[2])
 
     def _forward_soft(self, hidden: torch.Tensor, present: torch.Tensor, temperature: float) -> AdapLeROutput:
         """Soft removal (spec 4). Three copies of the (cheap, (B, T)) mask recursion route the

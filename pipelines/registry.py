@@ -119,6 +119,16 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         return experiment.experiment_id
 
 
+def _run_experiment(client: MlflowClient, section: MlflowConfig, uri: str, parent_run_id: str | None) -> str:
+    """The experiment of a new run: its parent's, else the configured one (created if missing)."""
+    if not parent_run_id:
+        return _experiment_id(client, section.experiment, uri)
+    try:
+        return client.get_run(parent_run_id).info.experiment_id
+    except MlflowException as err:
+        raise RegistryError(f"parent run {parent_run_id!r} not found in {uri}: {err.message}") from None
+
+
 def setup_mlflow(config: MlflowConfig | Any | None = None) -> None:
     """Set MLflow's tracking and registry URI and its experiment (created with its artefacts next
     to a SQLite database). Accepts the MlflowConfig or a config that has an ``mlflow`` section."""
@@ -244,13 +254,7 @@ def log_stage_run(
     section = _mlflow_section(config)
     uri = tracking_uri(section)
     client = _client(uri)
-    if parent_run_id:
-        try:
-            experiment_id = client.get_run(parent_run_id).info.experiment_id
-        except MlflowException as err:
-            raise RegistryError(f"parent run {parent_run_id!r} not found in {uri}: {err.message}") from None
-    else:
-        experiment_id = _experiment_id(client, section.experiment, uri)
+    experiment_id = _run_experiment(client, section, uri, parent_run_id)
     run_tags = {"adapler.stage": stage, **{str(k): str(v) for k, v in (tags or {}).items()}}
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
@@ -395,13 +399,7 @@ def register_model(
     setup_mlflow(section)
     uri = tracking_uri(section)
     client = _client(uri)
-    if parent_run_id:
-        try:
-            experiment_id = client.get_run(parent_run_id).info.experiment_id
-        except MlflowException as err:
-            raise RegistryError(f"parent run {parent_run_id!r} not found in {uri}: {err.message}") from None
-    else:
-        experiment_id = _experiment_id(client, section.experiment, uri)
+    experiment_id = _run_experiment(client, section, uri, parent_run_id)
     tags = _version_tags(config, metrics)
     with mlflow.start_run(
         run_name=f"register-{name}", experiment_id=experiment_id, parent_run_id=parent_run_id,
