@@ -9,6 +9,7 @@ parent run; the stage-1 outcome is written to <output_dir>/<name>/stage1.json so
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -165,9 +166,23 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
     return summary
 
 
+def absolute_paths(config: PipelineConfig) -> PipelineConfig:
+    """Local paths made absolute: Ray Train workers and Tune trials run in other directories."""
+    config = copy.deepcopy(config)
+    config.output_dir = str(Path(config.output_dir).resolve())
+    for field in ("train_file", "dev_file", "test_file"):
+        value = getattr(config.data, field)
+        if value and "://" not in value:
+            setattr(config.data, field, str(Path(value).resolve()))
+    if config.model.backbone and Path(config.model.backbone).exists():
+        config.model.backbone = str(Path(config.model.backbone).resolve())
+    return config
+
+
 def run_pipeline(config: PipelineConfig, stage1_only_from: Path | None = None) -> PipelineSummary:
     """The whole pipeline; with stage1_only_from (= `adapler tune`), reuse that stage-1 outcome."""
     start = time.perf_counter()
+    config = absolute_paths(config)
     out = Path(config.output_dir) / config.name
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.json")

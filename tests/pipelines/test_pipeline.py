@@ -14,8 +14,10 @@ from adapler_pipelines.run import run_pipeline
 from adapler_pipelines.train import fit_stage
 
 
-def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path):
-    config = load_config(None, tiny_overrides(tiny_backbone_dir, tmp_path, "e2e"), cls=PipelineConfig)
+def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative output_dir, as in the presets: trials run elsewhere
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "e2e") + ["output_dir=runs"]
+    config = load_config(None, overrides, cls=PipelineConfig)
     summary = run_pipeline(config)
 
     assert summary.registered_model == "adapler-tiny"
