@@ -59,7 +59,7 @@ def tiny_model(tokenizer):
     return make_tiny_model(tokenizer)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_model_factory(tokenizer):
     return lambda seed=0, **kw: make_tiny_model(tokenizer, seed=seed, **kw)
 

@@ -5,20 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_tiny_model
 
 from adapler.inference import Predictor
 from adapler_cli.main import main
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from adapler.config import default_backbone
-
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone())
-    model = make_tiny_model(tokenizer, num_labels=2)
+def model_dir(tmp_path_factory, tiny_model_factory):
+    model = tiny_model_factory(num_labels=2)
     model.backbone.config.id2label = {0: "rotten", 1: "fresh"}
     model.backbone.config.label2id = {"rotten": 0, "fresh": 1}
     model.tokenizer.model_max_length = 64
