@@ -88,24 +88,23 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
 
     checkpoints = out / "checkpoints"
     stage1_key = json.dumps({k: config_to_dict(config)[k] for k in ("model", "data", "stage1")}, sort_keys=True)
-    if (out / STAGE1_KEY).is_file() and (out / STAGE1_KEY).read_text() == stage1_key:
+    reuse = (out / STAGE1_KEY).is_file() and (out / STAGE1_KEY).read_text() == stage1_key
+    if reuse:
         # Same backbone, data and stage-1 settings as a finished earlier run: reuse its checkpoints.
-        model = AdapLeRForSequenceClassification.from_pretrained(top_checkpoints(checkpoints, "stage1", 1)[0])
-        model = model.to(config.device)
-        reference = json.loads((Path(top_checkpoints(checkpoints, "stage1", 1)[0]) / "metrics.json").read_text())
-        stage1_dev = reference["dev_accuracy"]
+        best_stage1 = Path(top_checkpoints(checkpoints, "stage1", 1)[0])
+        model = AdapLeRForSequenceClassification.from_pretrained(best_stage1).to(config.device)
+        stage1_dev = json.loads((best_stage1 / "metrics.json").read_text())["dev_accuracy"]
         print(f"reusing the stage-1 checkpoints in {checkpoints} (same model, data and stage-1 config)")
     else:
         model = new_model(config, data)
-        train = make_loader(data.train, model.tokenizer, config.stage1.batch_size, max_length, shuffle=True,
-                            seed=config.stage1.seed)
-        dev = make_loader(data.dev, model.tokenizer, config.stage1.batch_size, max_length)
-        stage1_dev = train_stage1(model, train, dev, config.stage1, checkpoint_saver(checkpoints), progress
-                                  ).best_metrics["dev_accuracy"]
-        (out / STAGE1_KEY).write_text(stage1_key)
     tok = model.tokenizer
     dev = make_loader(data.dev, tok, config.stage1.batch_size, max_length)
     test = make_loader(data.test, tok, config.stage1.batch_size, max_length)
+    if not reuse:
+        train = make_loader(data.train, tok, config.stage1.batch_size, max_length, shuffle=True, seed=config.stage1.seed)
+        stage1 = train_stage1(model, train, dev, config.stage1, checkpoint_saver(checkpoints), progress)
+        stage1_dev = stage1.best_metrics["dev_accuracy"]
+        (out / STAGE1_KEY).write_text(stage1_key)
     backbone_test = evaluate(model, test, removal="none", progress=progress, desc="test (backbone)")
 
     best = top_checkpoints(checkpoints, "stage1", config.saliency_checkpoints)
