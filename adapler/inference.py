@@ -17,6 +17,7 @@ import torch
 from adapler.batching import encode
 from adapler.flops import EncoderSize, adapler_flops, backbone_flops
 from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.quantization import maybe_quantize
 
 
 @dataclass
@@ -52,9 +53,10 @@ class Predictor:
         self.label_names = [str(id2label.get(i, i)) for i in range(model.config.num_labels)]
 
     @classmethod
-    def from_directory(cls, directory: str | Path, device: str = "cpu", **kwargs) -> "Predictor":
+    def from_directory(cls, directory: str | Path, device: str = "cpu", quantize: str = "none", **kwargs) -> "Predictor":
+        """quantize: "none" or "int8" (CPU; see adapler.quantization)."""
         model = AdapLeRForSequenceClassification.from_pretrained(directory).to(device)
-        return cls(model, **kwargs)
+        return cls(maybe_quantize(model, quantize), **kwargs)
 
     @property
     def device(self) -> torch.device:

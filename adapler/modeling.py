@@ -130,6 +130,9 @@ class AdapLeRForSequenceClassification(nn.Module):
         )
         self.etas = nn.Parameter(torch.full((self.num_layers,), float(self.settings.eta_init)))
         self._fused_qkv: dict[int, tuple] = {}  # inference cache of concatenated Q/K/V weights, per layer
+        # Set by adapler.quantization: a (quantized) Linear(H, 3H) per layer used instead of the cache.
+        self.fused_qkv: nn.ModuleList | None = None
+        self.quantized: str | None = None  # "int8" after adapler.quantization.quantize_int8
 
     # ------------------------------------------------------------------ construction / io
     @classmethod
@@ -155,6 +158,10 @@ class AdapLeRForSequenceClassification(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         """HF-style directory: config.json (with the AdapLeR settings), model.safetensors (the
         backbone, loadable by plain transformers), adapler.safetensors (CPs, etas), tokenizer."""
+        if self.quantized:
+            raise ValueError(
+                f"a {self.quantized} model is not saved: save the float model and quantize it again at load time"
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backbone.config.adapler = dataclasses.asdict(self.settings)
@@ -271,8 +278,11 @@ class AdapLeRForSequenceClassification(nn.Module):
         """Q, K, V projections of x (N, H) side by side: (N, 3H).
 
         Without autograd (inference) the three weight matrices are concatenated once and cached
-        (rebuilt if a weight changes); with autograd, the concatenation is part of the graph.
+        (rebuilt if a weight changes); with autograd, the concatenation is part of the graph. An
+        int8 model (adapler.quantization) brings its own fused, quantized projection.
         """
+        if self.fused_qkv is not None:
+            return self.fused_qkv[index](x)
         attn = self._encoder.encoder.layer[index].attention.self
         linears = (attn.query, attn.key, attn.value)
         if torch.is_grad_enabled():

@@ -6,11 +6,13 @@ For each data set (Rotten Tomatoes: short reviews; BBC News: long articles) and 
   masked  AdapLeR with removed tokens masked (the authors' batched evaluation: saves nothing)
   packed  AdapLeR with removed tokens really gone (adapler's default)
 and prints throughput, FLOPs speedup, wall-clock speedup over `none` and their ratio, the
-*realization*. Texts are sorted by length before batching, for every mode alike (what
+*realization*. With `--quantize none int8` each mode also runs int8 (adapler.quantization):
+int8 rows are compared with the int8 `none` row (same precision), and report their accuracy. Texts are sorted by length before batching, for every mode alike (what
 adapler.inference.Predictor does), so the baseline wastes little on padding.
 
     python bench/inference.py                      # trains short cached models if needed
     python bench/inference.py --model-rotten-tomatoes DIR --model-bbc-news DIR
+    python bench/inference.py --datasets rotten_tomatoes --batch-sizes 32 --quantize none int8
 Writes bench/results/inference.json (a list of records).
 """
 
@@ -29,6 +31,7 @@ from adapler.batching import encode
 from adapler.config import load_config
 from adapler.flops import EncoderSize, flops_speedup
 from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.quantization import maybe_quantize
 from adapler.recipe import load_data, run_recipe
 
 HERE = Path(__file__).resolve().parent
@@ -88,8 +91,16 @@ def time_mode(model, batches, mode: str) -> tuple[float, np.ndarray, np.ndarray]
     return seconds, torch.cat(predictions).numpy(), torch.cat(kept).numpy()
 
 
-def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats: int) -> list[dict]:
-    model = AdapLeRForSequenceClassification.from_pretrained(model_dir).eval()
+def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats: int, quantize: list[str]) -> list[dict]:
+    float_model = AdapLeRForSequenceClassification.from_pretrained(model_dir).eval()
+    records = []
+    for precision in quantize:
+        model = maybe_quantize(float_model, precision)
+        records += bench_model(dataset, model, precision, batch_sizes, repeats)
+    return records
+
+
+def bench_model(dataset: str, model, precision: str, batch_sizes: list[int], repeats: int) -> list[dict]:
     config = load_config(None, [f"data.source={dataset}"])
     rows = load_data(config).test.head(TEXTS_PER_SET[dataset])
     tok = model.tokenizer
@@ -123,6 +134,7 @@ def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats
                 "dataset": dataset,
                 "batch_size": batch_size,
                 "mode": mode,
+                "quantize": precision,
                 "examples": len(rows),
                 "mean_input_tokens": float(input_lengths.mean()),
                 "examples_per_s": len(rows) / seconds,
@@ -132,15 +144,15 @@ def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats
                 "realization": wallclock / speedup,
                 "accuracy": float(np.mean(predictions == labels)),
             }
-            if batch_size == 1:
+            if batch_size == 1 and precision == "none":  # float weights; int8 ones are packed
                 record["weight_read_floor_ms"] = weight_read_floor_ms(model)
             records.append(record)
             print(
-                f"{dataset:16s} bs={batch_size:<3d} {mode:7s} {record['examples_per_s']:8.1f} ex/s  "
+                f"{dataset:16s} bs={batch_size:<3d} {precision:4s} {mode:7s} {record['examples_per_s']:8.1f} ex/s  "
                 f"FLOPs x{speedup:5.2f}  wall x{wallclock:5.2f}  realization {record['realization']:.2f}  "
                 f"acc {record['accuracy']:.3f}"
                 + (f"  ({record['ms_per_batch']:.1f} ms/text, weight-read floor "
-                   f"{record['weight_read_floor_ms']:.1f} ms)" if batch_size == 1 else "")
+                   f"{record['weight_read_floor_ms']:.1f} ms)" if "weight_read_floor_ms" in record else "")
             )
     return records
 
@@ -152,6 +164,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["rotten_tomatoes", "bbc_news"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per mode (median is kept)")
+    parser.add_argument("--quantize", nargs="+", default=["none"], choices=["none", "int8"],
+                        help="precisions to run, each against its own plain backbone (default: none)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=str(HERE / "results" / "inference.json"))
     args = parser.parse_args()
@@ -159,7 +173,7 @@ def main() -> None:
     given = {"rotten_tomatoes": args.model_rotten_tomatoes, "bbc_news": args.model_bbc_news}
     records = []
     for dataset in args.datasets:
-        records += bench_dataset(dataset, trained_model(dataset, given[dataset]), args.batch_sizes, args.repeats)
+        records += bench_dataset(dataset, trained_model(dataset, given[dataset]), args.batch_sizes, args.repeats, args.quantize)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(records, indent=2))
     print(f"wrote {args.output}")

@@ -14,15 +14,19 @@ class UserError(Exception):
     """An error message for the user, printed without a stack trace."""
 
 
-def _load_model(path: str, device: str):
+def _load_model(path: str, device: str, quantize: str = "none"):
     from adapler.modeling import AdapLeRForSequenceClassification
+    from adapler.quantization import maybe_quantize
 
     if not Path(path).is_dir():
         raise UserError(f"model directory not found: {path}")
+    if quantize != "none" and device != "cpu":
+        raise UserError(f"--quantize {quantize} runs on CPU only (got --device {device})")
     try:
-        return AdapLeRForSequenceClassification.from_pretrained(path).to(device)
+        model = AdapLeRForSequenceClassification.from_pretrained(path).to(device)
     except FileNotFoundError as err:
         raise UserError(str(err)) from None
+    return maybe_quantize(model, quantize)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -33,7 +37,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         texts += [line.rstrip("\n") for line in Path(args.file).read_text().splitlines() if line.strip()]
     if not texts or any(not t.strip() for t in texts):
         raise UserError("give at least one non-empty text (arguments or --file)")
-    predictor = Predictor(_load_model(args.model, args.device), batch_size=args.batch_size, removal=args.removal)
+    predictor = Predictor(_load_model(args.model, args.device, args.quantize), batch_size=args.batch_size, removal=args.removal)
     predictions = predictor.predict(texts, [args.pair] * len(texts) if args.pair else None, explain=True)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
@@ -46,27 +50,36 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"  kept at the last layer: {' '.join(p.kept_tokens[-1])}")
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
+def split_loader(data_name: str, overrides: list[str], model, split: str, batch_size: int, max_length: int | None):
+    """A loader over one split of a data set, after checking that its labels are the model's.
+    Returns (loader, number of examples)."""
     from adapler.batching import make_loader
     from adapler.config import DataConfig, ExperimentConfig, load_config
-    from adapler.evaluate import evaluate
     from adapler.recipe import load_data
 
-    data_config = load_config(None, [f"source={args.data}", *args.set], cls=DataConfig)
-    data = load_data(ExperimentConfig(data=data_config))
-    model = _load_model(args.model, args.device)
-    if data.label_names != [model.config.id2label[i] for i in range(model.config.num_labels)]:
-        raise UserError(
-            f"the model's labels {list(model.config.id2label.values())} differ from the data's {data.label_names}"
-        )
-    rows = data.split(args.split)
-    loader = make_loader(rows, model.tokenizer, args.batch_size, args.max_length or model.tokenizer.model_max_length)
+    data = load_data(ExperimentConfig(data=load_config(None, [f"source={data_name}", *overrides], cls=DataConfig)))
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if data.label_names != labels:
+        raise UserError(f"the model's labels {labels} differ from the data's {data.label_names}")
+    rows = data.split(split)
+    if rows.empty:
+        raise UserError(f"the {split} split of {data.name} is empty")
+    loader = make_loader(rows, model.tokenizer, batch_size, max_length or model.tokenizer.model_max_length)
+    return loader, len(rows)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from adapler.evaluate import evaluate
+
+    model = _load_model(args.model, args.device, args.quantize)
+    loader, _ = split_loader(args.data, args.set, model, args.split, args.batch_size, args.max_length)
     result = evaluate(model, loader, removal=args.removal, progress=True, desc=f"{args.data}/{args.split}")
     summary = {**result.summary(), "retention": result.retention, "num_examples": result.num_examples}
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"{args.data} {args.split} ({result.num_examples} examples, removal={args.removal})")
+    quantized = f", {args.quantize}" if args.quantize != "none" else ""
+    print(f"{args.data} {args.split} ({result.num_examples} examples, removal={args.removal}{quantized})")
     print(f"  accuracy       {result.accuracy:.4f}")
     print(f"  macro F1       {result.macro_f1:.4f}")
     print(f"  FLOPs speedup  {result.flops_speedup:.2f}x")
@@ -139,6 +152,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from adapler.quantization import QUANTIZE_CHOICES
+
     parser = argparse.ArgumentParser(
         prog="adapler",
         description="AdapLeR: BERT-family classifiers that drop unimportant tokens layer by layer.",
@@ -154,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="packed: real token removal (default); masked: same result, no saving; none: plain backbone")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
+                   help="int8: dynamic int8 quantization of the linear layers (CPU; composes with packed removal)")
     p.add_argument("--json", action="store_true", help="print JSON (with the kept tokens of every layer)")
     p.set_defaults(func=cmd_predict)
 
@@ -168,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-length", type=int, help="default: the length the model was trained with")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
+                   help="int8: dynamic int8 quantization of the linear layers (CPU; composes with packed removal)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
@@ -192,8 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     from adapler_deploy.cli import add_serve_command
+    from adapler_cli.calibrate import add_calibrate_command
+    from adapler_cli.report import add_report_command
+    from adapler_cli.rationales import add_rationales_command
 
     add_serve_command(sub)
+    add_calibrate_command(sub)
+    add_report_command(sub)
+    add_rationales_command(sub)
     return parser
 
 

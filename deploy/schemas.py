@@ -28,6 +28,9 @@ class ServeSettings(BaseModel):
     removal: Literal["packed", "masked", "none"] = Field(
         "packed", description="packed: AdapLeR with real token removal; none: the plain backbone (the baseline)"
     )
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: dynamic int8 quantization of the linear layers (CPU only; composes with removal)"
+    )
     device: str = "cpu"
     torch_threads: int = Field(1, ge=1, description="intra-op threads per replica (1 is fastest for small batches on few cores)")
     # request limits

@@ -380,10 +380,11 @@ def register_model(
     config: Any,
     metrics: Mapping[str, float],
     registered_model: str = "",
-    alias: str = "champion",
+    alias: str | None = "champion",
     parent_run_id: str | None = None,
 ) -> tuple[str, str]:
-    """Log ``model_dir`` as a models-from-code pyfunc, register it, point ``alias`` at it.
+    """Log ``model_dir`` as a models-from-code pyfunc, register it, point ``alias`` at it (None:
+    no alias is set or moved).
 
     The registration run holds the config (params, config.json), ``metrics`` and the model; it is
     nested under ``parent_run_id`` (or under the caller's active MLflow run, if any). The model
@@ -420,7 +421,8 @@ def register_model(
             registered_model_name=name,
         )
     version = str(info.registered_model_version)
-    client.set_registered_model_alias(name, alias, version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.update_model_version(name, version, description=_description(tags))

@@ -24,6 +24,7 @@ from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
 from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.registry import log_stage_run, register_model, setup_mlflow
+from adapler_pipelines.report import chosen_model_pictures
 from adapler_pipelines.saliency import compute_saliency
 from adapler_pipelines.train import MODEL_SUBDIR, fit_stage
 from adapler_pipelines.tune import SearchOutcome, TrialPoint, choose, pareto_front, search, write_pareto
@@ -196,4 +197,5 @@ def run_pipeline(config: PipelineConfig, stage1_only_from: Path | None = None) -
             stage1 = load_stage1(stage1_only_from)
         outcome = run_stage2(config, stage1, out, parent.info.run_id)
         summary = finish(config, stage1, outcome, out, parent.info.run_id, start)
+        chosen_model_pictures(config, outcome.chosen.model_dir, out / "report", parent.info.run_id)
     return summary

@@ -152,28 +152,19 @@ def search(config: PipelineConfig, stage1_dir: str, saliency_path: str, referenc
 
 def write_pareto(outcome: SearchOutcome, directory: Path, reference: float) -> dict[str, Path]:
     """pareto.csv (all points, front flagged) and pareto.png (speedup vs dev accuracy)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
+
+    from adapler.pictures import pareto_plot
 
     directory.mkdir(parents=True, exist_ok=True)
     front = {(p.trial, p.epoch) for p in outcome.pareto}
     table = pd.DataFrame([{**asdict(p), "pareto": (p.trial, p.epoch) in front,
                            "chosen": p is outcome.chosen} for p in outcome.points])
     table.to_csv(directory / "pareto.csv", index=False)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(table.dev_flops_speedup, table.dev_accuracy, c="lightgray", label="trial epochs")
-    ax.plot([p.dev_flops_speedup for p in outcome.pareto], [p.dev_accuracy for p in outcome.pareto],
-            "o-", color="tab:blue", label="Pareto front")
-    ax.scatter([outcome.chosen.dev_flops_speedup], [outcome.chosen.dev_accuracy], marker="*", s=250,
-               color="tab:red", label="chosen", zorder=3)
-    ax.axhline(reference, ls="--", color="gray", lw=1, label="stage-1 dev accuracy")
-    ax.set_xlabel("dev FLOPs speedup")
-    ax.set_ylabel("dev accuracy")
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(directory / "pareto.png", dpi=120)
-    plt.close(fig)
+    pareto_plot(
+        [(p.dev_flops_speedup, p.dev_accuracy) for p in outcome.points],
+        [(p.dev_flops_speedup, p.dev_accuracy) for p in outcome.pareto],
+        (outcome.chosen.dev_flops_speedup, outcome.chosen.dev_accuracy),
+        directory / "pareto.png", reference=reference,
+    )
     return {"pareto.csv": directory / "pareto.csv", "pareto.png": directory / "pareto.png"}

@@ -62,3 +62,13 @@ def test_user_errors_are_one_line_and_exit_2(model_dir, capsys, argv, message):
     err = capsys.readouterr().err
     assert "adapler: error:" in err and message in err
     assert "Traceback" not in err
+
+
+def test_evaluate_and_predict_with_int8(model_dir, capsys):
+    argv = ["evaluate", "--model", model_dir, "--set", "limit=20", "--quantize", "int8"]
+    assert main(argv) == 0
+    assert "removal=packed, int8" in capsys.readouterr().out
+    assert main(["predict", "--model", model_dir, "--quantize", "int8", "--json", "Dull."]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["label"] in ("rotten", "fresh")
+    assert main(["predict", "--model", model_dir, "--quantize", "int8", "--device", "cuda", "Dull."]) == 2
+    assert "CPU only" in capsys.readouterr().err

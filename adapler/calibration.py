@@ -1,0 +1,214 @@
+"""Threshold calibration after training: trade accuracy for speed by scaling the etas.
+
+A trained AdapLeR model keeps token i at layer l iff its score i~_i >= eta_l / n (spec section
+5). The etas are stored as they are used: ``model.etas`` is an (L,) parameter in the threshold's
+own space (no log or sigmoid transform), so multiplying it by a factor f multiplies every
+layer's effective threshold eta_l / n by f. f > 1 drops more tokens (faster), f < 1 fewer.
+Calibration picks ONE global f on the dev split, without retraining: the per-layer balance the
+length loss learnt is kept, only its overall level moves. A calibrated eta may exceed
+``settings.eta_max`` (a threshold above the uniform level 1/n is meaningful at inference);
+training the model further would clip it back.
+
+Search. Every probe is one pass of :func:`adapler.evaluate.evaluate` over the dev loader with
+removal="packed": dev accuracy, FLOPs speedup (spec section 6) and measured examples/s.
+  1. Geometric walk from f = 1, doubling (or halving) until the goal flips between met and not
+     met. Upwards it stops at the saturation factor max_input_length / min(eta): from there on
+     every threshold is >= 1 and each layer keeps only [CLS], so no larger factor is faster.
+     Downwards it stops at ``min_factor``.
+  2. Bisection (geometric midpoints) between the last factor on one side of the flip and the
+     first on the other, until they are within ``tolerance`` (relative) of each other.
+Speedup grows with f: layer 1 keeps a subset of its tokens when its threshold rises, and later
+layers in practice follow (not a theorem: their scores depend on what survived). The search
+never relies on it for its answer: the chosen factor is always one that was measured to meet
+the goal.
+
+Goals (exactly one):
+  target_speedup=X  the smallest factor whose dev FLOPs speedup is >= X (the upper end of the
+                    bisection bracket): reach X while dropping as few tokens as possible. If the
+                    model already beats X at f = 1, the walk goes down and gives accuracy back.
+                    No factor up to saturation reaching X raises :class:`TargetUnreachable`.
+  max_drop=D        the largest dev FLOPs speedup among the explored factors whose dev accuracy
+                    is >= (dev accuracy at f = 1) - D. f = 1 always qualifies, so this always
+                    succeeds; the walk goes up only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from adapler.evaluate import evaluate, unwrap
+from adapler.modeling import AdapLeRForSequenceClassification
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One factor tried, measured on the dev split."""
+
+    factor: float  # every eta multiplied by this
+    accuracy: float  # dev accuracy
+    flops_speedup: float  # backbone FLOPs / AdapLeR FLOPs over the dev split
+    examples_per_s: float  # measured throughput of that dev pass (noisy; FLOPs are not)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    points: list[CurvePoint]  # every factor tried, by factor ascending
+    chosen: CurvePoint
+    baseline: CurvePoint  # factor 1: the model as trained
+    target_speedup: float | None  # the goal, as given to calibrate()
+    max_drop: float | None
+
+    @property
+    def goal(self) -> str:
+        if self.target_speedup is not None:
+            return f"target_speedup={self.target_speedup:g}"
+        return f"max_drop={self.max_drop:g}"
+
+
+class TargetUnreachable(ValueError):
+    """No factor up to saturation reaches the target speedup; ``best`` is the fastest point."""
+
+    def __init__(self, target_speedup: float, points: list[CurvePoint]):
+        self.points = points
+        self.best = max(points, key=lambda p: (p.flops_speedup, -p.factor))
+        super().__init__(
+            f"target speedup {target_speedup:g}x is unreachable by scaling the thresholds: the best "
+            f"reached is {self.best.flops_speedup:.2f}x at factor {self.best.factor:g} "
+            f"(dev accuracy {self.best.accuracy:.4f}), where every layer keeps (almost) only [CLS]"
+        )
+
+
+@contextlib.contextmanager
+def scaled_etas(model: AdapLeRForSequenceClassification, factor: float) -> Iterator[None]:
+    """Multiply the model's etas by ``factor`` in place for the duration of the block."""
+    etas = unwrap(model).etas
+    original = etas.detach().clone()
+    with torch.no_grad():
+        etas.mul_(factor)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            etas.copy_(original)  # exactly the trained values, not a division that may round
+
+
+def apply_factor(model: AdapLeRForSequenceClassification, factor: float) -> AdapLeRForSequenceClassification:
+    """A copy of ``model`` whose etas are multiplied by ``factor``; ``model`` is left unchanged."""
+    calibrated = copy.deepcopy(unwrap(model))
+    with torch.no_grad():
+        calibrated.etas.mul_(factor)
+    return calibrated
+
+
+def saturation_factor(model: AdapLeRForSequenceClassification, max_input_length: int) -> float:
+    """The factor from which every layer keeps only [CLS]: eta_l * f / n >= 1 for every layer l
+    and every length n <= max_input_length, and no normalised score exceeds 1."""
+    smallest = float(unwrap(model).etas.detach().min())
+    if smallest <= 0:
+        raise ValueError(f"the etas must be positive to be scaled, got a smallest eta of {smallest}")
+    return max_input_length / smallest
+
+
+def calibrate(
+    model: AdapLeRForSequenceClassification,
+    loader,
+    target_speedup: float | None = None,
+    max_drop: float | None = None,
+    tolerance: float = 0.05,
+    min_factor: float = 1 / 64,
+    on_point: Callable[[CurvePoint], None] | None = None,
+) -> Calibration:
+    """Search one global eta factor on ``loader`` (the dev split) for the goal; see the module
+    docstring. ``on_point`` is called with each point as it is measured (progress). The model's
+    etas are restored afterwards; build the calibrated model with :func:`apply_factor`."""
+    if (target_speedup is None) == (max_drop is None):
+        raise ValueError("give exactly one of target_speedup and max_drop")
+    if target_speedup is not None and not target_speedup > 0:
+        raise ValueError(f"target_speedup must be > 0, got {target_speedup}")
+    if max_drop is not None and not 0 <= max_drop <= 1:
+        raise ValueError(f"max_drop must be in [0, 1], got {max_drop}")
+    if not tolerance > 0 or not 0 < min_factor < 1:
+        raise ValueError("need tolerance > 0 and 0 < min_factor < 1")
+
+    measured: dict[float, CurvePoint] = {}
+
+    def measure(factor: float) -> CurvePoint:
+        if factor not in measured:
+            with scaled_etas(model, factor):
+                result = evaluate(model, loader, removal="packed")
+            measured[factor] = CurvePoint(factor, result.accuracy, result.flops_speedup, result.examples_per_s)
+            if on_point is not None:
+                on_point(measured[factor])
+        return measured[factor]
+
+    def curve() -> list[CurvePoint]:
+        return [measured[f] for f in sorted(measured)]
+
+    # Warm-up on one batch: one-off costs (fused QKV cache, allocator) would slow the first row.
+    evaluate(model, [next(iter(loader))], removal="packed")
+    baseline = measure(1.0)
+    ceiling = max(saturation_factor(model, _max_input_length(loader)), 1.0)  # <= 1: saturated as trained
+    if target_speedup is not None:
+        def meets(point: CurvePoint) -> bool:
+            return point.flops_speedup >= target_speedup
+
+        fast_enough = meets(baseline)
+        flip = _walk(measure, meets, 0.5 if fast_enough else 2.0, min_factor if fast_enough else ceiling)
+        if flip is None and not fast_enough:
+            raise TargetUnreachable(target_speedup, curve())
+        # No flip going down: every factor down to min_factor is fast enough; keep the smallest.
+        chosen = measure(min_factor) if flip is None else measure(_bisect(*flip, measure, meets, tolerance))
+    else:
+        floor = baseline.accuracy - max_drop
+
+        def meets(point: CurvePoint) -> bool:
+            return point.accuracy >= floor
+
+        flip = _walk(measure, meets, 2.0, ceiling)
+        if flip is not None:
+            _bisect(*flip, measure, meets, tolerance)
+        # Accuracy need not fall monotonically: take the fastest of all points that qualify.
+        chosen = max((p for p in measured.values() if meets(p)), key=lambda p: (p.flops_speedup, -p.factor))
+    return Calibration(curve(), chosen, baseline, target_speedup, max_drop)
+
+
+def _walk(
+    measure: Callable[[float], CurvePoint], meets: Callable[[CurvePoint], bool], step: float, limit: float
+) -> tuple[float, float] | None:
+    """Multiply the factor by ``step`` from 1 (the last step lands on ``limit`` exactly) until
+    ``meets`` differs from its value at 1. Returns (the factor before, the factor after) that
+    change, or None if it never changes before ``limit``."""
+    start = meets(measure(1.0))
+    factor = 1.0
+    while factor != limit:
+        previous = factor
+        factor = min(factor * step, limit) if step > 1 else max(factor * step, limit)
+        if meets(measure(factor)) != start:
+            return previous, factor
+    return None
+
+
+def _bisect(
+    a: float, b: float, measure: Callable[[float], CurvePoint], meets: Callable[[CurvePoint], bool], tolerance: float
+) -> float:
+    """Narrow [a, b] (one end meets the goal, the other not) at geometric midpoints until the ends
+    are within a factor 1 + tolerance; returns the end that meets the goal."""
+    good, bad = (a, b) if meets(measure(a)) else (b, a)
+    while max(good, bad) / min(good, bad) > 1 + tolerance:
+        middle = math.sqrt(good * bad)
+        if meets(measure(middle)):
+            good = middle
+        else:
+            bad = middle
+    return good
+
+
+def _max_input_length(loader) -> int:
+    """Longest unpadded input of the loader (tokens, [CLS] and [SEP] counted)."""
+    return max(int(batch["attention_mask"].sum(-1).max()) for batch in loader)

@@ -1,0 +1,164 @@
+"""``adapler calibrate``: scale a trained model's thresholds to a speed or accuracy goal, on the
+dev split, without retraining.
+
+Wired into the CLI by ``cli/main.py`` (``add_calibrate_command(sub)`` in ``build_parser``). The
+search is :mod:`adapler.calibration` (plain torch); registering the result is
+:mod:`adapler_pipelines.calibrate` (MLflow, imported only for ``models:/`` sources).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adapler.calibration import CurvePoint
+
+DESCRIPTION = """\
+Multiply every layer's eta (token i stays at layer l iff its score >= eta_l / n) by one global
+factor, chosen on the dev split of --data: a factor > 1 drops more tokens (faster), < 1 fewer.
+The search doubles (or halves) the factor from 1 until the goal flips, then bisects to within 5%;
+each factor tried is one pass over the dev split with real token removal, and the curve it
+explored is printed (factor, dev accuracy, FLOPs speedup, measured examples/s).
+
+Goals:
+  --target-speedup X  the smallest factor whose dev FLOPs speedup is >= X. If the model as
+                      trained is already faster, the factor goes below 1 (speed given back for
+                      accuracy). A target out of reach even when every layer keeps only [CLS]
+                      is an error that names the best speedup reached.
+  --max-drop D        the highest dev FLOPs speedup among the factors tried whose dev accuracy
+                      is >= the as-trained dev accuracy - D (e.g. 0.01 = one point).
+
+A model directory is saved calibrated to --output (save_pretrained format). A registered model
+(models:/<name>@<alias>) becomes a new version of <name>, with the curve logged to MLflow
+(curve.csv, curve.png, metrics) and tags calibration_factor, dev_accuracy, flops_speedup (dev);
+no alias moves unless --set-alias names one.
+"""
+
+
+def add_calibrate_command(subparsers) -> argparse.ArgumentParser:
+    c = subparsers.add_parser(
+        "calibrate", help="scale a trained model's thresholds to a speedup target or accuracy budget (no retraining)",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("--model", required=True, help="AdapLeR model directory or models:/<name>@<alias>")
+    c.add_argument("--data", default="rotten_tomatoes",
+                   help="rotten_tomatoes | bbc_news (packaged), files (--set train_file=... [dev_file=...]), "
+                        "or a hub name; its dev split is used")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="data option, e.g. --set limit=200 (repeatable)")
+    goal = c.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-speedup", type=float, metavar="X", help="dev FLOPs speedup to reach, e.g. 3")
+    goal.add_argument("--max-drop", type=float, metavar="D",
+                      help="dev accuracy the model may lose, absolute, e.g. 0.01")
+    c.add_argument("--output", help="save the calibrated model here (save_pretrained format)")
+    c.add_argument("--set-alias", metavar="NAME",
+                   help="models:/ only: point this alias (e.g. champion) at the new version")
+    c.add_argument("--tracking-uri", default="",
+                   help="MLflow tracking URI for models:/ (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--max-length", type=int, help="default: the length the model was trained with")
+    c.add_argument("--device", default="cpu", help="cpu or cuda")
+    c.set_defaults(func=run_calibrate)
+    return c
+
+
+def _user_error(message: str) -> Exception:
+    from adapler_cli.main import UserError
+
+    return UserError(message)
+
+
+def _check_args(args: argparse.Namespace, from_registry: bool) -> None:
+    if args.target_speedup is not None and not args.target_speedup > 0:
+        raise _user_error(f"--target-speedup must be > 0, got {args.target_speedup:g}")
+    if args.max_drop is not None and not 0 <= args.max_drop <= 1:
+        raise _user_error(f"--max-drop must be in [0, 1] (absolute accuracy), got {args.max_drop:g}")
+    if args.set_alias and not from_registry:
+        raise _user_error("--set-alias needs a registered model (--model models:/<name>@<alias>)")
+    if args.output:
+        output = Path(args.output)
+        if output.exists() and not output.is_dir():
+            raise _user_error(f"--output {output} exists and is not a directory")
+        if not from_registry and output.resolve() == Path(args.model).resolve():
+            raise _user_error("--output must differ from --model: calibration never overwrites the trained model")
+
+
+def format_curve(points: list[CurvePoint], chosen: CurvePoint | None = None) -> str:
+    """The explored curve as a table, one row per factor (as given: by factor ascending)."""
+    lines = [f"{'factor':>10}  {'dev accuracy':>12}  {'FLOPs speedup':>13}  {'examples/s':>10}"]
+    for p in points:
+        note = "  <- chosen" if chosen is not None and p.factor == chosen.factor else ""
+        note += "  (as trained)" if p.factor == 1.0 else ""
+        lines.append(
+            f"{p.factor:>10.4g}  {p.accuracy:>12.4f}  {p.flops_speedup:>12.2f}x  {p.examples_per_s:>10.1f}{note}"
+        )
+    return "\n".join(lines)
+
+
+def run_calibrate(args: argparse.Namespace) -> None:
+    from adapler.calibration import TargetUnreachable, apply_factor, calibrate
+    from adapler_cli.main import _load_model, split_loader
+    from adapler_deploy.schemas import MODEL_URI_PREFIX, parse_model_uri
+
+    from_registry = args.model.startswith(MODEL_URI_PREFIX)
+    _check_args(args, from_registry)
+    if from_registry:
+        # Everything the registration needs is read before the search, so that a bad source fails
+        # in seconds, not after minutes of dev passes.
+        from adapler_pipelines.calibrate import register_calibrated, source_config
+        from adapler_pipelines.config import MlflowConfig
+        from adapler_pipelines.registry import RegistryError, download_model_dir, model_version, tracking_uri
+
+        try:
+            name, alias = parse_model_uri(args.model)
+        except ValueError as err:
+            raise _user_error(str(err)) from None
+        uri = tracking_uri(MlflowConfig(tracking_uri=args.tracking_uri))
+        try:
+            source = model_version(name, alias, uri)
+            model_dir = download_model_dir(name, alias, uri=uri)  # read-only: may be the store's own folder
+            config = source_config(name, source, uri)
+        except RegistryError as err:
+            raise _user_error(str(err)) from None
+    else:
+        model_dir = args.model
+    model = _load_model(model_dir, args.device)
+    loader, examples = split_loader(args.data, args.set, model, "dev", args.batch_size, args.max_length)
+    data_description = f"{args.data} dev ({examples} examples)"
+
+    print(f"calibrating {args.model} on {data_description}", file=sys.stderr)
+
+    def progress(p: CurvePoint) -> None:
+        print(f"  factor {p.factor:.4g}: dev accuracy {p.accuracy:.4f}, FLOPs speedup {p.flops_speedup:.2f}x",
+              file=sys.stderr, flush=True)
+
+    try:
+        result = calibrate(model, loader, target_speedup=args.target_speedup, max_drop=args.max_drop, on_point=progress)
+    except TargetUnreachable as err:
+        print(format_curve(err.points))
+        raise _user_error(str(err)) from None
+    chosen, baseline = result.chosen, result.baseline
+    print(format_curve(result.points, chosen))
+    print(f"chosen factor {chosen.factor:.4g} ({result.goal}): dev accuracy {chosen.accuracy:.4f} "
+          f"(as trained {baseline.accuracy:.4f}), FLOPs speedup {chosen.flops_speedup:.2f}x "
+          f"(as trained {baseline.flops_speedup:.2f}x)")
+
+    calibrated = apply_factor(model, chosen.factor)
+    if args.output:
+        calibrated.save_pretrained(args.output)
+        print(f"saved: {args.output}")
+    if from_registry:
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = args.output or tmp
+            if not args.output:
+                calibrated.save_pretrained(directory)
+            version = register_calibrated(directory, result, config, str(source.version), data_description,
+                                          alias=args.set_alias)
+        where = f" (alias {args.set_alias})" if args.set_alias else f" (no alias moved; {alias} unchanged)"
+        print(f"registered: {name} version {version}{where}")
+    elif not args.output:
+        print("not saved: give --output DIR to keep the calibrated model")

@@ -1,0 +1,190 @@
+"""The pictures of a pipeline run, written as files and logged as artefacts of the run.
+
+- ``pareto.csv`` / ``pareto.png``: every (trial, epoch) point of the stage-2 search, the Pareto
+  front and the chosen point (:func:`adapler_pipelines.tune.write_pareto`);
+- ``retention.png``: the chosen model's mean fraction of tokens entering each layer, on the
+  dev and test splits;
+- ``highlight.html``: the first test examples, each token shaded by the layer at which the chosen
+  model dropped it.
+
+:func:`chosen_model_pictures` is what the pipeline calls at its end (it has the chosen model's
+directory and the resolved config at hand). :func:`write_report` (``adapler report --run``)
+rebuilds all of them from MLflow alone, for the top-level run of ``adapler run`` / ``tune`` /
+``demo``: the stage-2 trial runs nested under it (tag ``adapler.stage`` = ``stage2-<trial>``,
+per-epoch ``dev_accuracy`` / ``dev_flops_speedup``), its ``stage1_dev_accuracy`` metric and
+``config.json`` artefact, and the model version registered by its ``register`` run. Both log
+the files under the run's ``report/`` artefact folder, next to what the pipeline put there.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from adapler.batching import encode, make_loader
+from adapler.config import config_from_dict
+from adapler.evaluate import evaluate
+from adapler.inference import Predictor
+from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.pictures import HighlightExample, highlight_html, retention_plot
+from adapler.recipe import load_data
+from adapler_pipelines.config import MlflowConfig, PipelineConfig
+from adapler_pipelines.registry import tracking_uri
+from adapler_pipelines.tune import SearchOutcome, TrialPoint, choose, pareto_front, write_pareto
+
+REPORT_ARTIFACTS = "report"  # the run's artefact folder (the pipeline logs pareto.* there too)
+RETENTION_PNG = "retention.png"
+HIGHLIGHT_HTML = "highlight.html"
+HIGHLIGHT_EXAMPLES = 5
+TRIAL_PREFIX = "stage2-"  # adapler.stage tag of a stage-2 trial run (pipelines/run.py)
+_MAX_CHILD_RUNS = 50_000  # MLflow's largest search page
+
+
+class ReportError(ValueError):
+    """A run that is not there, or lacks what the report needs: one line for the user."""
+
+
+# --------------------------------------------------------------------------- the chosen model
+@torch.no_grad()
+def highlight_examples(predictor: Predictor, rows: pd.DataFrame, label_names: list[str]) -> list[HighlightExample]:
+    """Each row's tokens and how many layers each entered (from the model's kept mask: the token
+    strings of ``Predictor.predict(explain=True)`` lose their positions), captioned with the
+    gold label and the prediction."""
+    texts = rows["text"].tolist()
+    pairs = rows["text_pair"].tolist()
+    pairs = pairs if any(isinstance(p, str) for p in pairs) else None
+    predictions = predictor.predict(texts, pairs)
+    batch = encode(predictor.model.tokenizer, texts, pairs, predictor.max_length)
+    batch = {k: v.to(predictor.device) for k, v in batch.items()}
+    entered = predictor.model(**batch, removal=predictor.removal).kept_mask.sum(dim=1).cpu()  # (B, T)
+    examples = []
+    for row, (record, prediction) in enumerate(zip(rows.itertuples(), predictions)):
+        present = batch["attention_mask"][row].bool().cpu()
+        tokens = predictor.model.tokenizer.convert_ids_to_tokens(batch["input_ids"][row].cpu()[present].tolist())
+        caption = (f"{record.id}: gold {label_names[record.label]}, predicted {prediction.label} "
+                   f"(p={prediction.probabilities[prediction.label]:.2f}), "
+                   f"{prediction.flops_speedup:.2f}x fewer FLOPs")
+        examples.append(HighlightExample(tokens, entered[row][present].tolist(), caption))
+    return examples
+
+
+def model_pictures(model: AdapLeRForSequenceClassification, config: PipelineConfig, directory: Path,
+                   examples: int = HIGHLIGHT_EXAMPLES) -> list[Path]:
+    """retention.png (dev and test) and highlight.html (the first ``examples`` test rows) of
+    ``model`` on the data of ``config``, written to ``directory``."""
+    data = load_data(config)
+    curves = {}
+    for split in ("dev", "test"):
+        loader = make_loader(data.split(split), model.tokenizer, 32, config.data.max_length)
+        curves[f"{data.name} {split}"] = evaluate(model, loader, removal="packed").retention
+    retention = retention_plot(curves, directory / RETENTION_PNG, title=f"tokens kept per layer ({config.name})")
+    predictor = Predictor(model, max_length=config.data.max_length)
+    page = highlight_html(
+        highlight_examples(predictor, data.test.head(examples), data.label_names), model.num_layers,
+        title=f"Kept tokens: {config.name}, {data.name} test",
+    )
+    highlight = directory / HIGHLIGHT_HTML
+    highlight.write_text(page, encoding="utf-8")
+    return [retention, highlight]
+
+
+def log_report(files: list[Path], run_id: str, uri: str) -> None:
+    client = MlflowClient(tracking_uri=uri)
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path=REPORT_ARTIFACTS)
+
+
+def chosen_model_pictures(config: PipelineConfig, model_dir: str, directory: Path, run_id: str) -> list[Path]:
+    """The pipeline's last step: the chosen model's pictures, written and logged to ``run_id``."""
+    model = AdapLeRForSequenceClassification.from_pretrained(model_dir)
+    files = model_pictures(model, config, directory)
+    log_report(files, run_id, tracking_uri(config.mlflow))
+    return files
+
+
+# --------------------------------------------------------------------------- a run, from MLflow
+def _child_runs(client: MlflowClient, run) -> list:
+    """Oldest first: the pipeline logs the trials in the search's order, so :func:`choose` breaks
+    ties between equal points as it did in the pipeline."""
+    return client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+        max_results=_MAX_CHILD_RUNS, order_by=["attributes.start_time ASC"],
+    )
+
+
+def _trial_points(client: MlflowClient, trials: list) -> list[TrialPoint]:
+    """The (trial, epoch) points as the search returned them, from each trial run's metric history."""
+    points = []
+    for trial in trials:
+        run_id, tags = trial.info.run_id, trial.data.tags
+        accuracy = {m.step: m.value for m in client.get_metric_history(run_id, "dev_accuracy")}
+        speedup = {m.step: m.value for m in client.get_metric_history(run_id, "dev_flops_speedup")}
+        points += [
+            TrialPoint(tags["adapler.stage"].removeprefix(TRIAL_PREFIX), epoch, accuracy[epoch], speedup[epoch],
+                       float(tags["gamma"]), float(tags["phi"]), float(tags["lr"]), tags["init"], checkpoint="")
+            for epoch in sorted(accuracy.keys() & speedup.keys())
+        ]
+    return points
+
+
+def _run_config(client: MlflowClient, run_id: str) -> PipelineConfig:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, "config.json", tmp)
+        except (MlflowException, OSError):
+            raise ReportError(f"run {run_id} has no config.json artefact") from None
+        return config_from_dict(json.loads(Path(local).read_text()), PipelineConfig)
+
+
+def _registered_model(client: MlflowClient, run_id: str, register_runs: list) -> AdapLeRForSequenceClassification:
+    """The model version the run's ``register`` run created, loaded through its pyfunc."""
+    versions = [v for r in register_runs for v in client.search_model_versions(f"run_id = '{r.info.run_id}'")]
+    if not versions:
+        raise ReportError(f"run {run_id} registered no model (did the pipeline finish?)")
+    version = max(versions, key=lambda v: int(v.version))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=client.get_model_version_download_uri(version.name, version.version),
+            dst_path=tmp, tracking_uri=client.tracking_uri,
+        )
+        return mlflow.pyfunc.load_model(local).unwrap_python_model().predictor.model
+
+
+def write_report(run_id: str, out: Path, uri: str = "", examples: int = HIGHLIGHT_EXAMPLES) -> list[Path]:
+    """All the pictures of the pipeline run ``run_id`` (its top-level run), written to ``out`` and
+    logged under the run's ``report/`` artefacts. ``uri`` "" = the project's default store."""
+    if examples < 1:
+        raise ReportError(f"the highlight needs at least one example, got {examples}")
+    uri = tracking_uri(MlflowConfig(tracking_uri=uri))
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ReportError(f"no MLflow run {run_id!r} in {uri}") from None
+    children = _child_runs(client, run)
+    stages = [(child.data.tags.get("adapler.stage", ""), child) for child in children]
+    trials = [child for stage, child in stages if stage.startswith(TRIAL_PREFIX)]
+    if not trials:
+        parent = run.data.tags.get("mlflow.parentRunId")
+        hint = f"it is a stage of run {parent}: give that one" if parent else "give the top-level run of `adapler run`"
+        raise ReportError(f"run {run_id} has no stage-2 trial runs under it ({hint})")
+    points = _trial_points(client, trials)
+    if not points:
+        raise ReportError(f"the stage-2 trial runs of run {run_id} logged no dev_accuracy / dev_flops_speedup")
+    reference = run.data.metrics.get("stage1_dev_accuracy")
+    if reference is None:
+        raise ReportError(f"run {run_id} has no stage1_dev_accuracy metric (did the pipeline finish?)")
+    config = _run_config(client, run_id)
+    model = _registered_model(client, run_id, [child for stage, child in stages if stage == "register"])
+    chosen, eligible = choose(points, reference, config.stage2.selection_tolerance)
+    pareto = write_pareto(SearchOutcome(points, pareto_front(points), chosen, eligible), out, reference)
+    files = [*pareto.values(), *model_pictures(model, config, out, examples)]
+    log_report(files, run_id, uri)
+    return files
