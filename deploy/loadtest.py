@@ -12,7 +12,10 @@ removal at /adapler and the plain backbone (removal="none") at /backbone - and c
     python -m adapler_deploy.loadtest --model runs/demo/model --data bbc_news --json-out bench/results/serve.json
 
 Every request ends in exactly one of: ok (2xx), http_4xx, http_5xx, connection_error, timeout,
-other_error; ``requests_sent`` is their sum. Latency percentiles are over the ok requests.
+other_error; ``requests_sent`` is their sum. A 5xx or a broken connection (a replica that died
+under load, a proxy restarting) is retried up to ``--retries`` times after a short back-off:
+``/predict`` is idempotent, so a retry is safe, and the request's fate is that of its last try;
+``retries`` counts the extra tries and ``recovered`` the requests that a retry turned into ok. Latency percentiles are over the ok requests.
 Throughput is ok requests (and texts) per second of the measured window (after ``--warmup``).
 The JSON has one record per target and, with two targets, ``throughput_ratio`` (first / second)
 and ``ratio_over_flops_speedup`` (that ratio divided by the first target's mean FLOPs speedup).
@@ -75,13 +78,14 @@ def load_texts(data: str, split: str = "test", limit: int | None = None) -> list
 async def run_load(
     url: str, texts: list[str], *, concurrency: int = 8, duration_s: float = 30.0, warmup_s: float = 2.0,
     texts_per_request: int = 1, timeout_s: float = 30.0, max_requests: int | None = None, explain: bool = False,
+    retries: int = 2, backoff_s: float = 0.2,
 ) -> dict:
     """Closed-loop load: ``concurrency`` workers, each sending its next request when the last one
     ends, for ``warmup_s + duration_s`` seconds (requests started in the warm-up are not counted)."""
     endpoint = url.rstrip("/") + "/predict"
     tally = Tally()
     chunks = itertools.cycle([texts[i : i + texts_per_request] for i in range(0, len(texts), texts_per_request)])
-    started = 0
+    started = retried = recovered = 0
     loop_start = time.perf_counter()
     measure_from = loop_start + warmup_s
     stop_at = measure_from + duration_s
@@ -92,8 +96,25 @@ async def run_load(
             key = f"{kind}: {detail[:80]}"
             tally.errors[key] = tally.errors.get(key, 0) + 1
 
+    async def send(client: httpx.AsyncClient, batch: list[str]) -> tuple[httpx.Response | Exception, int]:
+        """The request, retried on 5xx and connection errors; (last response or error, tries - 1)."""
+        for attempt in range(retries + 1):
+            try:
+                r = await client.post(endpoint, json={"texts": batch, "explain": explain})
+            except httpx.TimeoutException as err:
+                return err, attempt  # not retried: the server may still be working on it
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
+                r = err
+            except Exception as err:  # noqa: BLE001 - every fate is counted, none is lost
+                return err, attempt
+            if isinstance(r, httpx.Response) and r.status_code < 500:
+                return r, attempt
+            if attempt < retries:
+                await asyncio.sleep(backoff_s * 2**attempt)
+        return r, retries
+
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal started
+        nonlocal started, retried, recovered
         while True:
             now = time.perf_counter()
             if now >= stop_at or (max_requests is not None and started >= max_requests):
@@ -103,23 +124,20 @@ async def run_load(
                 started += 1
             batch = next(chunks)
             t0 = time.perf_counter()
-            try:
-                r = await client.post(endpoint, json={"texts": batch, "explain": explain})
-            except httpx.TimeoutException as err:
-                if counted:
-                    fate("timeout", type(err).__name__)
+            r, extra_tries = await send(client, batch)
+            latency_ms = (time.perf_counter() - t0) * 1000  # retries included: what the caller waits
+            if not counted:
                 continue
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
-                if counted:
-                    fate("connection_error", type(err).__name__)
+            retried += extra_tries
+            if isinstance(r, httpx.TimeoutException):
+                fate("timeout", type(r).__name__)
+                continue
+            if isinstance(r, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+                fate("connection_error", type(r).__name__)
                 await asyncio.sleep(0.05)  # do not spin on a dead port
                 continue
-            except Exception as err:  # noqa: BLE001 - every fate is counted, none is lost
-                if counted:
-                    fate("other_error", f"{type(err).__name__}: {err}")
-                continue
-            latency_ms = (time.perf_counter() - t0) * 1000
-            if not counted:
+            if isinstance(r, Exception):
+                fate("other_error", f"{type(r).__name__}: {r}")
                 continue
             tally.statuses[r.status_code] = tally.statuses.get(r.status_code, 0) + 1
             if 200 <= r.status_code < 300:
@@ -129,6 +147,7 @@ async def run_load(
                     fate("other_error", f"bad 2xx body: {err}")
                     continue
                 fate("ok")
+                recovered += extra_tries > 0
                 tally.latencies_ms.append(latency_ms)
                 tally.texts_ok += len(predictions)
                 tally.speedups.extend(float(p.get("flops_speedup", math.nan)) for p in predictions)
@@ -153,6 +172,8 @@ async def run_load(
         "requests_sent": sent,
         "requests_ok": tally.counts["ok"],
         **{f"requests_{k}" if k.startswith("http") else k: v for k, v in tally.counts.items() if k != "ok"},
+        "retries": retried,
+        "recovered": recovered,
         "requests_per_s": tally.counts["ok"] / elapsed,
         "texts_per_s": tally.texts_ok / elapsed,
         "p50_ms": percentile(tally.latencies_ms, 50),
@@ -235,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each measurement")
     p.add_argument("--texts-per-request", type=int, default=1)
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout (s)")
+    p.add_argument("--retries", type=int, default=2, help="tries again after a 5xx or a broken connection")
     p.add_argument("--max-requests", type=int, help="stop a target after this many measured requests")
     p.add_argument("--explain", action="store_true")
     p.add_argument("--json-out", help="also write the JSON here")
@@ -265,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             record = asyncio.run(run_load(
                 url, texts, concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup,
                 texts_per_request=args.texts_per_request, timeout_s=args.timeout,
-                max_requests=args.max_requests, explain=args.explain,
+                max_requests=args.max_requests, explain=args.explain, retries=args.retries,
             ))
             record = {"dataset": Path(args.data).name, "model": name, **record}
             records.append(record)

@@ -102,6 +102,26 @@ def test_predictions_match_predictor(server, model_dir):
     assert httpx.get(server + "/healthz", timeout=10).json()["status"] == "ok"
 
 
+
+def test_text_pairs_over_http_match_predictor(server, model_dir):
+    """Sentence pairs ([CLS] a [SEP] b [SEP]) over HTTP give what Predictor gives."""
+    from adapler.inference import Predictor
+
+    texts, pairs = TEXTS[:3], ["It was great.", None, "The acting, though, was superb."]
+    r = _post(server, json={"texts": texts, "text_pairs": pairs})
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    predictor = Predictor.from_directory(model_dir)
+    want = predictor.predict(texts, pairs)
+    alone = predictor.predict(texts)
+    assert [p["input_tokens"] for p in got] == [p.input_tokens for p in want]
+    assert got[0]["input_tokens"] > alone[0].input_tokens
+    # in a request with pairs, a missing pair is an empty second segment (one more [SEP]), as in training
+    assert got[1]["input_tokens"] == alone[1].input_tokens + 1
+    for g, w in zip(got, want):
+        assert all(abs(g["probabilities"][k] - w.probabilities[k]) < 1e-4 for k in w.probabilities)
+
+
 def test_explain_lists_kept_tokens_of_the_input(server, model_dir):
     from transformers import AutoTokenizer
 
@@ -306,3 +326,46 @@ print(json.dumps({{"dir": str(directory), "error": error}}))
     got = Predictor.from_directory(out["dir"]).predict(texts)
     assert [p.label for p in got] == [p.label for p in Predictor.from_directory(model_dir).predict(texts)]
     assert "alias 'nope'" in out["error"]
+
+
+def _kill_one_replica(app: str) -> str:
+    """SIGKILL-like end of one replica actor of ``app`` (no restart of that actor: Serve must
+    notice and start a replacement)."""
+    import ray
+
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(f"SERVE_REPLICA::{app}#")]
+    assert len(replicas) >= 2, replicas
+    victim = replicas[0]
+    ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+    return victim["name"]
+
+
+def test_a_replica_killed_under_load_loses_no_request(server, model_dir):
+    from ray import serve
+
+    from adapler_deploy.app import build_app
+    from adapler_deploy.loadtest import run_load
+
+    serve.run(build_app({**SETTINGS, "model": model_dir, "num_replicas": 2, "num_cpus": 0.25}),
+              name="fragile", route_prefix="/fragile")
+    try:
+        async def scenario() -> dict:
+            load = asyncio.create_task(run_load(
+                server + "/fragile", TEXTS * 5, concurrency=6, duration_s=10, warmup_s=0,
+                texts_per_request=2, retries=4, backoff_s=0.5,
+            ))
+            await asyncio.sleep(3)
+            await asyncio.to_thread(_kill_one_replica, "fragile")
+            return await load
+
+        record = asyncio.run(scenario())
+        fates = ("requests_ok", "requests_http_4xx", "requests_http_5xx", "connection_error", "timeout", "other_error")
+        assert record["requests_sent"] == sum(record[f] for f in fates), record  # every fate counted
+        assert record["requests_sent"] == record["requests_ok"] > 0, record  # and none lost
+        deadline = time.monotonic() + 120  # Serve replaces the dead replica
+        while _running_replicas("fragile") < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert _running_replicas("fragile") == 2
+    finally:
+        serve.delete("fragile")
