@@ -23,8 +23,9 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
     assert summary.registered_model == "adapler-tiny"
     assert summary.flops_speedup > 0 and 0.0 <= summary.adapler_test_accuracy <= 1.0
     out = tmp_path / "runs" / "e2e"
-    for name in ("config.json", "stage1.json", "summary.json", "report/pareto.csv", "report/pareto.png"):
-        assert (out / name).is_file(), name
+    for name in ("config.json", "stage1.json", "summary.json", "report/pareto.csv", "report/pareto.png",
+                 "report/retention.png", "report/highlight.html"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
 
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     client = MlflowClient(config.mlflow.tracking_uri, config.mlflow.tracking_uri)
@@ -33,6 +34,9 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
     names = {run.info.run_name for run in runs}
     assert {"e2e", "e2e-stage1", "register-adapler-tiny"} <= names
     assert sum(name.startswith("e2e-stage2-") for name in names) == 2  # one run per Tune trial
+    parent = next(run for run in runs if run.info.run_name == "e2e")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/retention.png", "report/highlight.html", "report/pareto.png"} <= logged, logged
     version = client.get_model_version_by_alias("adapler-tiny", "champion")
     assert str(version.version) == summary.version
 
