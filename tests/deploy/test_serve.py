@@ -363,9 +363,9 @@ def test_a_replica_killed_under_load_loses_no_request(server, model_dir):
         fates = ("requests_ok", "requests_http_4xx", "requests_http_5xx", "connection_error", "timeout", "other_error")
         assert record["requests_sent"] == sum(record[f] for f in fates), record  # every fate counted
         assert record["requests_sent"] == record["requests_ok"] > 0, record  # and none lost
-        deadline = time.monotonic() + 120  # Serve replaces the dead replica
-        while _running_replicas("fragile") < 2 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 180  # Serve starts a replacement for the dead replica
+        while _running_replicas("fragile", SCALING_STATES) < 2 and time.monotonic() < deadline:
             time.sleep(1)
-        assert _running_replicas("fragile") == 2
+        assert _running_replicas("fragile", SCALING_STATES) == 2
     finally:
         serve.delete("fragile")
