@@ -12,7 +12,9 @@ from adapler.config import ExperimentConfig
 
 @dataclass
 class RayConfig:
-    address: str | None = None  # None: start a local Ray; "auto": join the cluster (ray job submit)
+    # None: inside `ray job submit` ($RAY_ADDRESS set) join the job's cluster, else start a private
+    # local Ray; "auto" or "host:port": join that cluster.
+    address: str | None = None
     num_workers: int = 1  # Ray Train workers (DDP); 1 on a laptop
     cpus_per_worker: int = 2  # torch threads per worker; 2 = this project's CI machines
     use_gpu: bool = False  # one GPU per worker when true

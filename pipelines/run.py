@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,7 +76,12 @@ def init_ray(config: PipelineConfig) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=config.ray.address, include_dashboard=False, log_to_driver=True)
+        address = config.ray.address
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            # A private local instance: never join a `ray start` cluster that happens to run on
+            # this machine, nor a dead one whose address file was left in /tmp/ray.
+            address = "local"
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
 
 
 def run_stage1(config: PipelineConfig, out: Path, parent_run_id: str) -> Stage1Outcome:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,8 +38,11 @@ def test_ray_job_submit_against_a_local_head(tiny_backbone_dir, tiny_overrides, 
     (job_dir / "job.yaml").write_text(yaml.safe_dump(config_to_dict(config)))
     ray = str(bin_dir / "ray")
     gcs, dashboard, agent = _free_ports(3)
+    # its own temp dir (short: Ray's socket paths must fit 107 bytes), so that the address file
+    # /tmp/ray/ray_current_cluster of other Ray instances is left alone
+    temp_dir = tempfile.mkdtemp(prefix="ray-job-test-", dir="/tmp")
     head = subprocess.Popen(
-        [ray, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
+        [ray, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
          "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -59,6 +63,7 @@ def test_ray_job_submit_against_a_local_head(tiny_backbone_dir, tiny_overrides, 
         assert "succeeded" in job.stdout.lower()
     finally:
         _stop_group(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     client = MlflowClient(config.mlflow.tracking_uri, config.mlflow.tracking_uri)
     assert str(client.get_model_version_by_alias("adapler-tiny", "champion").version) == "1"
 
