@@ -60,6 +60,20 @@ def tiny_model(tokenizer):
 
 
 @pytest.fixture(scope="session")
+def save_review_model():
+    """Save a 2-label model as a Rotten Tomatoes classifier (labels rotten/fresh, max length 64)."""
+
+    def save(model: AdapLeRForSequenceClassification, directory) -> str:
+        model.backbone.config.id2label = {0: "rotten", 1: "fresh"}
+        model.backbone.config.label2id = {"rotten": 0, "fresh": 1}
+        model.tokenizer.model_max_length = 64
+        model.save_pretrained(directory)
+        return str(directory)
+
+    return save
+
+
+@pytest.fixture(scope="session")
 def tiny_model_factory(tokenizer):
     return lambda seed=0, **kw: make_tiny_model(tokenizer, seed=seed, **kw)
 

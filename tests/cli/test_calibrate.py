@@ -15,17 +15,12 @@ DATA = ["--data", "rotten_tomatoes", "--set", "limit=20"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_model_factory):
+def model_dir(tmp_path_factory, tiny_model_factory, save_review_model):
     model = tiny_model_factory(num_labels=2)
     with torch.no_grad():  # uneven CP scores: the speedup grows gradually with the factor
         for predictor in model.predictors:
             predictor.net[2].weight.mul_(6.0)
-    model.backbone.config.id2label = {0: "rotten", 1: "fresh"}
-    model.backbone.config.label2id = {"rotten": 0, "fresh": 1}
-    model.tokenizer.model_max_length = 64
-    directory = tmp_path_factory.mktemp("calibrate-model")
-    model.save_pretrained(directory)
-    return str(directory)
+    return save_review_model(model, tmp_path_factory.mktemp("calibrate-model"))
 
 
 def curve_rows(out: str) -> list[str]:

@@ -11,14 +11,8 @@ from adapler_cli.main import main
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_model_factory):
-    model = tiny_model_factory(num_labels=2)
-    model.backbone.config.id2label = {0: "rotten", 1: "fresh"}
-    model.backbone.config.label2id = {"rotten": 0, "fresh": 1}
-    model.tokenizer.model_max_length = 64
-    directory = tmp_path_factory.mktemp("cli-model")
-    model.save_pretrained(directory)
-    return str(directory)
+def model_dir(tmp_path_factory, tiny_model_factory, save_review_model):
+    return save_review_model(tiny_model_factory(num_labels=2), tmp_path_factory.mktemp("cli-model"))
 
 
 def test_predict_json_matches_the_library(model_dir, capsys):
