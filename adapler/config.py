@@ -76,6 +76,10 @@ class Stage1Config:
     epochs: int = 5
     warmup_ratio: float = 0.06  # linear warm-up over this fraction of steps, then linear decay
     weight_decay: float = 0.01
+    # Attention-probability dropout while fine-tuning; None keeps the backbone's own (0.1 in BERT).
+    # 0 lets CPU SDPA use its fused kernel: a MiniLM step at 16 x 512 tokens takes 8 s instead
+    # of 20 s on 2 cores (measured). Stage 2's soft removal always runs without it.
+    attention_dropout: float | None = None
     seed: int = 0
 
 

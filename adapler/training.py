@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -88,6 +89,24 @@ def _metrics(result: EvalResult, prefix: str = "dev_") -> dict[str, float]:
     return metrics
 
 
+@contextmanager
+def attention_dropout(model: torch.nn.Module, p: float | None) -> Iterator[None]:
+    """The backbone's attention-probability dropout set to p for the duration (None: unchanged)."""
+    if p is None:
+        yield
+        return
+    core = unwrap(model)
+    dropouts = [layer.attention.self.dropout for layer in core._encoder.encoder.layer]
+    previous = [d.p for d in dropouts]
+    for d in dropouts:
+        d.p = p
+    try:
+        yield
+    finally:
+        for d, old in zip(dropouts, previous):
+            d.p = old
+
+
 def train_stage1(
     model: torch.nn.Module,
     train_loader,
@@ -113,15 +132,16 @@ def train_stage1(
         _set_epoch(train_loader, epoch)
         model.train()
         total, steps, start = 0.0, 0, time.perf_counter()
-        for batch in tqdm(train_loader, desc=f"stage 1 epoch {epoch + 1}/{config.epochs}", disable=not progress):
-            batch = _to_device(batch, device)
-            out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, removal="none")
-            loss = F.cross_entropy(out.logits, batch["labels"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total, steps = total + loss.item(), steps + 1
+        with attention_dropout(model, config.attention_dropout):
+            for batch in tqdm(train_loader, desc=f"stage 1 epoch {epoch + 1}/{config.epochs}", disable=not progress):
+                batch = _to_device(batch, device)
+                out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, removal="none")
+                loss = F.cross_entropy(out.logits, batch["labels"])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total, steps = total + loss.item(), steps + 1
         metrics = {"train_loss": total / max(steps, 1), "train_seconds": time.perf_counter() - start}
         metrics.update(_metrics(evaluate(model, dev_loader, removal="none")))
         result.history.append(metrics)

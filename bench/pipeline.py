@@ -4,7 +4,7 @@
     python bench/pipeline.py --datasets rotten_tomatoes --set data.limit=1000 --set tune.num_samples=2
     python bench/pipeline.py --ray-overhead --set data.limit=640          # Ray Train vs the plain loop
 
-Writes bench/results/pipeline.json (one record per data set: dataset, backbone,
+Updates bench/results/pipeline.json (one record per data set: dataset, backbone,
 stage1_dev_accuracy, backbone_test_accuracy, adapler_test_accuracy, flops_speedup,
 wall_seconds, plus the overrides used) and bench/results/ray_overhead.json.
 """
@@ -68,9 +68,12 @@ def ray_overhead(overrides: list[str], output: Path) -> dict:
 
 
 def pipeline_runs(datasets: list[str], overrides: list[str], output: Path) -> list[dict]:
+    """Runs each data set in turn; its record replaces that data set's record in `output` (the
+    records of data sets not run here are kept)."""
     from adapler_pipelines.run import run_pipeline
 
-    records = []
+    kept = json.loads(output.read_text()) if output.is_file() else []
+    records = [r for r in kept if r["dataset"] not in datasets]
     for dataset in datasets:
         config = load_config(resolve_preset(dataset), [*overrides, f"name=bench-{dataset}"], cls=PipelineConfig)
         summary = run_pipeline(config)

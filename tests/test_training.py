@@ -16,6 +16,7 @@ from adapler.evaluate import evaluate, macro_f1
 from adapler.modeling import AdapLeROutput
 from adapler.saliency import saliency_for_rows
 from adapler.training import (
+    attention_dropout,
     linear_schedule,
     select_stage2_epoch,
     stage2_loss,
@@ -158,6 +159,30 @@ def test_select_stage2_epoch_breaks_speedup_ties_by_accuracy():
 
 
 # ---------------------------------------------------------------------------------------- schedule
+
+
+def test_attention_dropout_is_set_for_the_duration_and_restored(tiny_model):
+    """Only attention dropout can vary the outputs here (other dropouts off): at p=0 two training
+    forwards agree, afterwards the backbone's own p is back and they differ again."""
+    model = tiny_model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    attention = [layer.attention.self.dropout for layer in model.backbone.bert.encoder.layer]
+    for d in attention:
+        d.p = 0.5
+    ids = torch.randint(1000, 2000, (2, 12))
+
+    def logits():
+        return model(ids, removal="none").logits
+
+    with attention_dropout(model, 0.0):
+        assert all(d.p == 0.0 for d in attention)
+        assert torch.equal(logits(), logits())
+    assert all(d.p == 0.5 for d in attention)
+    assert not torch.equal(logits(), logits())
+    with attention_dropout(model, None):
+        assert all(d.p == 0.5 for d in attention)
 
 
 def _lrs(total, ratio, steps):

@@ -3,6 +3,7 @@ MiniLM tokenizer), one local Ray cluster per test module, a throwaway SQLite MLf
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -42,6 +43,48 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def restored_mlflow_globals():
+    """setup_mlflow (called by register_model) sets MLflow's process-wide tracking / registry URI
+    and experiment, and mirrors them into os.environ; put them back so that later tests (other
+    modules too) do not write into a store that is gone."""
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from adapler_pipelines import registry
+
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            if var in os.environ:
+                mp.setenv(var, os.environ[var])  # records the value to restore
+            else:
+                mp.delenv(var, raising=False)
+        mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
+        mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+        mp.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
+        mp.setattr(registry, "_current_uri", registry._current_uri)
+        try:
+            yield
+        finally:
+            while mlflow.active_run():
+                mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def mlflow_globals_restored():
+    """The context manager above, for module-scoped fixtures that register models."""
+    return restored_mlflow_globals
+
+
+@pytest.fixture
+def isolated_mlflow():
+    """Use with pytest.mark.usefixtures in modules that call setup_mlflow / register_model."""
+    with restored_mlflow_globals():
+        yield
 
 
 @pytest.fixture

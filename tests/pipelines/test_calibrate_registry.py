@@ -13,18 +13,12 @@ from adapler_cli.main import main
 from adapler_pipelines import registry
 from adapler_pipelines.config import MlflowConfig, PipelineConfig
 
-# setup_mlflow (register_model) sets MLflow's process-wide URIs and experiment; the registry
-# tests' context manager puts them back after each test.
-from test_registry import restored_mlflow_globals
-
 DATA = ["--data", "rotten_tomatoes", "--set", "limit=20"]
 NAME = "adapler-tiny"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_mlflow():
-    with restored_mlflow_globals():
-        yield
+# setup_mlflow (register_model) sets MLflow's process-wide URIs and experiment: put them back.
+pytestmark = pytest.mark.usefixtures("isolated_mlflow")
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ this module migrates one database and copies it for every store it opens.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -36,36 +34,7 @@ METRICS = {"dev_accuracy": 0.8, "test_accuracy": 0.75, "dev_flops_speedup": 1.5,
 
 
 # ----------------------------------------------------------------------------------- fixtures
-@contextlib.contextmanager
-def restored_mlflow_globals():
-    """setup_mlflow (called by register_model) sets MLflow's process-wide tracking / registry URI
-    and experiment, and mirrors them into os.environ; put them back so that later tests (other
-    modules too) do not write into a store that is gone."""
-    import mlflow.tracking.fluent as fluent
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            if var in os.environ:
-                mp.setenv(var, os.environ[var])  # records the value to restore
-            else:
-                mp.delenv(var, raising=False)
-        mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
-        mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
-        mp.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
-        mp.setattr(registry, "_current_uri", registry._current_uri)
-        try:
-            yield
-        finally:
-            while mlflow.active_run():
-                mlflow.end_run()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_mlflow():
-    with restored_mlflow_globals():
-        yield
+pytestmark = pytest.mark.usefixtures("isolated_mlflow")
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +76,13 @@ def make_config(backbone: str, uri: str = "", phi: float = 0.003) -> PipelineCon
 
 
 @pytest.fixture(scope="module")
-def registered(model_dir, tiny_backbone_dir, migrated_db, tmp_path_factory) -> dict:
+def registered(model_dir, tiny_backbone_dir, migrated_db, tmp_path_factory, mlflow_globals_restored) -> dict:
     """One registration shared by the read-side tests (registering takes seconds)."""
     db = tmp_path_factory.mktemp("registered-store") / "mlflow.db"
     shutil.copyfile(migrated_db, db)
     uri = f"sqlite:///{db}"
     config = make_config(tiny_backbone_dir, uri)
-    with restored_mlflow_globals():
+    with mlflow_globals_restored():
         name, version = registry.register_model(model_dir, config, METRICS, "adapler-tiny")
     return {"uri": uri, "name": name, "version": version, "config": config, "model_dir": model_dir}
 
