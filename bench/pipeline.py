@@ -3,6 +3,7 @@
     python bench/pipeline.py --datasets rotten_tomatoes bbc_news          # full data: hours on 2 cores
     python bench/pipeline.py --datasets rotten_tomatoes --set data.limit=1000 --set tune.num_samples=2
     python bench/pipeline.py --ray-overhead --set data.limit=640          # Ray Train vs the plain loop
+    python bench/pipeline.py --datasets rotten_tomatoes --reuse-stage1    # Tune again on the last stage 1
 
 Updates bench/results/pipeline.json (one record per data set: dataset, backbone,
 stage1_dev_accuracy, backbone_test_accuracy, adapler_test_accuracy, flops_speedup,
@@ -67,16 +68,18 @@ def ray_overhead(overrides: list[str], output: Path) -> dict:
     return record
 
 
-def pipeline_runs(datasets: list[str], overrides: list[str], output: Path) -> list[dict]:
+def pipeline_runs(datasets: list[str], overrides: list[str], output: Path, reuse_stage1: bool = False) -> list[dict]:
     """Runs each data set in turn; its record replaces that data set's record in `output` (the
-    records of data sets not run here are kept)."""
+    records of data sets not run here are kept). reuse_stage1: `adapler tune` instead of `adapler
+    run`, on the stage-1 outcome (checkpoints and saliency) of an earlier run of the same name."""
     from adapler_pipelines.run import run_pipeline
 
     kept = json.loads(output.read_text()) if output.is_file() else []
     records = [r for r in kept if r["dataset"] not in datasets]
     for dataset in datasets:
         config = load_config(resolve_preset(dataset), [*overrides, f"name=bench-{dataset}"], cls=PipelineConfig)
-        summary = run_pipeline(config)
+        stage1_from = Path(config.output_dir) / config.name if reuse_stage1 else None
+        summary = run_pipeline(config, stage1_only_from=stage1_from)
         print(summary.table())
         records.append({
             "dataset": dataset, "backbone": summary.backbone,
@@ -87,6 +90,7 @@ def pipeline_runs(datasets: list[str], overrides: list[str], output: Path) -> li
             "backbone_examples_per_s": summary.backbone_examples_per_s,
             "adapler_examples_per_s": summary.adapler_examples_per_s,
             "wall_seconds": summary.wall_seconds, "overrides": overrides,
+            "stage1_reused": reuse_stage1,  # True: wall_seconds covers stage 2 and registration only
         })
         output.write_text(json.dumps(records, indent=2))
     return records
@@ -97,13 +101,15 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", default=["rotten_tomatoes", "bbc_news"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--ray-overhead", action="store_true", help="only the Ray Train vs plain loop comparison")
+    parser.add_argument("--reuse-stage1", action="store_true",
+                        help="stage 2 search and registration only, on an earlier run's stage 1 (same --set name/output_dir)")
     args = parser.parse_args()
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     if args.ray_overhead:
         ray_overhead(args.set, results / "ray_overhead.json")
     else:
-        pipeline_runs(args.datasets, args.set, results / "pipeline.json")
+        pipeline_runs(args.datasets, args.set, results / "pipeline.json", args.reuse_stage1)
 
 
 if __name__ == "__main__":

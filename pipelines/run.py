@@ -28,7 +28,15 @@ from adapler_pipelines.registry import log_stage_run, register_model, setup_mlfl
 from adapler_pipelines.report import chosen_model_pictures
 from adapler_pipelines.saliency import compute_saliency
 from adapler_pipelines.train import MODEL_SUBDIR, fit_stage
-from adapler_pipelines.tune import SearchOutcome, TrialPoint, choose, pareto_front, search, write_pareto
+from adapler_pipelines.tune import (
+    SearchOutcome,
+    TrialPoint,
+    choose,
+    pareto_front,
+    search,
+    with_trial_params,
+    write_pareto,
+)
 
 STAGE1_MANIFEST = "stage1.json"
 
@@ -81,7 +89,9 @@ def init_ray(config: PipelineConfig) -> None:
             # A private local instance: never join a `ray start` cluster that happens to run on
             # this machine, nor a dead one whose address file was left in /tmp/ray.
             address = "local"
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls
+        # every second: without it, a warning per second and no clean-up if the controller dies.
+        ray.init(address=address, include_dashboard=True, log_to_driver=True)
 
 
 def run_stage1(config: PipelineConfig, out: Path, parent_run_id: str) -> Stage1Outcome:
@@ -133,9 +143,10 @@ def run_stage2(config: PipelineConfig, stage1: Stage1Outcome, out: Path, parent_
     for trial, points in trials.items():
         history = [{"dev_accuracy": p.dev_accuracy, "dev_flops_speedup": p.dev_flops_speedup}
                    for p in sorted(points, key=lambda p: p.epoch)]
-        log_stage_run(config, f"stage2-{trial}", history, parent_run_id=parent_run_id,
-                      tags={"gamma": str(points[0].gamma), "phi": str(points[0].phi),
-                            "lr": str(points[0].lr), "init": points[0].init})
+        first = points[0]
+        trial_config = with_trial_params(config, first.gamma, first.phi, first.lr, first.init)  # params = what it ran
+        log_stage_run(trial_config, f"stage2-{trial}", history, parent_run_id=parent_run_id,
+                      tags={"gamma": str(first.gamma), "phi": str(first.phi), "lr": str(first.lr), "init": first.init})
     mlflow.log_artifacts(str(out / "report"), artifact_path="report", run_id=parent_run_id)
     if not outcome.chosen_eligible:
         print("      no trial stayed within the accuracy tolerance; the most accurate one was chosen", flush=True)

@@ -9,6 +9,7 @@ speedup with dev accuracy within ``selection_tolerance`` of stage 1.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,14 +72,19 @@ def choose(points: list[TrialPoint], reference: float, tolerance: float) -> tupl
     return max(points, key=lambda p: p.dev_accuracy), False
 
 
+def with_trial_params(config: PipelineConfig, gamma: float, phi: float, lr: float, init: str) -> PipelineConfig:
+    """A copy of config with one trial's sampled stage-2 hyperparameters (the searched ones)."""
+    config = copy.deepcopy(config)
+    config.stage2.gamma, config.stage2.phi, config.stage2.lr, config.stage2.init = gamma, phi, lr, init
+    return config
+
+
 def stage2_trial(params: dict, base: dict, stage1_dir: str, saliency_path: str, reference: float) -> None:
     """A Tune function trainable: one stage-2 run with the sampled hyperparameters."""
     from ray import tune
     from ray.tune import Checkpoint
 
-    config = config_from_dict(base, PipelineConfig)
-    config.stage2.gamma, config.stage2.phi, config.stage2.lr = params["gamma"], params["phi"], params["lr"]
-    config.stage2.init = params["init"]
+    config = with_trial_params(config_from_dict(base, PipelineConfig), **params)
     torch.set_num_threads(config.ray.cpus_per_worker)
     tolerance = config.stage2.selection_tolerance
 

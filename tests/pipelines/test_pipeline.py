@@ -33,7 +33,12 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
     runs = client.search_runs([experiment.experiment_id])
     names = {run.info.run_name for run in runs}
     assert {"e2e", "e2e-stage1", "register-adapler-tiny"} <= names
-    assert sum(name.startswith("e2e-stage2-") for name in names) == 2  # one run per Tune trial
+    trials = [run for run in runs if run.info.run_name.startswith("e2e-stage2-")]
+    assert len(trials) == 2  # one run per Tune trial
+    for trial in trials:  # params are what the trial ran, not the preset's stage-2 defaults
+        for key in ("gamma", "phi", "lr", "init"):
+            assert trial.data.params[f"stage2.{key}"] == trial.data.tags[key], key
+    assert trials[0].data.params["stage2.phi"] != trials[1].data.params["stage2.phi"]
     parent = next(run for run in runs if run.info.run_name == "e2e")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/retention.png", "report/highlight.html", "report/pareto.png"} <= logged, logged
