@@ -35,7 +35,7 @@ def ray_overhead(overrides: list[str], output: Path) -> dict:
     Reports the loop's own epoch time in both (Ray's per-step cost: sampler, DDP wrapper,
     reporting) and the wall time of the whole call (plus Ray's start-up of controller and worker).
     """
-    from adapler_pipelines.run import init_ray
+    from adapler_pipelines.ray_local import init_ray
     from adapler_pipelines.train import fit_stage
 
     config = load_config(resolve_preset("rotten_tomatoes"), [*overrides, "stage1.epochs=1", "name=bench-overhead",
@@ -49,7 +49,7 @@ def ray_overhead(overrides: list[str], output: Path) -> dict:
     plain = train_stage1(model, train, dev, config.stage1, progress=False).history[0]
     plain_wall = time.perf_counter() - start
 
-    init_ray(config)
+    init_ray(config.ray.address)
     start = time.perf_counter()
     ray_epoch = fit_stage(config, "stage1", f"bench-overhead-{int(time.time())}")[0].metrics
     ray_wall = time.perf_counter() - start

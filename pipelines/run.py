@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
 from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.registry import log_stage_run, register_model, setup_mlflow
+from adapler_pipelines.ray_local import init_ray
 from adapler_pipelines.report import chosen_model_pictures
 from adapler_pipelines.saliency import compute_saliency
 from adapler_pipelines.train import MODEL_SUBDIR, fit_stage
@@ -78,20 +78,6 @@ class PipelineSummary:
             ("throughput (examples/s)", f"{self.backbone_examples_per_s:.1f}", f"{self.adapler_examples_per_s:.1f}"),
         ]
         return "\n".join(f"{a:<26}{b:>20}{c:>20}" for a, b, c in rows)
-
-
-def init_ray(config: PipelineConfig) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        address = config.ray.address
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            # A private local instance: never join a `ray start` cluster that happens to run on
-            # this machine, nor a dead one whose address file was left in /tmp/ray.
-            address = "local"
-        # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls
-        # every second: without it, a warning per second and no clean-up if the controller dies.
-        ray.init(address=address, include_dashboard=True, log_to_driver=True)
 
 
 def run_stage1(config: PipelineConfig, out: Path, parent_run_id: str) -> Stage1Outcome:
@@ -204,7 +190,7 @@ def run_pipeline(config: PipelineConfig, stage1_only_from: Path | None = None) -
     out = Path(config.output_dir) / config.name
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.json")
-    init_ray(config)
+    init_ray(config.ray.address)
     setup_mlflow(config.mlflow)
     with mlflow.start_run(run_name=config.name) as parent:
         mlflow.log_artifact(str(out / "config.json"), run_id=parent.info.run_id)
