@@ -96,7 +96,7 @@ def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats
     records = []
     for precision in quantize:
         model = maybe_quantize(float_model, precision)
-        records += bench_model(dataset, model, precision, batch_sizes, repeats)
+        records += [{**r, "model": str(model_dir)} for r in bench_model(dataset, model, precision, batch_sizes, repeats)]
     return records
 
 
