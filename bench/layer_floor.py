@@ -7,12 +7,13 @@ backbone (weights as loaded; the AdapLeR parts play no role), at each row count 
   layer_hot  one whole layer (the packed batch-1 path, adapler's `_layer`) called back to back
   layer_seq  the six layers one after the other, per layer: what a forward pays, each layer's
              7 MB of weights read after the other layers' (min over passes)
-and prints ms and GFLOP/s (24*n*H^2 + 4*n^2*H per layer, spec section 6). Where ms stops falling
+and prints ms and GFLOP/s (adapler.flops.layer_flops, spec section 6). Where ms stops falling
 with n, the layer is bound by reading its weights, not by FLOPs, and removing more tokens there
 saves FLOPs without saving time.
 
     python bench/layer_floor.py
     python bench/layer_floor.py --rows 30 60 120 240 400 --threads 2
+    python bench/layer_floor.py --profile-rows 30   # also: torch.profiler table of one layer at 30 tokens
 Writes bench/results/layer_floor.json.
 """
 
@@ -25,8 +26,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
 from adapler.config import ModelConfig
+from adapler.flops import EncoderSize, layer_flops
 from adapler.modeling import AdapLeRForSequenceClassification
 
 HERE = Path(__file__).resolve().parent
@@ -42,12 +45,6 @@ def min_ms(fn, calls: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best * 1e3
-
-
-def layer_gflop(rows: int, hidden: int, intermediate: int) -> float:
-    dense = 2 * rows * hidden * (4 * hidden + 2 * intermediate)  # QKV 3H^2, output H^2, FFN 2*H*I
-    attention = 4 * rows * rows * hidden
-    return (dense + attention) / 1e9
 
 
 def measure(model: AdapLeRForSequenceClassification, rows: int, calls: int) -> dict:
@@ -73,7 +70,7 @@ def measure(model: AdapLeRForSequenceClassification, rows: int, calls: int) -> d
     ]
     inputs = [torch.randn(rows, w.shape[1]) for w, _ in weights]
     gemms = sum(min_ms(lambda: F.linear(i, w, b), calls) for i, (w, b) in zip(inputs, weights))
-    gflop = layer_gflop(rows, config.hidden_size, config.intermediate_size)
+    gflop = float(layer_flops(rows, EncoderSize.from_config(config))) / 1e9
     record = {
         "rows": rows,
         "gemms_ms": gemms,
@@ -92,6 +89,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="timed calls per figure (the fastest is kept)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=str(HERE / "results" / "layer_floor.json"))
+    parser.add_argument("--profile-rows", type=int, help="also profile one layer at this many tokens (op table)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = AdapLeRForSequenceClassification.from_backbone(ModelConfig().backbone_path(), num_labels=2).eval()
@@ -103,6 +101,13 @@ def main() -> None:
             records.append(r)
             print(f"{rows:5d} {r['gemms_ms']:11.2f} {r['gemms_gflops_per_s']:5.0f} {r['layer_hot_ms']:13.2f} "
                   f"{r['layer_hot_gflops_per_s']:5.0f} {r['layer_seq_ms']:16.2f} {r['layer_seq_gflops_per_s']:5.0f}", flush=True)
+        if args.profile_rows:
+            x = torch.randn(args.profile_rows, model.config.hidden_size)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(args.calls):
+                    model._layer(0, x, 1, args.profile_rows, None, None)
+            print(f"one layer at {args.profile_rows} tokens, {args.calls} calls:")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     for r in records:
         r["threads"] = args.threads
     Path(args.output).write_text(json.dumps(records, indent=2) + "\n")
