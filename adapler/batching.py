@@ -19,13 +19,15 @@ class SaliencyMismatch(ValueError):
 
 
 def encode(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None, max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Tokenize and pad to the longest in the batch. (B, T) input_ids, attention_mask, token_type_ids."""
+    """Tokenize and pad on the right to the longest in the batch ([CLS] at position 0, as the
+    model requires). (B, T) input_ids, attention_mask, token_type_ids."""
     max_length = max_length or tokenizer.model_max_length
     pairs = None
     if text_pairs is not None and any(p is not None for p in text_pairs):
         pairs = [p or "" for p in text_pairs]
     enc = tokenizer(
-        list(texts), pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        list(texts), pairs, truncation=True, max_length=max_length, padding=True, padding_side="right",
+        return_tensors="pt",
     )
     return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 

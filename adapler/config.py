@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -211,6 +212,36 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["stage2.phi=0.001", ...]`` -> ``{"stage2.phi": 0.001}``, values read as YAML scalars."""
+    values: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return values
+
+
+def apply_overrides(config: Any, values: Mapping[str, Any]) -> Any:
+    """A new config with dotted keys set (``{"stage2.phi": 0.003}``), checked against the field
+    types like ``--set``: what a Tune trial does with its sampled values."""
+    tree = config_to_dict(config)
+    for key, value in values.items():
+        _set_dotted(tree, key, value)
+    return _from_dict(type(config), tree, "")
+
+
+def get_dotted(config: Any, key: str) -> Any:
+    """The value of a dotted key (``stage2.phi``) of a config; ConfigError if there is none."""
+    node = config
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            raise ConfigError(f"{key}: no such config key")
+        node = getattr(node, part)
+    return node
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
@@ -237,11 +268,8 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         tree = loaded
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    for key, value in parse_overrides(overrides).items():
+        _set_dotted(tree, key, value)
     return _from_dict(cls, tree, "")
 
 

@@ -256,12 +256,12 @@ def encode_windows(
     ``evaluated`` (a piece of an owned word; never a special token or padding) and
     ``rationale`` (a piece of a rationale word).
 
-    Same arguments as :func:`adapler.batching.encode` (truncation at ``max_length``, padding to
+    Same arguments as :func:`adapler.batching.encode` (truncation at ``max_length``, right padding to
     the longest), plus the character offsets that map pieces to words.
     """
     encoding = tokenizer(
         [" ".join(w.words) for w in windows], truncation=True, max_length=max_length, padding=True,
-        return_offsets_mapping=True, return_special_tokens_mask=True,
+        padding_side="right", return_offsets_mapping=True, return_special_tokens_mask=True,
     )
     evaluated, rationale = [], []
     for row, window in enumerate(windows):

@@ -30,12 +30,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from adapler.artifacts import ADAPLER_WEIGHTS, check_model_dir
 from adapler.config import AdapLeRSettings
 
 REMOVAL_MODES = ("none", "soft", "masked", "packed")
 SOFT_FLOOR = -10000.0  # floor of the soft-removal function and of the attention bias (spec 4)
 FIRST_STEP_TEMPERATURE = 1000.0  # lambda of the very first training step (spec 4)
-ADAPLER_WEIGHTS = "adapler.safetensors"  # CPs + etas; model.safetensors stays a plain HF checkpoint
 
 # Backbones whose layers have the BERT layout (attention.self.{query,key,value}, attention.output,
 # intermediate, output) and whose classification head reads the first token.
@@ -58,11 +58,18 @@ class AdapLeROutput:
 
 
 class ContributionPredictor(nn.Module):
-    """Linear(H, c) -> GELU -> Linear(c, 1): one contribution logit per token."""
+    """Linear(H, c) -> GELU -> Linear(c, 1): one contribution logit per token.
 
-    def __init__(self, hidden: int, width: int):
+    Initialised as the authors' (BERT's) linear layers: weights normal(0, init_std), biases 0;
+    init_std is the backbone config's initializer_range.
+    """
+
+    def __init__(self, hidden: int, width: int, init_std: float):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, 1))
+        for linear in (self.net[0], self.net[2]):
+            nn.init.normal_(linear.weight, mean=0.0, std=init_std)
+            nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)  # (..., H) -> (...)
@@ -97,9 +104,24 @@ def temperature_for_epoch(epoch: int, epochs: int) -> float:
 
 
 def _soft_scores(z: torch.Tensor, mask: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """i~ = softmax(z) * m / sum(softmax(z) * m), the softmax over the non-padding tokens. (B, T)."""
+    """i~ = softmax(z) * m / sum(softmax(z) * m), the softmax over the non-padding tokens. (B, T).
+
+    The sum is at least [CLS]'s softmax weight (its mask stays 1), but that can underflow to 0;
+    if every other mask is 0 too, the floor (the dtype's smallest normal number, under any
+    ordinary sum) makes the scores 0 instead of 0/0 = NaN.
+    """
     weights = torch.softmax(z.masked_fill(~present, float("-inf")), dim=-1) * mask
-    return weights / weights.sum(dim=-1, keepdim=True)
+    return weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+
+
+def _check_right_padded(present: torch.Tensor) -> None:
+    """Every position rule reads [CLS] at position 0 and padding on the right: each row of the
+    (B, T) mask must start present and never turn on again once off (one vectorised check)."""
+    if not bool(present[:, 0].all() & (present[:, 1:] <= present[:, :-1]).all()):
+        raise ValueError(
+            "adapler needs right padding ([CLS] first): got an attention_mask that is left-padded "
+            "or misses position 0"
+        )
 
 
 def _check_backbone(config) -> None:
@@ -123,10 +145,13 @@ class AdapLeRForSequenceClassification(nn.Module):
         self.backbone = backbone  # e.g. BertForSequenceClassification, unchanged
         self.settings = settings or AdapLeRSettings()
         self.tokenizer = tokenizer  # kept with the model so that save/load carries it
+        if tokenizer is not None:
+            tokenizer.padding_side = "right"  # [CLS] at position 0 (see forward)
         config = backbone.config
         self.num_layers = config.num_hidden_layers
         self.predictors = nn.ModuleList(
-            ContributionPredictor(config.hidden_size, self.settings.cp_hidden) for _ in range(self.num_layers)
+            ContributionPredictor(config.hidden_size, self.settings.cp_hidden, config.initializer_range)
+            for _ in range(self.num_layers)
         )
         self.etas = nn.Parameter(torch.full((self.num_layers,), float(self.settings.eta_init)))
         self._fused_qkv: dict[int, tuple] = {}  # inference cache of concatenated Q/K/V weights, per layer
@@ -174,11 +199,7 @@ class AdapLeRForSequenceClassification(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, attn_implementation: str = "sdpa") -> "AdapLeRForSequenceClassification":
-        directory = Path(directory)
-        if not (directory / "config.json").is_file() or not (directory / ADAPLER_WEIGHTS).is_file():
-            raise FileNotFoundError(
-                f"{directory} is not an AdapLeR model directory (needs config.json and {ADAPLER_WEIGHTS})"
-            )
+        directory = check_model_dir(directory)  # safetensors only, no pickle-format file
         raw = json.loads((directory / "config.json").read_text())
         settings = AdapLeRSettings(**raw.get("adapler", {}))
         backbone = AutoModelForSequenceClassification.from_pretrained(directory, attn_implementation=attn_implementation)
@@ -195,14 +216,24 @@ class AdapLeRForSequenceClassification(nn.Module):
         return self.backbone.config
 
     @property
-    def _encoder(self) -> nn.Module:
+    def base_model(self) -> nn.Module:
+        """The backbone's base model (e.g. BertModel): embeddings, encoder layers, pooler."""
         return getattr(self.backbone, self.backbone.base_model_prefix)
+
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Named parameters by optimizer group, each parameter in exactly one: "backbone" (with the
+        head), "predictors" (the CPs), "etas". Names as in named_parameters() of this module."""
+        return {
+            "backbone": list(self.backbone.named_parameters(prefix="backbone")),
+            "predictors": list(self.predictors.named_parameters(prefix="predictors")),
+            "etas": [("etas", self.etas)],
+        }
 
     def _classify(self, cls_hidden: torch.Tensor) -> torch.Tensor:
         """Logits from the final [CLS] hidden states (B, H), through the backbone's own head."""
         features = cls_hidden[:, None, :]  # (B, 1, H): heads read position 0
         if self.config.model_type == "bert":
-            pooled = self._encoder.pooler(features)
+            pooled = self.base_model.pooler(features)
             return self.backbone.classifier(self.backbone.dropout(pooled))
         return self.backbone.classifier(features)
 
@@ -219,13 +250,16 @@ class AdapLeRForSequenceClassification(nn.Module):
         removal: str | None = None,
         temperature: float = FIRST_STEP_TEMPERATURE,
     ) -> AdapLeROutput:
-        """input_ids, attention_mask, token_type_ids: (B, T). removal: see the module docstring;
+        """input_ids, attention_mask, token_type_ids: (B, T), padded on the right ([CLS] at 0; a mask
+        that is not raises ValueError). removal: see the module docstring;
         default "soft" in train mode, "packed" in eval. temperature: lambda, soft removal only."""
         removal = removal or ("soft" if self.training else "packed")
         if removal not in REMOVAL_MODES:
             raise ValueError(f"removal must be one of {REMOVAL_MODES}, got {removal!r}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        else:
+            _check_right_padded(attention_mask.bool())
         present = attention_mask.bool()  # (B, T)
         if removal == "none":
             logits = self.backbone(
@@ -233,7 +267,7 @@ class AdapLeRForSequenceClassification(nn.Module):
             ).logits
             kept_mask = present[:, None, :].expand(-1, self.num_layers, -1)
             return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
-        hidden = self._encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
+        hidden = self.base_model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
         if removal == "soft":
             return self._forward_soft(hidden, present, temperature)
         if removal == "masked":
@@ -255,7 +289,7 @@ class AdapLeRForSequenceClassification(nn.Module):
         scatter (N,) gives each row's slot in a (B * seq) padded grid (None: x already is that
         grid); key_bias (B, 1, 1, seq) is added to the attention scores (None: attend to all).
         """
-        layer = self._encoder.encoder.layer[index]
+        layer = self.base_model.encoder.layer[index]
         attn = layer.attention.self
         heads, head_dim = attn.num_attention_heads, attn.attention_head_size
         width = heads * head_dim
@@ -283,7 +317,7 @@ class AdapLeRForSequenceClassification(nn.Module):
         """
         if self.fused_qkv is not None:
             return self.fused_qkv[index](x)
-        attn = self._encoder.encoder.layer[index].attention.self
+        attn = self.base_model.encoder.layer[index].attention.self
         linears = (attn.query, attn.key, attn.value)
         if torch.is_grad_enabled():
             weight = torch.cat([m.weight for m in linears])

@@ -34,7 +34,7 @@ QUANTIZE_CHOICES = ("none", "int8")
 def fused_qkv(model: AdapLeRForSequenceClassification) -> nn.ModuleList:
     """One float nn.Linear(H, 3H) per layer with the Q, K, V weights of that layer stacked."""
     fused = nn.ModuleList()
-    for layer in model._encoder.encoder.layer:
+    for layer in model.base_model.encoder.layer:
         attn = layer.attention.self
         parts = (attn.query, attn.key, attn.value)
         linear = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts))

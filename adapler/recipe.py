@@ -20,6 +20,7 @@ from adapler.data import DatasetSplits, load_splits
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.saliency import saliency_from_checkpoints
+from adapler.selection import best_epochs
 from adapler.training import EpochReport, train_stage1, train_stage2
 
 STAGE1_KEY = "stage1_config.json"  # what stage 1 was trained with; a matching rerun reuses it
@@ -70,11 +71,9 @@ def checkpoint_saver(directory: Path):
 
 def top_checkpoints(directory: Path, stage: str, k: int) -> list[str]:
     """The k best epochs of a stage by dev accuracy (ties: earlier epoch first)."""
-    scored = []
-    for path in sorted(directory.glob(f"{stage}-epoch*")):
-        metrics = json.loads((path / "metrics.json").read_text())
-        scored.append((-metrics["dev_accuracy"], int(path.name.rsplit("epoch", 1)[1]), str(path)))
-    return [path for *_, path in sorted(scored)[:k]]
+    paths = sorted(directory.glob(f"{stage}-epoch*"), key=lambda path: int(path.name.rsplit("epoch", 1)[1]))
+    history = [json.loads((path / "metrics.json").read_text()) for path in paths]
+    return [str(paths[i]) for i in best_epochs(history, k)]
 
 
 def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:

@@ -2,7 +2,8 @@
 
 Each loop takes a model, data loaders and a config, and hands every epoch's metrics and model to
 a callback (:class:`EpochReport`), which saves checkpoints or reports them to Ray. Both loops
-work on a DistributedDataParallel-wrapped model too (they only call forward and parameters()).
+work on a DistributedDataParallel-wrapped model too (they call its forward, and take the
+optimizer groups from the wrapped module's parameter_groups()).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from adapler.config import Stage1Config, Stage2Config
 from adapler.evaluate import EvalResult, evaluate, unwrap
 from adapler.modeling import FIRST_STEP_TEMPERATURE, AdapLeROutput, temperature_for_epoch
+from adapler.selection import Candidate, select
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -96,7 +98,7 @@ def attention_dropout(model: torch.nn.Module, p: float | None) -> Iterator[None]
         yield
         return
     core = unwrap(model)
-    dropouts = [layer.attention.self.dropout for layer in core._encoder.encoder.layer]
+    dropouts = [layer.attention.self.dropout for layer in core.base_model.encoder.layer]
     previous = [d.p for d in dropouts]
     for d in dropouts:
         d.p = p
@@ -123,7 +125,7 @@ def train_stage1(
     torch.manual_seed(config.seed)
     core = unwrap(model)
     device = next(core.parameters()).device
-    params = [(n, p) for n, p in model.named_parameters() if "predictors" not in n and not n.endswith("etas")]
+    params = core.parameter_groups()["backbone"]  # CPs and etas stay as they are
     optimizer = torch.optim.AdamW(_decay_groups(params, config.weight_decay), lr=config.lr)
     scheduler = linear_schedule(optimizer, config.epochs * len(train_loader), config.warmup_ratio)
     _fast_forward([scheduler], start_epoch * len(train_loader))
@@ -178,17 +180,6 @@ def stage2_loss(
     return loss, kl_term, {"ce": ce.item(), "kl": kl_total.item(), "soft_length": length.item()}
 
 
-def select_stage2_epoch(history: list[dict[str, float]], reference_dev_score: float, tolerance: float) -> int:
-    """Spec 4: the highest dev speedup among epochs whose dev accuracy >= reference - tolerance.
-
-    If no epoch qualifies, the most accurate one (the caller sees that in its metrics).
-    """
-    eligible = [i for i, m in enumerate(history) if m["dev_accuracy"] >= reference_dev_score - tolerance]
-    if not eligible:
-        return max(range(len(history)), key=lambda i: history[i]["dev_accuracy"])
-    return max(eligible, key=lambda i: (history[i]["dev_flops_speedup"], history[i]["dev_accuracy"]))
-
-
 def train_stage2(
     model: torch.nn.Module,
     train_loader,
@@ -208,14 +199,13 @@ def train_stage2(
     torch.manual_seed(config.seed)
     core = unwrap(model)
     device = next(core.parameters()).device
-    named = [(n, p) for n, p in model.named_parameters() if not n.endswith("etas")]
-    etas = [p for n, p in model.named_parameters() if n.endswith("etas")]
-    backbone = [(n, p) for n, p in named if "predictors." not in n]
-    predictors = [(n, p) for n, p in named if "predictors." in n]
+    parts = core.parameter_groups()
+    backbone, predictors = parts["backbone"], parts["predictors"]
+    named = backbone + predictors  # all but the etas: clipped together
     groups = _decay_groups(backbone, config.weight_decay)
     groups += [{**g, "lr": config.predictor_lr or config.lr} for g in _decay_groups(predictors, config.weight_decay)]
     model_optimizer = torch.optim.AdamW(groups, lr=config.lr, eps=1e-12)
-    eta_optimizer = torch.optim.Adam(etas, lr=config.eta_lr)
+    eta_optimizer = torch.optim.Adam([p for _, p in parts["etas"]], lr=config.eta_lr)
     total_steps = config.epochs * len(train_loader)
     schedulers = [linear_schedule(o, total_steps, config.warmup_ratio) for o in (model_optimizer, eta_optimizer)]
     step = start_epoch * len(train_loader)
@@ -254,10 +244,15 @@ def train_stage2(
         metrics.update(_metrics(evaluate(model, dev_loader, removal="packed")))
         metrics.update({f"eta_layer{i + 1}": float(e) for i, e in enumerate(core.etas.detach())})
         result.history.append(metrics)
-        best = select_stage2_epoch(result.history, reference_dev_score, config.selection_tolerance)
-        result.close_epoch(EpochReport("stage2", epoch, metrics, model, best == len(result.history) - 1), on_epoch)
+        chosen = select(epoch_candidates(result.history, start_epoch), reference_dev_score, config.selection_tolerance).chosen
+        result.close_epoch(EpochReport("stage2", epoch, metrics, model, chosen.epoch == epoch), on_epoch)
     result.restore_best(core)
     return result
+
+
+def epoch_candidates(history: list[dict[str, float]], start_epoch: int = 0) -> list[Candidate]:
+    """The epochs of one stage-2 run as selection candidates (history[i] is epoch start_epoch + i)."""
+    return [Candidate("stage2", start_epoch + i, m["dev_accuracy"], m["dev_flops_speedup"]) for i, m in enumerate(history)]
 
 
 def _set_epoch(loader, epoch: int) -> None:

@@ -49,7 +49,7 @@ def min_ms(fn, calls: int) -> float:
 
 def measure(model: AdapLeRForSequenceClassification, rows: int, calls: int) -> dict:
     config = model.config
-    layers = model._encoder.encoder.layer
+    layers = model.base_model.encoder.layer
     x = torch.randn(rows, config.hidden_size)  # (n, H): one example's kept tokens
 
     def run_layer(index: int) -> torch.Tensor:

@@ -14,6 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adapler.artifacts import is_model_uri, parse_model_uri
+from adapler_cli.errors import UserError
+from adapler_cli.models import MODEL_HELP, TRACKING_URI_HELP, load_model, resolve_model_dir, split_loader
+
 if TYPE_CHECKING:
     from adapler.calibration import CurvePoint
 
@@ -44,7 +48,7 @@ def add_calibrate_command(subparsers) -> argparse.ArgumentParser:
         "calibrate", help="scale a trained model's thresholds to a speedup target or accuracy budget (no retraining)",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("--model", required=True, help="AdapLeR model directory or models:/<name>@<alias>")
+    c.add_argument("--model", required=True, help=MODEL_HELP)
     c.add_argument("--data", default="rotten_tomatoes",
                    help="rotten_tomatoes | bbc_news (packaged), files (--set train_file=... [dev_file=...]), "
                         "or a hub name; its dev split is used")
@@ -57,8 +61,7 @@ def add_calibrate_command(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--output", help="save the calibrated model here (save_pretrained format)")
     c.add_argument("--set-alias", metavar="NAME",
                    help="models:/ only: point this alias (e.g. champion) at the new version")
-    c.add_argument("--tracking-uri", default="",
-                   help="MLflow tracking URI for models:/ (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    c.add_argument("--tracking-uri", default="", help=TRACKING_URI_HELP)
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--max-length", type=int, help="default: the length the model was trained with")
     c.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -66,25 +69,17 @@ def add_calibrate_command(subparsers) -> argparse.ArgumentParser:
     return c
 
 
-def _user_error(message: str) -> Exception:
-    from adapler_cli.main import UserError
-
-    return UserError(message)
-
-
 def _check_args(args: argparse.Namespace, from_registry: bool) -> None:
     if args.target_speedup is not None and not args.target_speedup > 0:
-        raise _user_error(f"--target-speedup must be > 0, got {args.target_speedup:g}")
+        raise UserError(f"--target-speedup must be > 0, got {args.target_speedup:g}")
     if args.max_drop is not None and not 0 <= args.max_drop <= 1:
-        raise _user_error(f"--max-drop must be in [0, 1] (absolute accuracy), got {args.max_drop:g}")
+        raise UserError(f"--max-drop must be in [0, 1] (absolute accuracy), got {args.max_drop:g}")
     if args.set_alias and not from_registry:
-        raise _user_error("--set-alias needs a registered model (--model models:/<name>@<alias>)")
+        raise UserError("--set-alias needs a registered model (--model models:/<name>@<alias>)")
     if args.output:
         output = Path(args.output)
         if output.exists() and not output.is_dir():
-            raise _user_error(f"--output {output} exists and is not a directory")
-        if not from_registry and output.resolve() == Path(args.model).resolve():
-            raise _user_error("--output must differ from --model: calibration never overwrites the trained model")
+            raise UserError(f"--output {output} exists and is not a directory")
 
 
 def format_curve(points: list[CurvePoint], chosen: CurvePoint | None = None) -> str:
@@ -101,32 +96,24 @@ def format_curve(points: list[CurvePoint], chosen: CurvePoint | None = None) -> 
 
 def run_calibrate(args: argparse.Namespace) -> None:
     from adapler.calibration import TargetUnreachable, apply_factor, calibrate
-    from adapler_cli.main import _load_model, split_loader
-    from adapler_deploy.schemas import MODEL_URI_PREFIX, parse_model_uri
 
-    from_registry = args.model.startswith(MODEL_URI_PREFIX)
+    from_registry = is_model_uri(args.model)
     _check_args(args, from_registry)
+    # The model and everything the registration needs are read before the search, so that a bad
+    # source fails in seconds, not after minutes of dev passes.
+    model_dir = resolve_model_dir(args.model, args.tracking_uri)  # read-only: may be the store's own folder
     if from_registry:
-        # Everything the registration needs is read before the search, so that a bad source fails
-        # in seconds, not after minutes of dev passes.
         from adapler_pipelines.calibrate import register_calibrated, source_config
         from adapler_pipelines.config import MlflowConfig
-        from adapler_pipelines.registry import RegistryError, download_model_dir, model_version, tracking_uri
+        from adapler_pipelines.registry import model_version, tracking_uri
 
-        try:
-            name, alias = parse_model_uri(args.model)
-        except ValueError as err:
-            raise _user_error(str(err)) from None
+        name, alias = parse_model_uri(args.model)  # well-formed: resolve_model_dir checked it
         uri = tracking_uri(MlflowConfig(tracking_uri=args.tracking_uri))
-        try:
-            source = model_version(name, alias, uri)
-            model_dir = download_model_dir(name, alias, uri=uri)  # read-only: may be the store's own folder
-            config = source_config(name, source, uri)
-        except RegistryError as err:
-            raise _user_error(str(err)) from None
-    else:
-        model_dir = args.model
-    model = _load_model(model_dir, args.device)
+        source = model_version(name, alias, uri)  # RegistryError: one line (adapler_cli.errors)
+        config = source_config(name, source, uri)
+    elif args.output and Path(args.output).resolve() == model_dir.resolve():
+        raise UserError("--output must differ from --model: calibration never overwrites the trained model")
+    model = load_model(str(model_dir), args.device)
     loader, examples = split_loader(args.data, args.set, model, "dev", args.batch_size, args.max_length)
     data_description = f"{args.data} dev ({examples} examples)"
 
@@ -140,7 +127,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
         result = calibrate(model, loader, target_speedup=args.target_speedup, max_drop=args.max_drop, on_point=progress)
     except TargetUnreachable as err:
         print(format_curve(err.points))
-        raise _user_error(str(err)) from None
+        raise UserError(str(err)) from None
     chosen, baseline = result.chosen, result.baseline
     print(format_curve(result.points, chosen))
     print(f"chosen factor {chosen.factor:.4g} ({result.goal}): dev accuracy {chosen.accuracy:.4f} "

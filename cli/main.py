@@ -9,35 +9,24 @@ import os
 import sys
 from pathlib import Path
 
-
-class UserError(Exception):
-    """An error message for the user, printed without a stack trace."""
-
-
-def _load_model(path: str, device: str, quantize: str = "none"):
-    from adapler.modeling import AdapLeRForSequenceClassification
-    from adapler.quantization import maybe_quantize
-
-    if not Path(path).is_dir():
-        raise UserError(f"model directory not found: {path}")
-    if quantize != "none" and device != "cpu":
-        raise UserError(f"--quantize {quantize} runs on CPU only (got --device {device})")
-    try:
-        model = AdapLeRForSequenceClassification.from_pretrained(path).to(device)
-    except FileNotFoundError as err:
-        raise UserError(str(err)) from None
-    return maybe_quantize(model, quantize)
+from adapler_cli.errors import UserError, expected_errors, one_line
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from adapler.inference import Predictor
+    from adapler_cli.models import load_model
 
     texts = list(args.texts)
     if args.file:
-        texts += [line.rstrip("\n") for line in Path(args.file).read_text().splitlines() if line.strip()]
+        try:
+            lines = Path(args.file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"--file {args.file}: {getattr(err, 'strerror', None) or err}") from None
+        texts += [line.rstrip("\n") for line in lines if line.strip()]
     if not texts or any(not t.strip() for t in texts):
         raise UserError("give at least one non-empty text (arguments or --file)")
-    predictor = Predictor(_load_model(args.model, args.device, args.quantize), batch_size=args.batch_size, removal=args.removal)
+    model = load_model(args.model, args.device, args.quantize, args.tracking_uri)
+    predictor = Predictor(model, batch_size=args.batch_size, removal=args.removal)
     predictions = predictor.predict(texts, [args.pair] * len(texts) if args.pair else None, explain=True)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
@@ -50,28 +39,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"  kept at the last layer: {' '.join(p.kept_tokens[-1])}")
 
 
-def split_loader(data_name: str, overrides: list[str], model, split: str, batch_size: int, max_length: int | None):
-    """A loader over one split of a data set, after checking that its labels are the model's.
-    Returns (loader, number of examples)."""
-    from adapler.batching import make_loader
-    from adapler.config import DataConfig, ExperimentConfig, load_config
-    from adapler.recipe import load_data
-
-    data = load_data(ExperimentConfig(data=load_config(None, [f"source={data_name}", *overrides], cls=DataConfig)))
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if data.label_names != labels:
-        raise UserError(f"the model's labels {labels} differ from the data's {data.label_names}")
-    rows = data.split(split)
-    if rows.empty:
-        raise UserError(f"the {split} split of {data.name} is empty")
-    loader = make_loader(rows, model.tokenizer, batch_size, max_length or model.tokenizer.model_max_length)
-    return loader, len(rows)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from adapler.evaluate import evaluate
+    from adapler_cli.models import load_model, split_loader
 
-    model = _load_model(args.model, args.device, args.quantize)
+    model = load_model(args.model, args.device, args.quantize, args.tracking_uri)
     loader, _ = split_loader(args.data, args.set, model, args.split, args.batch_size, args.max_length)
     result = evaluate(model, loader, removal=args.removal, progress=True, desc=f"{args.data}/{args.split}")
     summary = {**result.summary(), "retention": result.retention, "num_examples": result.num_examples}
@@ -119,17 +91,91 @@ def preset_names() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in files("adapler_configs").iterdir() if p.name.endswith(".yaml"))
 
 
-def _print_summary(summary) -> None:
+# What `predict` shows after a run, per packaged data set (any text works).
+SAMPLE_TEXTS = {
+    "rotten_tomatoes": "A gripping, beautifully shot film.",
+    "bbc_news": "The central bank raised interest rates for the third time this year.",
+}
+
+
+def _shown_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it, as a user would type it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def data_arguments(data) -> list[str]:
+    """``--data SOURCE`` plus ``--set key=value`` for every data option the run set away from its
+    default (limit, files, columns, hub config, split seed), so that evaluate / calibrate read the
+    run's own splits. max_length is left out: a saved model knows the length it was trained with."""
+    from dataclasses import fields
+
+    from adapler.config import DataConfig
+
+    default = DataConfig()
+    out = ["--data", data.source]
+    for f in fields(DataConfig):
+        value = getattr(data, f.name)
+        if f.name not in ("source", "max_length") and value is not None and value != getattr(default, f.name):
+            out += ["--set", f"{f.name}={value}"]
+    return out
+
+
+def _program() -> str:
+    """How to call adapler again from here: ``adapler`` if that is on the PATH, else the path this
+    process was started by (``.venv/bin/adapler`` when the environment is not activated)."""
+    import shutil
+
+    invoked = Path(sys.argv[0])
+    on_path = shutil.which("adapler")
+    if invoked.name != "adapler" or not invoked.is_file() or (on_path and Path(on_path).resolve() == invoked.resolve()):
+        return "adapler"
+    return _shown_path(invoked)
+
+
+def next_commands(summary, config, program: str = "adapler") -> list[str]:
+    """Shell commands that work on what a pipeline run made: its registered version (by the alias
+    that version got) and its model directory, with the run's data options and tracking URI."""
+    import shlex
+
+    from adapler.artifacts import model_uri
+
+    registered = model_uri(summary.registered_model, summary.alias)
+    tracking = ["--tracking-uri", config.mlflow.tracking_uri] if config.mlflow.tracking_uri else []
+    data = data_arguments(config.data)
+    pair = ["--pair", "A second text."] if config.data.text_pair_column else []
+    text = SAMPLE_TEXTS.get(config.data.source, "Some text to classify.")
+    commands = [
+        ["predict", "--model", registered, *tracking, *pair, text],
+        ["evaluate", "--model", registered, *tracking, *data, "--split", "test"],
+        ["calibrate", "--model", _shown_path(summary.model_dir), *data, "--max-drop", "0.01",
+         "--output", _shown_path(Path(summary.run_dir) / "model-calibrated")],
+        ["serve", "--model", registered, *tracking],
+    ]
+    return [shlex.join([program, *command]) for command in commands]
+
+
+def _print_summary(summary, config) -> None:
+    from adapler.artifacts import model_uri
+
     print()
     print(f"data set {summary.dataset}, backbone {summary.backbone}, {summary.wall_seconds / 60:.1f} min")
     print(summary.table())
-    print(f"registered: models:/{summary.registered_model}@champion (version {summary.version})")
+    print(f"registered: {model_uri(summary.registered_model, summary.alias)} (version {summary.version})")
+    print(summary.promotion)
+    print(f"model directory: {_shown_path(summary.model_dir)}")
+    print("next:")
+    for command in next_commands(summary, config, _program()):
+        print(f"  {command}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     from adapler_pipelines.run import run_pipeline
 
-    _print_summary(run_pipeline(_pipeline_config(args)))
+    config = _pipeline_config(args)
+    _print_summary(run_pipeline(config), config)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -141,18 +187,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
           f"({config.data.limit} examples per split), {config.stage1.epochs} stage-1 epoch(s), "
           f"{config.tune.num_samples} Tune trial(s) of {config.stage2.epochs} epoch(s); "
           f"for the full data use `adapler run --config rotten_tomatoes`.")
-    _print_summary(run_pipeline(config))
+    _print_summary(run_pipeline(config), config)
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from adapler_pipelines.run import run_pipeline
 
     config = _pipeline_config(args)
-    _print_summary(run_pipeline(config, stage1_only_from=Path(config.output_dir) / config.name))
+    _print_summary(run_pipeline(config, stage1_only_from=Path(config.output_dir) / config.name), config)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from adapler.quantization import QUANTIZE_CHOICES
+    from adapler_cli.models import add_model_arguments
 
     parser = argparse.ArgumentParser(
         prog="adapler",
@@ -162,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify texts with a saved AdapLeR model; show the kept tokens")
     p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--model", required=True, help="AdapLeR model directory (save_pretrained output)")
+    add_model_arguments(p)
     p.add_argument("--file", help="also classify each non-empty line of this file")
     p.add_argument("--pair", help="second text, for sentence-pair models")
     p.add_argument("--removal", default="packed", choices=["packed", "masked", "none"],
@@ -175,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="accuracy, F1, FLOPs speedup and per-layer retention on a data set")
-    e.add_argument("--model", required=True, help="AdapLeR model directory")
+    add_model_arguments(e)
     e.add_argument("--data", default="rotten_tomatoes",
                    help="rotten_tomatoes | bbc_news (packaged), files (with --set train_file=...), or a hub name")
     e.add_argument("--split", default="test", choices=["train", "dev", "test"])
@@ -229,15 +276,10 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars on every model load are noise here
     hf_logging.set_verbosity_error()
-    from adapler.batching import SaliencyMismatch
-    from adapler.config import ConfigError
-    from adapler.data import DataError
-    from adapler.modeling import UnsupportedBackbone
-
     try:
         args.func(args)
-    except (UserError, ConfigError, DataError, UnsupportedBackbone, SaliencyMismatch) as err:
-        print(f"adapler: error: {err}", file=sys.stderr)
+    except expected_errors() as err:  # evaluated only when something is raised (see adapler_cli.errors)
+        print(f"adapler: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("adapler: interrupted", file=sys.stderr)

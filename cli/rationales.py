@@ -9,7 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from adapler_cli.main import UserError, _load_model
+from adapler_cli.errors import UserError
+from adapler_cli.models import add_model_arguments, load_model
 
 DESCRIPTION = """\
 Per layer, the false positive rate (FPR) of the tokens an AdapLeR model keeps against the human
@@ -32,7 +33,7 @@ def add_rationales_command(subparsers) -> argparse.ArgumentParser:
         "rationales", help="per-layer false positive rate of kept tokens vs human rationales (ERASER movies)",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("--model", required=True, help="AdapLeR model directory")
+    add_model_arguments(r)
     r.add_argument("--data", default=HUB_NAME,
                    help=f"ERASER directory (docs/ and <split>.jsonl) or the hub name {HUB_NAME} (default; needs network)")
     r.add_argument("--split", default="test", choices=SPLITS)
@@ -69,7 +70,7 @@ def run_rationales(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     documents = load_rationale_documents(args.data, args.split)[: args.limit]
-    model = _load_model(args.model, args.device)
+    model = load_model(args.model, args.device, tracking_uri=args.tracking_uri)
     window = _window(args, model)
     report = evaluate_rationales(model, documents, window, args.stride, args.batch_size, progress=True)
     result = {"data": args.data, "split": args.split, "window": window, "stride": args.stride, **report.to_dict()}

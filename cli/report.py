@@ -9,6 +9,8 @@ import argparse
 import os
 from pathlib import Path
 
+from adapler_cli.errors import UserError
+
 
 def add_report_command(subparsers) -> argparse.ArgumentParser:
     r = subparsers.add_parser(
@@ -27,7 +29,6 @@ def add_report_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_report(args: argparse.Namespace) -> None:
-    from adapler_cli.main import UserError
     from adapler_pipelines.report import ReportError, write_report
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download is noise

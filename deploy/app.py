@@ -44,10 +44,12 @@ import copy
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -57,55 +59,28 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
 
+from adapler.artifacts import find_model_dir, is_model_uri
 from adapler_deploy.schemas import (
-    MODEL_URI_PREFIX,
     LimitExceeded,
     PredictRequest,
     PredictResponse,
     ServeSettings,
     check_limits,
-    parse_model_uri,
 )
 
 logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAME = "AdapLeR"
-# Files that hold (or may hold) pickles; an AdapLeR directory needs none of them. (Same list as
-# adapler_pipelines.registry.PICKLE_SUFFIXES, not imported from there: that module pulls MLflow,
-# ~7 s on 2 cores, which a model directory does not need.)
-PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt", ".joblib")
-REQUIRED_FILES = ("config.json", "model.safetensors", "adapler.safetensors")
-
-
-class ModelSourceError(ValueError):
-    """A model directory or registry URI that can not be served (one line for the user)."""
-
-
-def check_model_dir(directory: str | Path) -> Path:
-    """An AdapLeR directory with safetensors weights and no pickle-format file, else ModelSourceError."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ModelSourceError(f"model directory not found: {directory}")
-    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
-    if missing:
-        raise ModelSourceError(f"{directory} is not an AdapLeR model directory (missing {', '.join(missing)})")
-    pickles = sorted(p.name for p in directory.rglob("*") if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise ModelSourceError(f"{directory} holds pickle-format files {pickles}; only safetensors models are served")
-    return directory
 
 
 def resolve_model_dir(model: str, tracking_uri: str = "") -> Path:
-    """A local, checked AdapLeR directory for ``model`` (a directory or ``models:/<name>@<alias>``)."""
-    if model.startswith(MODEL_URI_PREFIX):
-        name, alias = parse_model_uri(model)
-        from adapler_pipelines.registry import RegistryError, download_model_dir
+    """A local, checked AdapLeR directory for ``model``: a model or run directory, or
+    ``models:/<name>@<alias>`` (MLflow is imported only then)."""
+    if not is_model_uri(model):
+        return find_model_dir(model)
+    from adapler_pipelines.registry import resolve_model
 
-        try:
-            return check_model_dir(download_model_dir(name, alias, uri=tracking_uri or None))
-        except RegistryError as err:
-            raise ModelSourceError(str(err)) from None
-    return check_model_dir(model)
+    return resolve_model(model, tracking_uri)
 
 
 @dataclass
@@ -127,6 +102,22 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
+# A request is {"texts": [...]}, two levels deep. json.loads recurses once per level and fails
+# with RecursionError near 1000 of them, so bounding the depth first keeps that off the path.
+MAX_JSON_DEPTH = 32
+_NOT_A_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[^\[\]{}"]+', re.S)  # strings, and whatever else
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the arrays/objects of JSON ``text`` nest more than ``limit`` deep (brackets inside
+    strings do not count). Costs less than json.loads of the same text."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_A_BRACKET.sub("", text)
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > limit
+
+
 def _validation_message(err: ValidationError) -> str:
     parts = []
     for e in err.errors()[:5]:
@@ -139,8 +130,8 @@ def _validation_message(err: ValidationError) -> str:
 api = FastAPI(
     title="adapler",
     description="AdapLeR text classification with token removal",
-    responses={400: {"description": "body is not UTF-8 JSON"}, 413: {"description": "over a limit"},
-               422: {"description": "wrong shape or types"}},
+    responses={400: {"description": "body is not UTF-8 JSON, or nested too deep"}, 413: {"description": "over a limit"},
+               422: {"description": "wrong shape or types, or a text that is not valid Unicode"}},
 )
 
 
@@ -226,8 +217,8 @@ class AdapLeRService:
     )
     async def predict(self, request: Request):
         # The body is read and parsed here rather than by FastAPI so that every bad body gets a
-        # status of its own and one clear line: 400 (empty, not UTF-8, not JSON), 413 (over a
-        # limit), 422 (wrong shape or types).
+        # status of its own and one clear line: 400 (empty, not UTF-8, not JSON, nested too
+        # deep), 413 (over a limit), 422 (wrong shape or types, a text that is not valid Unicode).
         limit = self.settings.max_body_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -243,10 +234,15 @@ class AdapLeRService:
             text = bytes(body).decode("utf-8")
         except UnicodeDecodeError as err:
             return _error(400, f"request body is not UTF-8 (byte {err.start})")
+        too_deep = f"request body nests JSON arrays/objects more than {MAX_JSON_DEPTH} levels deep"
+        if json_too_deep(text):
+            return _error(400, too_deep)
         try:
             payload = json.loads(text)
         except json.JSONDecodeError as err:
             return _error(400, f"request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}")
+        except RecursionError:
+            return _error(400, too_deep)
         if not isinstance(payload, dict):
             return _error(422, f'request body must be a JSON object like {{"texts": [...]}}, not {type(payload).__name__}')
         try:

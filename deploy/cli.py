@@ -10,6 +10,7 @@ token is needed, and never a ``ray start`` cluster that happens to run here; ``-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import signal
@@ -17,7 +18,9 @@ import socket
 import sys
 import time
 
-DEFAULT_MODEL = "models:/adapler-rotten_tomatoes@champion"
+from adapler.artifacts import model_uri, registered_model_name
+
+DEFAULT_MODEL = model_uri(registered_model_name("demo"))  # what the README's first command registers
 
 
 def add_serve_command(subparsers) -> argparse.ArgumentParser:
@@ -48,7 +51,7 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
 
 
 def _user_error(message: str) -> Exception:
-    from adapler_cli.main import UserError
+    from adapler_cli.errors import UserError  # the CLI's one error class (adapler_cli imports this module)
 
     return UserError(message)
 
@@ -91,21 +94,17 @@ def serve_args(args: argparse.Namespace) -> dict:
 
 def check_model(model: str, tracking_uri: str = "") -> None:
     """Fail early, with one line, on a model the replicas could not load."""
-    from adapler_deploy.app import ModelSourceError, check_model_dir
-    from adapler_deploy.schemas import MODEL_URI_PREFIX, parse_model_uri
+    from adapler.artifacts import find_model_dir, is_model_uri, parse_model_uri
 
     try:
-        if model.startswith(MODEL_URI_PREFIX):
+        if is_model_uri(model):
             name, alias = parse_model_uri(model)
-            from adapler_pipelines.registry import RegistryError, model_version
+            from adapler_pipelines.registry import model_version
 
-            try:
-                model_version(name, alias, tracking_uri or None)
-            except RegistryError as err:
-                raise ModelSourceError(str(err)) from None
+            model_version(name, alias, tracking_uri)
         else:
-            check_model_dir(model)
-    except ValueError as err:  # ModelSourceError, a malformed URI
+            find_model_dir(model)
+    except ValueError as err:  # ArtifactError, RegistryError, a malformed URI
         raise _user_error(str(err)) from None
 
 
@@ -115,6 +114,10 @@ def _check_port(host: str, port: int) -> None:
             s.bind((host, port))
     except OSError as err:
         raise _user_error(f"can not listen on {host}:{port}: {err.strerror}") from None
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -136,7 +139,13 @@ def run_serve(args: argparse.Namespace) -> None:
 
     # Default: a private local Ray instance, so that Ctrl-C (serve.shutdown) can not take down the
     # Serve applications of a cluster someone else started here; --address / $RAY_ADDRESS joins one.
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(address=args.address or "local", ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    # ray.init leaves SIGTERM (systemd, Kubernetes, `ray job stop`) to Ray: the core worker's
+    # failure handler dumps a native stack, then the local node's handler kills Ray's processes
+    # under Serve and the driver aborts (exit 134). Stop the way Ctrl-C does instead: Serve lets
+    # in-flight requests finish, shuts down, exit 0. (signal.signal replaces both handlers.)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(app_args), name="adapler", route_prefix="/", blocking=False)
@@ -148,12 +157,19 @@ def run_serve(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        # A second Ctrl-C (or one forwarded twice, e.g. by `timeout`) must not abort the
-        # shutdown half-way and leave Serve actors behind: ignore it for the few seconds this takes.
+        # A second Ctrl-C or SIGTERM (or one forwarded twice, e.g. by `timeout`) must not abort the
+        # shutdown half-way and leave Serve actors behind: ignore them for the few seconds this takes.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("adapler serve: stopping", file=sys.stderr)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("adapler serve: stopping", file=sys.stderr, flush=True)
         try:
+            # serve.shutdown kills the HTTP proxy at once, dropping the requests in flight. Deleting
+            # the application first lets its replicas finish them (graceful_shutdown_timeout_s)
+            # while the proxy still carries their answers. Best effort: shutdown follows anyway.
+            with contextlib.suppress(Exception):
+                serve.delete("adapler")
             serve.shutdown()
         finally:
             ray.shutdown()
             signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_sigterm)

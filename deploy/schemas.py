@@ -2,17 +2,23 @@
 
 The limits live in :class:`ServeSettings` (the application arguments: ``args:`` in
 ``deploy/serve_config.yaml``, or ``adapler serve`` flags). A request is checked in two steps:
-shape and types by :class:`PredictRequest` (-> 422), then size against the limits by
-:func:`check_limits` (-> 413); the body itself (empty, not UTF-8, not JSON) -> 400.
+shape and types by :class:`PredictRequest` (-> 422, also for a text that is not valid Unicode),
+then size against the limits by :func:`check_limits` (-> 413); the body itself (empty, not
+UTF-8, not JSON, nested too deep) -> 400.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
-MODEL_URI_PREFIX = "models:/"
+from adapler.artifacts import is_model_uri, model_uri, parse_model_uri, registered_model_name
+
+# JSON's \ud800 escape gives a str that no tokenizer or UTF-8 response can take; valid pairs
+# (\ud83d\ude00) are joined by json.loads, so any surrogate left is a lone one.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ServeSettings(BaseModel):
@@ -21,7 +27,7 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
-        "models:/adapler-rotten_tomatoes@champion",
+        model_uri(registered_model_name("demo")),
         description="an AdapLeR model directory (safetensors) or models:/<name>@<alias> in the MLflow registry",
     )
     tracking_uri: str = Field("", description="MLflow tracking URI for models:/ (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
@@ -57,18 +63,9 @@ class ServeSettings(BaseModel):
             raise ValueError(
                 f"max_request_tokens ({self.max_request_tokens}) must be <= max_batch_tokens ({self.max_batch_tokens})"
             )
-        if self.model.startswith(MODEL_URI_PREFIX):
+        if is_model_uri(self.model):
             parse_model_uri(self.model)
         return self
-
-
-def parse_model_uri(uri: str) -> tuple[str, str]:
-    """``models:/<name>@<alias>`` -> (name, alias); ValueError for anything else."""
-    rest = uri.removeprefix(MODEL_URI_PREFIX)
-    name, sep, alias = rest.partition("@")
-    if not sep or not name or not alias or "/" in name:
-        raise ValueError(f"model URI {uri!r} is not models:/<name>@<alias>")
-    return name, alias
 
 
 class PredictRequest(BaseModel):
@@ -85,6 +82,12 @@ class PredictRequest(BaseModel):
             raise ValueError(f"texts must be non-empty; empty at index {empty[:10]}")
         if self.text_pairs is not None and len(self.text_pairs) != len(self.texts):
             raise ValueError(f"{len(self.texts)} texts but {len(self.text_pairs)} text_pairs")
+        for field, values in (("texts", self.texts), ("text_pairs", self.text_pairs or [])):
+            for i, text in enumerate(values):
+                lone = _SURROGATE.search(text) if text is not None else None
+                if lone:
+                    raise ValueError(f"{field}[{i}] is not valid Unicode: lone surrogate "
+                                     f"U+{ord(lone.group()):04X} at character {lone.start()}")
         return self
 
 

@@ -18,34 +18,28 @@ model:
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from adapler.calibration import Calibration
-from adapler.config import config_from_dict
 from adapler_pipelines.config import PipelineConfig
-from adapler_pipelines.registry import RegistryError, log_stage_run, register_model
+from adapler_pipelines.registry import RegistryError, register_model
+from adapler_pipelines.tracking import TrackingError, client_for, log_stage_run, read_run_config
 
 
 def source_config(name: str, version: ModelVersion, uri: str) -> PipelineConfig:
     """The PipelineConfig that ``version`` of ``name`` was registered with, pointed at the store
     ``uri`` and the registered model ``name``."""
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(version.run_id, "config.json", tmp)
-        except (MlflowException, OSError, TypeError):  # no run (TypeError: run_id None), no file
-            raise RegistryError(
-                f"{name} version {version.version} has no config.json in its registration run; "
-                "calibrate a model directory instead (--model DIR)"
-            ) from None
-        config = config_from_dict(json.loads(Path(local).read_text()), PipelineConfig)
+    try:
+        config = read_run_config(uri, version.run_id)
+    except TrackingError:
+        raise RegistryError(
+            f"{name} version {version.version} has no config.json in its registration run; "
+            "calibrate a model directory instead (--model DIR)"
+        ) from None
     config.mlflow.tracking_uri = uri
     config.mlflow.registered_model = name
     return config
@@ -123,10 +117,8 @@ def register_calibrated(
         "calibration_factor": chosen.factor, "uncalibrated_dev_accuracy": baseline.accuracy,
         "uncalibrated_dev_flops_speedup": baseline.flops_speedup,
     }
-    _, version = register_model(model_dir, config, metrics, name, alias=alias, parent_run_id=run_id)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    _, version = register_model(model_dir, config, metrics, name, alias=alias, parent_run_id=run_id, tags=tags)
+    client = client_for(uri)
     description = client.get_model_version(name, version).description
     client.update_model_version(
         name, version,

@@ -6,6 +6,7 @@ Loaded like every config through ``adapler.config.load_config(preset, overrides,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from adapler.config import ExperimentConfig
 
@@ -42,8 +43,10 @@ class TuneConfig:
 class MlflowConfig:
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir
     experiment: str = "adapler"
-    registered_model: str = ""  # "" = "adapler-<data set>"
-    alias: str = "champion"
+    registered_model: str = ""  # "" = "adapler-<run name>" (adapler.artifacts.registered_model_name)
+    # When a run's new version becomes @champion (it always gets @challenger): "better" = at
+    # least as accurate and as fast as the champion on the same test split; "always"; "never".
+    promote: Literal["better", "always", "never"] = "better"
 
 
 @dataclass

@@ -18,7 +18,6 @@ the files under the run's ``report/`` artefact folder, next to what the pipeline
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -29,21 +28,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from adapler.batching import encode, make_loader
-from adapler.config import config_from_dict
 from adapler.evaluate import evaluate
 from adapler.inference import Predictor
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.pictures import HighlightExample, highlight_html, retention_plot
 from adapler.recipe import load_data
 from adapler_pipelines.config import MlflowConfig, PipelineConfig
-from adapler_pipelines.registry import tracking_uri
-from adapler_pipelines.tune import SearchOutcome, TrialPoint, choose, pareto_front, write_pareto
+from adapler.selection import Candidate, select
+from adapler_pipelines.tracking import STAGE_TAG, TrackingError, client_for, read_run_config, tracking_uri
+from adapler_pipelines.tune import TRIAL_PREFIX, searched_values, write_pareto
 
 REPORT_ARTIFACTS = "report"  # the run's artefact folder (the pipeline logs pareto.* there too)
 RETENTION_PNG = "retention.png"
 HIGHLIGHT_HTML = "highlight.html"
 HIGHLIGHT_EXAMPLES = 5
-TRIAL_PREFIX = "stage2-"  # adapler.stage tag of a stage-2 trial run (pipelines/run.py)
 _MAX_CHILD_RUNS = 50_000  # MLflow's largest search page
 
 
@@ -96,7 +94,7 @@ def model_pictures(model: AdapLeRForSequenceClassification, config: PipelineConf
 
 
 def log_report(files: list[Path], run_id: str, uri: str) -> None:
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path=REPORT_ARTIFACTS)
 
@@ -111,36 +109,28 @@ def chosen_model_pictures(config: PipelineConfig, model_dir: str, directory: Pat
 
 # --------------------------------------------------------------------------- a run, from MLflow
 def _child_runs(client: MlflowClient, run) -> list:
-    """Oldest first: the pipeline logs the trials in the search's order, so :func:`choose` breaks
-    ties between equal points as it did in the pipeline."""
+    """Oldest first: the trials in the search's order, so that :func:`select` breaks ties between
+    equal candidates as it did in the pipeline."""
     return client.search_runs(
         [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
         max_results=_MAX_CHILD_RUNS, order_by=["attributes.start_time ASC"],
     )
 
 
-def _trial_points(client: MlflowClient, trials: list) -> list[TrialPoint]:
-    """The (trial, epoch) points as the search returned them, from each trial run's metric history."""
-    points = []
+def _trial_candidates(client: MlflowClient, uri: str, trials: list) -> list[Candidate]:
+    """The (trial, epoch) candidates as the search saw them: each trial run's per-epoch metrics,
+    with the searched values of the config the trial ran (a trial resumed after a failure has
+    two runs: its epochs are merged)."""
+    candidates: dict[tuple[str, int], Candidate] = {}
     for trial in trials:
-        run_id, tags = trial.info.run_id, trial.data.tags
+        run_id = trial.info.run_id
+        name = trial.data.tags[STAGE_TAG].removeprefix(TRIAL_PREFIX)
+        params = searched_values(read_run_config(uri, run_id))
         accuracy = {m.step: m.value for m in client.get_metric_history(run_id, "dev_accuracy")}
         speedup = {m.step: m.value for m in client.get_metric_history(run_id, "dev_flops_speedup")}
-        points += [
-            TrialPoint(tags["adapler.stage"].removeprefix(TRIAL_PREFIX), epoch, accuracy[epoch], speedup[epoch],
-                       float(tags["gamma"]), float(tags["phi"]), float(tags["lr"]), tags["init"], checkpoint="")
-            for epoch in sorted(accuracy.keys() & speedup.keys())
-        ]
-    return points
-
-
-def _run_config(client: MlflowClient, run_id: str) -> PipelineConfig:
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(run_id, "config.json", tmp)
-        except (MlflowException, OSError):
-            raise ReportError(f"run {run_id} has no config.json artefact") from None
-        return config_from_dict(json.loads(Path(local).read_text()), PipelineConfig)
+        for epoch in sorted(accuracy.keys() & speedup.keys()):
+            candidates[(name, epoch)] = Candidate(name, epoch, accuracy[epoch], speedup[epoch], params)
+    return list(candidates.values())
 
 
 def _registered_model(client: MlflowClient, run_id: str, register_runs: list) -> AdapLeRForSequenceClassification:
@@ -163,28 +153,31 @@ def write_report(run_id: str, out: Path, uri: str = "", examples: int = HIGHLIGH
     if examples < 1:
         raise ReportError(f"the highlight needs at least one example, got {examples}")
     uri = tracking_uri(MlflowConfig(tracking_uri=uri))
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = client_for(uri)
     try:
         run = client.get_run(run_id)
     except MlflowException:
         raise ReportError(f"no MLflow run {run_id!r} in {uri}") from None
     children = _child_runs(client, run)
-    stages = [(child.data.tags.get("adapler.stage", ""), child) for child in children]
+    stages = [(child.data.tags.get(STAGE_TAG, ""), child) for child in children]
     trials = [child for stage, child in stages if stage.startswith(TRIAL_PREFIX)]
     if not trials:
         parent = run.data.tags.get("mlflow.parentRunId")
         hint = f"it is a stage of run {parent}: give that one" if parent else "give the top-level run of `adapler run`"
         raise ReportError(f"run {run_id} has no stage-2 trial runs under it ({hint})")
-    points = _trial_points(client, trials)
-    if not points:
+    try:
+        candidates = _trial_candidates(client, uri, trials)
+        config = read_run_config(uri, run_id)
+    except TrackingError as err:
+        raise ReportError(str(err)) from None
+    if not candidates:
         raise ReportError(f"the stage-2 trial runs of run {run_id} logged no dev_accuracy / dev_flops_speedup")
     reference = run.data.metrics.get("stage1_dev_accuracy")
     if reference is None:
         raise ReportError(f"run {run_id} has no stage1_dev_accuracy metric (did the pipeline finish?)")
-    config = _run_config(client, run_id)
     model = _registered_model(client, run_id, [child for stage, child in stages if stage == "register"])
-    chosen, eligible = choose(points, reference, config.stage2.selection_tolerance)
-    pareto = write_pareto(SearchOutcome(points, pareto_front(points), chosen, eligible), out, reference)
+    selection = select(candidates, reference, config.stage2.selection_tolerance)
+    pareto = write_pareto(candidates, selection, out, reference)
     files = [*pareto.values(), *model_pictures(model, config, out, examples)]
     log_report(files, run_id, uri)
     return files

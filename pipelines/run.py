@@ -11,34 +11,34 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
 
+from adapler.artifacts import RUN_MODEL_SUBDIR
 from adapler.batching import make_loader
 from adapler.config import save_config
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
+from adapler.selection import best_epochs
 from adapler_pipelines.config import PipelineConfig
-from adapler_pipelines.registry import log_stage_run, register_model, setup_mlflow
 from adapler_pipelines.ray_local import init_ray
+from adapler_pipelines.registry import TEST_SPLIT_TAG, model_name, promote, register_model
 from adapler_pipelines.report import chosen_model_pictures
-from adapler_pipelines.saliency import compute_saliency
+from adapler_pipelines.saliency import compute_saliency, rows_fingerprint
+from adapler_pipelines.tracking import client_for, log_stage_run, setup_mlflow, tracking_uri
 from adapler_pipelines.train import MODEL_SUBDIR, fit_stage
-from adapler_pipelines.tune import (
-    SearchOutcome,
-    TrialPoint,
-    choose,
-    pareto_front,
-    search,
-    with_trial_params,
-    write_pareto,
-)
+from adapler_pipelines.tune import SEARCHED, TRIAL_PREFIX, SearchOutcome, search, without_search, write_pareto
 
 STAGE1_MANIFEST = "stage1.json"
+
+
+class Stage1Missing(FileNotFoundError):
+    """`adapler tune` without the stage-1 results of an earlier `adapler run` (one line)."""
 
 
 @dataclass
@@ -67,6 +67,10 @@ class PipelineSummary:
     adapler_examples_per_s: float
     registered_model: str
     version: str
+    alias: str  # what the new version became: "champion" or "challenger"
+    promotion: str  # one sentence: which happened and why
+    run_dir: str  # <output_dir>/<name>
+    model_dir: str  # <run_dir>/model: a copy of the chosen model
     chosen: dict
     wall_seconds: float
 
@@ -84,8 +88,9 @@ def run_stage1(config: PipelineConfig, out: Path, parent_run_id: str) -> Stage1O
     print(f"[1/4] stage 1: fine-tune {config.model.backbone or 'the packaged MiniLM-L6'} on Ray Train "
           f"({config.ray.num_workers} worker(s), {config.stage1.epochs} epoch(s))", flush=True)
     epochs = fit_stage(config, "stage1", f"{config.name}-stage1")
-    log_stage_run(config, "stage1", [c.metrics for c in epochs], parent_run_id=parent_run_id)
-    best = sorted(epochs, key=lambda c: (-c.metrics["dev_accuracy"], c.epoch))[: config.saliency_checkpoints]
+    history = [c.metrics for c in epochs]
+    log_stage_run(config, "stage1", history, parent_run_id=parent_run_id)
+    best = [epochs[i] for i in best_epochs(history, config.saliency_checkpoints)]
     print(f"[2/4] saliency labels on Ray Data from the {len(best)} best stage-1 epoch(s)", flush=True)
     data = load_data(config)
     saliency_path = compute_saliency(
@@ -103,67 +108,72 @@ def run_stage1(config: PipelineConfig, out: Path, parent_run_id: str) -> Stage1O
 def load_stage1(out: Path) -> Stage1Outcome:
     manifest = out / STAGE1_MANIFEST
     if not manifest.is_file():
-        raise FileNotFoundError(f"no stage-1 results at {manifest}: run `adapler run` first (same --config)")
+        raise Stage1Missing(f"no stage-1 results at {manifest}: run `adapler run` first (same --config and name)")
     return Stage1Outcome(**json.loads(manifest.read_text()))
 
 
 def run_stage2(config: PipelineConfig, stage1: Stage1Outcome, out: Path, parent_run_id: str) -> SearchOutcome:
     if config.tune.num_samples > 0:
         print(f"[3/4] stage 2: Ray Tune search, {config.tune.num_samples} trial(s) x {config.stage2.epochs} "
-              f"epoch(s) over gamma, phi, lr, init", flush=True)
-        outcome = search(config, stage1.best_model_dir, stage1.saliency_path, stage1.reference, f"{config.name}-tune")
+              f"epoch(s) over {', '.join(SEARCHED)}", flush=True)
+        outcome = search(config, stage1.best_model_dir, stage1.saliency_path, stage1.reference,
+                         f"{config.name}-tune", parent_run_id)
     else:
         print(f"[3/4] stage 2 on Ray Train ({config.stage2.epochs} epoch(s), no search)", flush=True)
         init_dir = stage1.best_model_dir if config.stage2.init == "finetuned" else None
         epochs = fit_stage(config, "stage2", f"{config.name}-stage2", init_dir=init_dir,
                            saliency_path=stage1.saliency_path, reference_dev_score=stage1.reference)
-        s = config.stage2
-        points = [TrialPoint("stage2", c.epoch, c.metrics["dev_accuracy"], c.metrics["dev_flops_speedup"],
-                             s.gamma, s.phi, s.lr, s.init, c.path) for c in epochs]
-        chosen, eligible = choose(points, stage1.reference, s.selection_tolerance)
-        outcome = SearchOutcome(points, pareto_front(points), chosen, eligible)
-    artifacts = write_pareto(outcome, out / "report", stage1.reference)
-    trials: dict[str, list[TrialPoint]] = {}  # one MLflow run per trial, its epochs as steps
-    for point in outcome.points:
-        trials.setdefault(point.trial, []).append(point)
-    for trial, points in trials.items():
-        history = [{"dev_accuracy": p.dev_accuracy, "dev_flops_speedup": p.dev_flops_speedup}
-                   for p in sorted(points, key=lambda p: p.epoch)]
-        first = points[0]
-        trial_config = with_trial_params(config, first.gamma, first.phi, first.lr, first.init)  # params = what it ran
-        log_stage_run(trial_config, f"stage2-{trial}", history, parent_run_id=parent_run_id,
-                      tags={"gamma": str(first.gamma), "phi": str(first.phi), "lr": str(first.lr), "init": first.init})
+        log_stage_run(config, f"{TRIAL_PREFIX}stage2", [c.metrics for c in epochs], parent_run_id=parent_run_id)
+        outcome = without_search(config, epochs, stage1.reference)
+    write_pareto(outcome.candidates, outcome.selection, out / "report", stage1.reference)
     mlflow.log_artifacts(str(out / "report"), artifact_path="report", run_id=parent_run_id)
-    if not outcome.chosen_eligible:
+    if not outcome.selection.eligible:
         print("      no trial stayed within the accuracy tolerance; the most accurate one was chosen", flush=True)
     return outcome
+
+
+def keep_chosen_model(model_dir: str, out: Path) -> Path:
+    """A copy of the chosen model at <run dir>/model, the path the README and the CLI name."""
+    target = out / RUN_MODEL_SUBDIR
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(model_dir, target)
+    return target
 
 
 def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome, out: Path,
            parent_run_id: str, start: float) -> PipelineSummary:
     print("[4/4] test set: backbone vs chosen model; registering the chosen model in MLflow", flush=True)
+    chosen = outcome.selection.chosen
     data = load_data(config)
     backbone = AdapLeRForSequenceClassification.from_pretrained(stage1.best_model_dir)
-    chosen = AdapLeRForSequenceClassification.from_pretrained(outcome.chosen.model_dir)
-    test = make_loader(data.test, chosen.tokenizer, 32, config.data.max_length)
+    model = AdapLeRForSequenceClassification.from_pretrained(chosen.model_dir)
+    test = make_loader(data.test, model.tokenizer, 32, config.data.max_length)
     base = evaluate(backbone, test, removal="none", progress=True, desc="test (backbone)")
-    ours = evaluate(chosen, test, removal="packed", progress=True, desc="test (AdapLeR)")
+    ours = evaluate(model, test, removal="packed", progress=True, desc="test (AdapLeR)")
     metrics = {
-        "stage1_dev_accuracy": stage1.reference, "dev_accuracy": outcome.chosen.dev_accuracy,
+        "stage1_dev_accuracy": stage1.reference, "dev_accuracy": chosen.dev_accuracy,
         "backbone_test_accuracy": base.accuracy, "test_accuracy": ours.accuracy,
-        "flops_speedup": ours.flops_speedup, "dev_flops_speedup": outcome.chosen.dev_flops_speedup,
+        "flops_speedup": ours.flops_speedup, "dev_flops_speedup": chosen.dev_flops_speedup,
         "backbone_examples_per_s": base.examples_per_s, "adapler_examples_per_s": ours.examples_per_s,
     }
     mlflow.log_metrics(metrics, run_id=parent_run_id)
-    name = config.mlflow.registered_model or f"adapler-{data.name}".replace("/", "-")
-    name, version = register_model(outcome.chosen.model_dir, config, metrics, name,
-                                   alias=config.mlflow.alias, parent_run_id=parent_run_id)
+    model_dir = keep_chosen_model(chosen.model_dir, out)
+    name, version = register_model(model_dir, config, metrics, model_name(config), parent_run_id=parent_run_id,
+                                   tags={TEST_SPLIT_TAG: rows_fingerprint(data.test)})
+    promotion = promote(name, version, config)
+    print(f"      {name}: {promotion.reason}", flush=True)
+    client = client_for(config.mlflow.tracking_uri)
+    for key, value in (("registered_model", name), ("version", version), ("alias", promotion.alias),
+                       ("promotion", promotion.reason)):
+        client.set_tag(parent_run_id, f"adapler.{key}", value)
     summary = PipelineSummary(
         dataset=data.name, backbone=config.model.backbone or "all-MiniLM-L6-v2 (packaged)",
         stage1_dev_accuracy=stage1.reference, backbone_test_accuracy=base.accuracy,
         adapler_test_accuracy=ours.accuracy, flops_speedup=ours.flops_speedup,
         backbone_examples_per_s=base.examples_per_s, adapler_examples_per_s=ours.examples_per_s,
-        registered_model=name, version=str(version), chosen=asdict(outcome.chosen),
+        registered_model=name, version=version, alias=promotion.alias, promotion=promotion.reason,
+        run_dir=str(out), model_dir=str(model_dir), chosen=asdict(chosen),
         wall_seconds=time.perf_counter() - start,
     )
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
@@ -171,7 +181,8 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
 
 
 def absolute_paths(config: PipelineConfig) -> PipelineConfig:
-    """Local paths made absolute: Ray Train workers and Tune trials run in other directories."""
+    """Local paths and the MLflow store made absolute: Ray Train workers and Tune trials run in
+    other directories."""
     config = copy.deepcopy(config)
     config.output_dir = str(Path(config.output_dir).resolve())
     for field in ("train_file", "dev_file", "test_file"):
@@ -180,6 +191,7 @@ def absolute_paths(config: PipelineConfig) -> PipelineConfig:
             setattr(config.data, field, str(Path(value).resolve()))
     if config.model.backbone and Path(config.model.backbone).exists():
         config.model.backbone = str(Path(config.model.backbone).resolve())
+    config.mlflow.tracking_uri = tracking_uri(config.mlflow)
     return config
 
 
@@ -187,6 +199,7 @@ def run_pipeline(config: PipelineConfig, stage1_only_from: Path | None = None) -
     """The whole pipeline; with stage1_only_from (= `adapler tune`), reuse that stage-1 outcome."""
     start = time.perf_counter()
     config = absolute_paths(config)
+    stage1 = load_stage1(stage1_only_from) if stage1_only_from is not None else None  # before Ray and MLflow
     out = Path(config.output_dir) / config.name
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.json")
@@ -194,11 +207,9 @@ def run_pipeline(config: PipelineConfig, stage1_only_from: Path | None = None) -
     setup_mlflow(config.mlflow)
     with mlflow.start_run(run_name=config.name) as parent:
         mlflow.log_artifact(str(out / "config.json"), run_id=parent.info.run_id)
-        if stage1_only_from is None:
+        if stage1 is None:
             stage1 = run_stage1(config, out, parent.info.run_id)
-        else:
-            stage1 = load_stage1(stage1_only_from)
         outcome = run_stage2(config, stage1, out, parent.info.run_id)
         summary = finish(config, stage1, outcome, out, parent.info.run_id, start)
-        chosen_model_pictures(config, outcome.chosen.model_dir, out / "report", parent.info.run_id)
+        chosen_model_pictures(config, summary.model_dir, out / "report", parent.info.run_id)
     return summary

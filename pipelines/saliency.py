@@ -165,18 +165,30 @@ def _is_missing(value) -> bool:
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
-def fingerprint(rows: pd.DataFrame, checkpoint_dirs: Sequence[str | Path], max_length: int) -> str:
-    """sha256 over the rows (sorted by id: row order does not matter), the checkpoints' weight
-    files (contents, not paths) and max_length."""
-    frame = _normalise_rows(rows).sort_values("id", kind="stable")
-    h = hashlib.sha256()
-    _update(h, _FORMAT_VERSION)
+def _hash_rows(h, rows: pd.DataFrame) -> None:
+    frame = _normalise_rows(rows).sort_values("id", kind="stable")  # row order does not matter
     _update(h, f"rows:{len(frame)}")
     for example_id, text, pair, label in frame.itertuples(index=False, name=None):
         _update(h, example_id)
         _update(h, text)
         _update(h, pair)
         _update(h, str(int(label)))
+
+
+def rows_fingerprint(rows: pd.DataFrame) -> str:
+    """sha256 of the rows alone (ids, texts, labels; any order): names a data split, e.g. the
+    test split a registered model was measured on."""
+    h = hashlib.sha256()
+    _hash_rows(h, rows)
+    return h.hexdigest()
+
+
+def fingerprint(rows: pd.DataFrame, checkpoint_dirs: Sequence[str | Path], max_length: int) -> str:
+    """sha256 over the rows (sorted by id: row order does not matter), the checkpoints' weight
+    files (contents, not paths) and max_length."""
+    h = hashlib.sha256()
+    _update(h, _FORMAT_VERSION)
+    _hash_rows(h, rows)
     # The average over checkpoints does not depend on their order.
     digests = sorted(_checkpoint_digest(d) for d in checkpoint_dirs)
     _update(h, f"checkpoints:{len(digests)}")

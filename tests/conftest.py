@@ -35,8 +35,26 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(default_backbone())
 
 
-def make_tiny_model(tokenizer, seed: int = 0, num_labels: int = 3, **settings) -> AdapLeRForSequenceClassification:
-    """A seeded, random 3-layer BERT (hidden 32) with the MiniLM tokenizer, in eval mode."""
+def spread_predictors(model: AdapLeRForSequenceClassification) -> None:
+    """Redraw the CPs with PyTorch's default Linear init (uniform, +-1/sqrt(fan_in)).
+
+    The authors' init (normal, std initializer_range = 0.02) makes a random CP score every token
+    nearly alike, so nothing would leave; tests of the removal mechanics need random CPs whose
+    scores spread, as trained ones do.
+    """
+    for predictor in model.predictors:
+        for module in predictor.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+
+
+def make_tiny_model(
+    tokenizer, seed: int = 0, num_labels: int = 3, spread_cps: bool = True, **settings
+) -> AdapLeRForSequenceClassification:
+    """A seeded, random 3-layer BERT (hidden 32) with the MiniLM tokenizer, in eval mode.
+
+    spread_cps: random CPs that really remove tokens (:func:`spread_predictors`); False keeps
+    the authors' near-uniform initial CPs (a training run's start)."""
     from adapler.config import AdapLeRSettings
 
     torch.manual_seed(seed)
@@ -50,7 +68,11 @@ def make_tiny_model(tokenizer, seed: int = 0, num_labels: int = 3, **settings) -
         attn_implementation="sdpa",
     )
     backbone = BertForSequenceClassification(config)
+    cp_draws = torch.get_rng_state()
     model = AdapLeRForSequenceClassification(backbone, AdapLeRSettings(**settings), tokenizer=tokenizer)
+    if spread_cps:
+        torch.set_rng_state(cp_draws)  # the very values nn.Linear's own init drew for these CPs
+        spread_predictors(model)
     return model.eval()
 
 

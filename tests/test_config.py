@@ -131,3 +131,19 @@ def test_default_backbone_is_the_packaged_minilm():
     path = Path(default_backbone())
     assert (path / "config.json").is_file()
     assert json.loads((path / "config.json").read_text())["num_hidden_layers"] == 6
+
+
+def test_apply_overrides_is_set_for_dotted_values():
+    from adapler.config import apply_overrides, get_dotted
+
+    config = load_config(None, ["stage2.phi=0.001"])
+    tuned = apply_overrides(config, {"stage2.phi": 0.003, "stage2.init": "finetuned", "data.max_length": "32"})
+    assert (tuned.stage2.phi, tuned.stage2.init, tuned.data.max_length) == (0.003, "finetuned", 32)
+    assert config.stage2.phi == 0.001  # a new config; the original is unchanged
+    assert get_dotted(tuned, "stage2.phi") == 0.003
+    with pytest.raises(ConfigError, match="stage2.init"):
+        apply_overrides(config, {"stage2.init": "random"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        apply_overrides(config, {"stage2.phii": 0.1})
+    with pytest.raises(ConfigError, match="no such config key"):
+        get_dotted(config, "stage2.phii")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     DistilBertConfig,
@@ -22,6 +23,8 @@ from transformers import (
 )
 
 from adapler import modeling
+from adapler.artifacts import ArtifactError
+from adapler.batching import encode
 from adapler.config import AdapLeRSettings, default_backbone
 from adapler.modeling import (
     FIRST_STEP_TEMPERATURE,
@@ -359,6 +362,29 @@ def test_invalid_removal_mode(tiny_model, sentence_batch):
         tiny_model(**sentence_batch, removal="hard")
 
 
+@pytest.mark.parametrize("removal", ["none", "soft", "masked", "packed"])
+def test_left_padding_is_refused_right_padding_works(tiny_model, tokenizer, sentences, removal):
+    left = dict(tokenizer(sentences, padding=True, padding_side="left", return_tensors="pt"))
+    assert not left["attention_mask"][:, 0].all()  # really left-padded
+    with pytest.raises(ValueError, match=r"right padding \(\[CLS\] first\)"):
+        tiny_model(**left, removal=removal)
+    no_cls = {**left, "attention_mask": torch.ones_like(left["attention_mask"])}
+    no_cls["attention_mask"][1] = 0  # an empty row: never increasing, but position 0 is missing
+    with pytest.raises(ValueError, match="right padding"):
+        tiny_model(**no_cls, removal=removal)
+    right = encode(tokenizer, sentences)  # the one place that tokenizes pads on the right
+    assert torch.equal(right["attention_mask"], left["attention_mask"].flip(-1))
+    out = tiny_model(**right, removal=removal)
+    assert torch.isfinite(out.logits).all() and out.logits.shape == (len(sentences), 3)
+
+
+def test_padding_side_is_forced_right(tiny_model, sentences):
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone(), padding_side="left")
+    assert encode(tokenizer, sentences)["attention_mask"][:, 0].all()  # encode pads right regardless
+    model = AdapLeRForSequenceClassification(tiny_model.backbone, tokenizer=tokenizer)
+    assert model.tokenizer.padding_side == "right"
+
+
 def test_default_mode_is_packed_in_eval(tiny_model, tokenizer):
     set_etas(tiny_model, 1.0)
     sharpen_predictors(tiny_model, 20.0)
@@ -404,6 +430,18 @@ def test_soft_removal_broadcasts_per_example_delta():
     out = soft_removal(x, delta, 10.0, 0.1)
     assert out[0, 0].item() == pytest.approx((10 / 0.2) * (0.1 - 0.2) - 0.01, abs=1e-5)
     assert out[1, 0].item() == pytest.approx(-(0.01) * 0.9 / 0.95, abs=1e-6)
+
+
+def test_soft_scores_with_every_token_gone_and_cls_underflowed_are_finite():
+    # [CLS] (mask 1) has softmax weight exp(-200) / 2 = 0 in float32; both other masks are 0
+    z = torch.tensor([[-200.0, 0.0, 0.0], [0.3, -1.0, 2.0]])
+    mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.5, 0.0]])
+    present = torch.ones(2, 3, dtype=torch.bool)
+    naive = torch.softmax(z, -1) * mask / (torch.softmax(z, -1) * mask).sum(-1, keepdim=True)
+    assert naive[0].isnan().all()  # 0 / 0 without a floor
+    scores = modeling._soft_scores(z, mask, present)
+    assert torch.equal(scores[0], torch.zeros(3))
+    assert torch.equal(scores[1], naive[1])  # an ordinary row is unchanged, bit for bit
 
 
 def test_temperature_schedules():
@@ -537,6 +575,33 @@ def test_clip_etas(tiny_model):
 # ---------------------------------------------------------------------------------------- io
 
 
+def test_fresh_cps_follow_the_authors_init(tiny_model, tmp_path):
+    config = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=64, initializer_range=0.05)
+    torch.manual_seed(0)
+    model = AdapLeRForSequenceClassification(BertForSequenceClassification(config))
+    weights = torch.cat([m.weight.flatten() for m in model.predictors.modules() if isinstance(m, nn.Linear)])
+    biases = torch.cat([m.bias for m in model.predictors.modules() if isinstance(m, nn.Linear)])
+    assert weights.numel() > 8000 and abs(weights.mean().item()) < 0.005
+    assert weights.std().item() == pytest.approx(0.05, rel=0.05)  # normal(0, initializer_range)
+    assert torch.equal(biases, torch.zeros_like(biases))
+    # from_pretrained puts the saved CPs over the fresh init
+    tiny_model.save_pretrained(tmp_path)
+    loaded = AdapLeRForSequenceClassification.from_pretrained(tmp_path)
+    saved = tiny_model.predictors.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.predictors.state_dict().items())
+    assert loaded.predictors[0].net[0].bias.abs().sum() > 0  # really the saved ones, not zeros
+
+
+def test_base_model_is_the_backbones_encoder(tiny_model):
+    assert tiny_model.base_model is tiny_model.backbone.bert
+    assert not hasattr(tiny_model, "_encoder")
+    config = RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=48, max_position_embeddings=80)
+    roberta = AdapLeRForSequenceClassification(RobertaForSequenceClassification(config))
+    assert roberta.base_model is roberta.backbone.roberta
+
+
 def test_save_and_load_round_trip(tiny_model, tokenizer, tmp_path):
     set_etas(tiny_model, [0.5, 0.8, 1.0])
     sharpen_predictors(tiny_model, 20.0)
@@ -575,7 +640,7 @@ def test_settings_survive_round_trip(tiny_model_factory, tmp_path):
 
 def test_from_pretrained_rejects_plain_directory(tmp_path, tiny_model):
     tiny_model.backbone.save_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError, match="adapler.safetensors"):
+    with pytest.raises(ArtifactError, match="adapler.safetensors"):
         AdapLeRForSequenceClassification.from_pretrained(tmp_path)
 
 

@@ -12,13 +12,14 @@ import torch
 
 from adapler.batching import make_loader
 from adapler.config import Stage1Config, Stage2Config
-from adapler.evaluate import evaluate, macro_f1
+from adapler.evaluate import evaluate, macro_f1, unwrap
 from adapler.modeling import AdapLeROutput
 from adapler.saliency import saliency_for_rows
+from adapler.selection import select
 from adapler.training import (
+    epoch_candidates,
     attention_dropout,
     linear_schedule,
-    select_stage2_epoch,
     stage2_loss,
     train_stage1,
     train_stage2,
@@ -45,8 +46,9 @@ def synthetic_rows(make_rows, n, seed):
 
 @pytest.fixture
 def tiny_run(tiny_model_factory, tokenizer, make_rows):
-    """Stage 1 (2 epochs) -> saliency -> stage 2 (3 epochs) on 48 synthetic examples."""
-    model = tiny_model_factory(seed=5)
+    """Stage 1 (2 epochs) -> saliency -> stage 2 (3 epochs) on 48 synthetic examples, from the
+    authors' CP init: near-uniform CPs that learn to spread in 9 steps at predictor_lr 1e-2."""
+    model = tiny_model_factory(seed=5, spread_cps=False)
     train_rows = synthetic_rows(make_rows, 48, seed=1)
     dev_rows = synthetic_rows(make_rows, 24, seed=2)
     max_length, batch_size = 32, 16
@@ -65,7 +67,7 @@ def tiny_run(tiny_model_factory, tokenizer, make_rows):
 
     saliency = saliency_for_rows(model, train_rows, max_length, batch_size)
     train2 = make_loader(train_rows, tokenizer, batch_size, max_length, shuffle=True, seed=0, saliency=saliency)
-    config2 = Stage2Config(lr=1e-3, eta_lr=0.15, phi=0.5, gamma=0.005, batch_size=batch_size, epochs=3)
+    config2 = Stage2Config(lr=1e-3, eta_lr=0.15, predictor_lr=1e-2, phi=0.5, gamma=0.005, batch_size=batch_size, epochs=3)
     reference = stage1.best_metrics["dev_accuracy"]
     stage2 = train_stage2(model, train2, dev_loader, config2, reference, on_epoch, progress=False)
     final = evaluate(model, dev_loader, removal="packed")
@@ -100,7 +102,7 @@ def test_end_to_end_tiny_run(tiny_run):
     assert set(tiny_run["saliency"]) == set(tiny_run["train_rows"]["id"])
 
     # stage 2 follows the selection rule, and the model is the selected epoch's
-    expected_best = select_stage2_epoch(stage2.history, tiny_run["reference"], tiny_run["config2"].selection_tolerance)
+    expected_best = select(epoch_candidates(stage2.history), tiny_run["reference"], tiny_run["config2"].selection_tolerance).chosen.epoch
     assert stage2.best_epoch == expected_best
     assert [r[3] for r in reports[2:]][stage2.best_epoch] is True
     assert torch.equal(model.etas.detach(), tiny_run["etas"][("stage2", stage2.best_epoch)])
@@ -125,37 +127,30 @@ def test_end_to_end_tiny_run(tiny_run):
     assert torch.cat(kept).mean() < torch.cat(n0).mean()
 
 
-# ---------------------------------------------------------------------------------------- selection
+# ---------------------------------------------------------------------------------------- optimizer groups
 
 
-def test_select_stage2_epoch_highest_speedup_among_eligible():
-    history = [
-        {"dev_accuracy": 0.90, "dev_flops_speedup": 1.5},
-        {"dev_accuracy": 0.85, "dev_flops_speedup": 3.0},  # fastest but too inaccurate
-        {"dev_accuracy": 0.895, "dev_flops_speedup": 2.0},
-        {"dev_accuracy": 0.91, "dev_flops_speedup": 1.2},
-    ]
-    assert select_stage2_epoch(history, reference_dev_score=0.90, tolerance=0.01) == 2
-    assert select_stage2_epoch(history, reference_dev_score=0.86, tolerance=0.01) == 1
-    assert select_stage2_epoch(history, reference_dev_score=0.905, tolerance=0.0) == 3
+def test_parameter_groups_hold_every_parameter_once(tiny_model, tmp_path):
+    groups = tiny_model.parameter_groups()
+    assert set(groups) == {"backbone", "predictors", "etas"}
+    grouped = [p for named in groups.values() for _, p in named]
+    assert len({id(p) for p in grouped}) == len(grouped) == len(list(tiny_model.parameters()))
+    assert {id(p) for p in grouped} == {id(p) for p in tiny_model.parameters()}
+    assert {id(p) for _, p in groups["predictors"]} == {id(p) for p in tiny_model.predictors.parameters()}
+    assert [p for _, p in groups["etas"]] == [tiny_model.etas]
+    own = dict(tiny_model.named_parameters())
+    assert all(own[n] is p for named in groups.values() for n, p in named)  # the model's own names
+    assert any(n.endswith("LayerNorm.weight") for n, _ in groups["backbone"])  # names still drive decay
 
-
-def test_select_stage2_epoch_falls_back_to_best_accuracy():
-    history = [
-        {"dev_accuracy": 0.70, "dev_flops_speedup": 4.0},
-        {"dev_accuracy": 0.80, "dev_flops_speedup": 2.0},
-        {"dev_accuracy": 0.75, "dev_flops_speedup": 3.0},
-    ]
-    assert select_stage2_epoch(history, reference_dev_score=0.95, tolerance=0.01) == 1
-
-
-def test_select_stage2_epoch_breaks_speedup_ties_by_accuracy():
-    history = [
-        {"dev_accuracy": 0.89, "dev_flops_speedup": 2.0},
-        {"dev_accuracy": 0.92, "dev_flops_speedup": 2.0},
-        {"dev_accuracy": 0.90, "dev_flops_speedup": 2.0},
-    ]
-    assert select_stage2_epoch(history, reference_dev_score=0.90, tolerance=0.02) == 1
+    # DDP prefixes every name with "module."; the groups come from the wrapped model
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(tiny_model)
+        wrapped = unwrap(ddp).parameter_groups()
+        names = {f"module.{n}" for named in wrapped.values() for n, _ in named}
+        assert names == {n for n, _ in ddp.named_parameters()}
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------- schedule

@@ -55,8 +55,6 @@ def restored_mlflow_globals():
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from adapler_pipelines import registry
-
     with pytest.MonkeyPatch.context() as mp:
         for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             if var in os.environ:
@@ -66,7 +64,6 @@ def restored_mlflow_globals():
         mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
         mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
         mp.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
-        mp.setattr(registry, "_current_uri", registry._current_uri)
         try:
             yield
         finally:

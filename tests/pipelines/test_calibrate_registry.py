@@ -36,7 +36,7 @@ def registered(mlflow_uri, tiny_backbone_dir, tmp_path) -> dict:
     config = PipelineConfig()
     config.model.backbone = tiny_backbone_dir
     config.mlflow = MlflowConfig(tracking_uri=mlflow_uri, experiment="adapler-test")
-    _, version = registry.register_model(tmp_path / "model", config, {"dev_accuracy": 0.5}, NAME)
+    _, version = registry.register_model(tmp_path / "model", config, {"dev_accuracy": 0.5}, NAME, alias="champion")
     assert version == "1"
     return {"uri": mlflow_uri, "etas": model.etas.detach().clone(), "backbone": tiny_backbone_dir}
 

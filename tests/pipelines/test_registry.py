@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from adapler.artifacts import ArtifactError
 from adapler.config import config_to_dict
 from adapler.inference import Predictor
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler_pipelines import registry
+from adapler_pipelines import registry, tracking
 from adapler_pipelines.config import MlflowConfig, PipelineConfig
 from adapler_pipelines.registry import RegistryError
 
@@ -83,7 +84,7 @@ def registered(model_dir, tiny_backbone_dir, migrated_db, tmp_path_factory, mlfl
     uri = f"sqlite:///{db}"
     config = make_config(tiny_backbone_dir, uri)
     with mlflow_globals_restored():
-        name, version = registry.register_model(model_dir, config, METRICS, "adapler-tiny")
+        name, version = registry.register_model(model_dir, config, METRICS, "adapler-tiny", alias="champion")
     return {"uri": uri, "name": name, "version": version, "config": config, "model_dir": model_dir}
 
 
@@ -184,27 +185,57 @@ def test_unknown_model_or_alias_is_a_registry_error(registered):
     assert issubclass(RegistryError, ValueError)
 
 
-def test_reregistering_moves_the_alias_and_nests_under_parent(mlflow_uri, model_dir, tiny_backbone_dir):
+def test_register_sets_no_alias_unless_asked_and_nests_under_parent(mlflow_uri, model_dir, tiny_backbone_dir):
     config = make_config(tiny_backbone_dir)  # URI from $MLFLOW_TRACKING_URI (the fixture)
     name, first = registry.register_model(model_dir, config, {"dev_accuracy": 0.7}, "tiny")
     client = MlflowClient(mlflow_uri, mlflow_uri)
     parent = client.create_run(client.get_experiment_by_name("adapler-test").experiment_id).info.run_id
     _, second = registry.register_model(model_dir, config, {"test_accuracy": 0.9}, "tiny", parent_run_id=parent)
     assert (first, second) == ("1", "2")
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    assert not client.get_registered_model(name).aliases
     mv = client.get_model_version(name, "2")
     assert "dev_accuracy" not in mv.tags and mv.tags["test_accuracy"] == "0.9"
     assert client.get_run(mv.run_id).data.tags["mlflow.parentRunId"] == parent
 
 
+def test_champion_moves_only_for_a_better_model_on_the_same_split(mlflow_uri, model_dir, tiny_backbone_dir):
+    config = make_config(tiny_backbone_dir)
+    client = MlflowClient(mlflow_uri, mlflow_uri)
+
+    def run(accuracy: float, speedup: float, split: str = "split-a", policy: str = "better"):
+        config.mlflow.promote = policy
+        metrics = {"test_accuracy": accuracy, "flops_speedup": speedup}
+        _, version = registry.register_model(model_dir, config, metrics, "tiny", tags={registry.TEST_SPLIT_TAG: split})
+        return version, registry.promote("tiny", version, config)
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias("tiny", "champion").version)
+
+    version, promotion = run(0.73, 1.5)
+    assert (promotion.alias, champion()) == ("champion", version) and "no champion yet" in promotion.reason
+    worse, promotion = run(0.72, 2.0)  # faster but less accurate: stays a challenger
+    assert (promotion.alias, champion()) == ("challenger", version)
+    assert "less accurate" in promotion.reason and "0.7200 vs 0.7300" in promotion.reason
+    assert str(client.get_model_version_by_alias("tiny", "challenger").version) == worse
+    _, promotion = run(0.80, 3.0, split="split-b")  # another test split: not comparable
+    assert (promotion.alias, champion()) == ("challenger", version) and "same test split" in promotion.reason
+    better, promotion = run(0.73, 1.6)  # as accurate and faster
+    assert (promotion.alias, champion()) == ("champion", better)
+    assert str(client.get_model_version_by_alias("tiny", "challenger").version) == better  # every new version
+    forced, promotion = run(0.5, 1.0, policy="always")
+    assert (promotion.alias, champion()) == ("champion", forced)
+    _, promotion = run(0.99, 9.0, policy="never")
+    assert (promotion.alias, champion()) == ("challenger", forced)
+
+
 def test_register_refuses_other_directories(tmp_path, model_dir, tiny_backbone_dir):
     config = make_config(tiny_backbone_dir, uri=f"sqlite:///{tmp_path / 'unused.db'}")
-    with pytest.raises(RegistryError, match="not an AdapLeR model directory"):
+    with pytest.raises(ArtifactError, match="not an AdapLeR model directory"):
         registry.register_model(tiny_backbone_dir, config, {}, "x")  # a plain backbone
     pickled = tmp_path / "with-pickle"
     shutil.copytree(model_dir, pickled)
     (pickled / "training_args.bin").write_bytes(b"\x80\x04N.")
-    with pytest.raises(RegistryError, match="pickle"):
+    with pytest.raises(ArtifactError, match="pickle"):
         registry.register_model(pickled, config, {}, "x")
     assert not (tmp_path / "unused.db").exists()  # refused before touching MLflow
 
@@ -213,7 +244,7 @@ def test_register_refuses_other_directories(tmp_path, model_dir, tiny_backbone_d
 def test_log_stage_run_records_config_metrics_and_files(mlflow_uri, tiny_backbone_dir, tmp_path):
     config = make_config(tiny_backbone_dir, phi=0.0025)
     client = MlflowClient(mlflow_uri)
-    registry.setup_mlflow(config.mlflow)
+    tracking.setup_mlflow(config.mlflow)
     experiment = client.get_experiment_by_name("adapler-test")
     assert Path(experiment.artifact_location) == (tmp_path / "mlartifacts").resolve()  # by the DB, not in the cwd
     parent = client.create_run(experiment.experiment_id, run_name="driver").info.run_id
@@ -228,7 +259,7 @@ def test_log_stage_run_records_config_metrics_and_files(mlflow_uri, tiny_backbon
         {"dev_accuracy": 0.7, "dev_flops_speedup": 1.6},
         {"dev_accuracy": 0.65, "dev_flops_speedup": 2.0},
     ]
-    run_id = registry.log_stage_run(
+    run_id = tracking.log_stage_run(
         config, "stage2", history, artifacts={"extra/notes.txt": notes, "saliency": folder},
         parent_run_id=parent, tags={"trial": 3},
     )
@@ -253,14 +284,14 @@ def test_log_stage_run_records_config_metrics_and_files(mlflow_uri, tiny_backbon
 def test_log_stage_run_without_parent_uses_the_configured_experiment(mlflow_uri, tiny_backbone_dir):
     config = make_config(tiny_backbone_dir)
     config.mlflow.experiment = "stage-runs"
-    run_id = registry.log_stage_run(config, "stage1", [{"train_loss": 1.0}, {"train_loss": 0.5}])
+    run_id = tracking.log_stage_run(config, "stage1", [{"train_loss": 1.0}, {"train_loss": 0.5}])
     client = MlflowClient(mlflow_uri)
     run = client.get_run(run_id)
     assert run.info.experiment_id == client.get_experiment_by_name("stage-runs").experiment_id
     assert "mlflow.parentRunId" not in run.data.tags
     assert [m.value for m in client.get_metric_history(run_id, "train_loss")] == [1.0, 0.5]
     with pytest.raises(TypeError, match="not a number"):
-        registry.log_stage_run(config, "stage1", [{"train_loss": "n/a"}])
+        tracking.log_stage_run(config, "stage1", [{"train_loss": "n/a"}])
 
 
 # ----------------------------------------------------------------------------------- pure helpers
@@ -268,25 +299,25 @@ def test_flatten_config_keys_and_values():
     config = PipelineConfig()
     config.data.train_file = None
     config.name = "x" * 7000
-    flat = registry.flatten_config(config)
+    flat = tracking.flatten_config(config)
     assert flat["stage2.phi"] == str(config.stage2.phi)
     assert flat["model.adapler.beta"] == "0.1"
     assert flat["data.train_file"] == "null"
     assert json.loads(flat["tune.inits"]) == ["pretrained", "finetuned"]
     assert len(flat["name"]) == 6000  # MLflow's limit on a param value
     assert all(isinstance(v, str) for v in flat.values())
-    assert registry.flatten_config({"a b": {"c:d?": [1], "e": {}}}) == {"a b.c_d_": "[1]", "a b.e": "{}"}
+    assert tracking.flatten_config({"a b": {"c:d?": [1], "e": {}}}) == {"a b.c_d_": "[1]", "a b.e": "{}"}
 
 
 def test_tracking_uri_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////env/mlflow.db")
-    assert registry.tracking_uri(MlflowConfig(tracking_uri="http://127.0.0.1:5000")) == "http://127.0.0.1:5000"
-    assert registry.tracking_uri(MlflowConfig()) == "sqlite:////env/mlflow.db"
+    assert tracking.tracking_uri(MlflowConfig(tracking_uri="http://127.0.0.1:5000")) == "http://127.0.0.1:5000"
+    assert tracking.tracking_uri(MlflowConfig()) == "sqlite:////env/mlflow.db"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path)
-    assert registry.tracking_uri(MlflowConfig()) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert tracking.tracking_uri(MlflowConfig()) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     # a relative SQLite path is pinned to this working directory (Ray trials run elsewhere)
-    assert registry.tracking_uri(MlflowConfig(tracking_uri="sqlite:///runs/m.db")) == f"sqlite:///{tmp_path.resolve() / 'runs/m.db'}"
+    assert tracking.tracking_uri(MlflowConfig(tracking_uri="sqlite:///runs/m.db")) == f"sqlite:///{tmp_path.resolve() / 'runs/m.db'}"
 
 
 def test_pyfunc_input_checks():

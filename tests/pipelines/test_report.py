@@ -36,7 +36,9 @@ import json, sys
 import mlflow
 from adapler.config import config_from_dict
 from adapler_pipelines.config import PipelineConfig
-from adapler_pipelines.registry import log_stage_run, register_model, setup_mlflow
+from adapler.config import apply_overrides
+from adapler_pipelines.registry import register_model
+from adapler_pipelines.tracking import log_stage_run, setup_mlflow
 
 config_path, model_dir, trials, reference = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
 config = config_from_dict(json.load(open(config_path)), PipelineConfig)
@@ -45,10 +47,10 @@ with mlflow.start_run(run_name=config.name) as parent:
     run_id = parent.info.run_id
     mlflow.log_artifact(config_path, run_id=run_id)
     stage1 = log_stage_run(config, "stage1", [{"dev_accuracy": reference}], parent_run_id=run_id)
-    for trial, epochs in trials.items():
+    for index, (trial, epochs) in enumerate(trials.items()):
         history = [{"dev_accuracy": a, "dev_flops_speedup": s} for a, s in epochs]
-        log_stage_run(config, f"stage2-{trial}", history, parent_run_id=run_id,
-                      tags={"gamma": "0.001", "phi": "0.002", "lr": "3e-05", "init": "finetuned"})
+        trial_config = apply_overrides(config, {"stage2.phi": 0.002 * (index + 1), "stage2.init": "finetuned"})
+        log_stage_run(trial_config, f"stage2-{trial}", history, parent_run_id=run_id)
     metrics = {"stage1_dev_accuracy": reference, "dev_accuracy": 0.8, "dev_flops_speedup": 1.2, "test_accuracy": 0.7}
     mlflow.log_metrics(metrics, run_id=run_id)
     register_model(model_dir, config, metrics, config.mlflow.registered_model, parent_run_id=run_id)
@@ -96,6 +98,7 @@ def test_report_writes_the_pictures_and_logs_them_to_the_run(pipeline_run, tmp_p
     chosen = table[table.chosen]
     assert (chosen.trial.tolist(), chosen.epoch.tolist()) == (["t1"], [0])
     assert table[~table.pareto][["trial", "epoch"]].values.tolist() == [["t2", 0]]
+    assert table.groupby("trial")["stage2.phi"].first().to_dict() == {"t1": 0.002, "t2": 0.004}  # what each ran
 
     page = (out / "highlight.html").read_text()
     assert page.count('<div class="example">') == 3

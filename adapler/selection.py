@@ -1,0 +1,83 @@
+"""Which model to keep: the one home of every selection rule (spec section 4).
+
+A :class:`Candidate` is one point a search or a training run produced: a (trial, epoch) with its
+dev accuracy, dev FLOPs speedup, the parameters that produced it and where its model is. The
+rules over them:
+
+- :func:`select`: the spec's rule. The highest dev FLOPs speedup among the candidates whose dev
+  accuracy is within ``tolerance`` of the reference (the best stage-1 dev accuracy); if none
+  is, the most accurate one. Equal speedups go to the more accurate; remaining ties to the
+  earlier candidate.
+- :func:`pareto_front`: the candidates no other beats on both dev accuracy and speedup.
+- :func:`early_stopping_score`: one number per reported epoch for a scheduler (ASHA) that
+  encodes the same rule.
+- :func:`best_epochs`: stage 1's top-k epochs by dev accuracy (the saliency checkpoints).
+
+Plain Python: the training loop, the Ray Tune search and the report all import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Candidate:
+    trial: str  # "stage2" for a run without search
+    epoch: int  # 0-based
+    dev_accuracy: float
+    dev_flops_speedup: float
+    params: Mapping[str, Any] = field(default_factory=dict)  # dotted config keys -> values that produced it
+    model_dir: str = ""  # the checkpoint's AdapLeR model directory ("" where not kept)
+
+
+@dataclass(frozen=True)
+class Selection:
+    chosen: Candidate
+    eligible: bool  # False: no candidate was within tolerance; the most accurate was taken
+    front: list[Candidate]
+
+
+def within_tolerance(dev_accuracy: float, reference: float, tolerance: float) -> bool:
+    return dev_accuracy >= reference - tolerance
+
+
+def select(candidates: Sequence[Candidate], reference: float, tolerance: float) -> Selection:
+    """The spec's rule over ``candidates`` (see the module docstring); ValueError if empty."""
+    if not candidates:
+        raise ValueError("no candidate to select from (the run reported no epoch)")
+    order = {id(c): i for i, c in enumerate(candidates)}
+    eligible = [c for c in candidates if within_tolerance(c.dev_accuracy, reference, tolerance)]
+    if eligible:
+        chosen = max(eligible, key=lambda c: (c.dev_flops_speedup, c.dev_accuracy, -order[id(c)]))
+    else:
+        chosen = max(candidates, key=lambda c: (c.dev_accuracy, -order[id(c)]))
+    return Selection(chosen, bool(eligible), pareto_front(candidates))
+
+
+def pareto_front(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Candidates no other beats on both dev accuracy and speedup (ties kept), by speedup."""
+
+    def dominated(p: Candidate) -> bool:
+        return any(
+            q.dev_accuracy >= p.dev_accuracy and q.dev_flops_speedup >= p.dev_flops_speedup
+            and (q.dev_accuracy > p.dev_accuracy or q.dev_flops_speedup > p.dev_flops_speedup)
+            for q in candidates
+        )
+
+    return sorted((p for p in candidates if not dominated(p)), key=lambda p: p.dev_flops_speedup)
+
+
+def early_stopping_score(dev_accuracy: float, dev_flops_speedup: float, reference: float, tolerance: float) -> float:
+    """The speedup while the accuracy is within tolerance, otherwise a penalty below any speedup
+    (>= 0) that grows with the gap: a scheduler maximising it prefers what :func:`select` picks."""
+    gap = reference - tolerance - dev_accuracy
+    return dev_flops_speedup if gap <= 0 else -gap
+
+
+def best_epochs(history: Sequence[Mapping[str, float]], k: int) -> list[int]:
+    """Indices of the k most accurate epochs of ``history`` (one metrics dict per epoch, with
+    ``dev_accuracy``), best first; ties go to the earlier epoch."""
+    return sorted(range(len(history)), key=lambda i: (-history[i]["dev_accuracy"], i))[:k]

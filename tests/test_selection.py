@@ -1,0 +1,68 @@
+"""The selection rules (adapler/selection.py) on hand-made tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapler.selection import Candidate, best_epochs, early_stopping_score, pareto_front, select
+
+
+def table(*rows: tuple[float, float], trial: str = "t") -> list[Candidate]:
+    return [Candidate(trial, epoch, accuracy, speedup) for epoch, (accuracy, speedup) in enumerate(rows)]
+
+
+def test_select_highest_speedup_among_eligible():
+    points = table((0.90, 1.5), (0.85, 3.0), (0.895, 2.0), (0.91, 1.2))  # the second: fastest, too inaccurate
+    assert select(points, reference=0.90, tolerance=0.01).chosen.epoch == 2
+    assert select(points, reference=0.86, tolerance=0.01).chosen.epoch == 1
+    assert select(points, reference=0.905, tolerance=0.0).chosen.epoch == 3
+    assert select(points, reference=0.90, tolerance=0.01).eligible
+
+
+def test_select_falls_back_to_the_most_accurate():
+    selection = select(table((0.70, 4.0), (0.80, 2.0), (0.75, 3.0)), reference=0.95, tolerance=0.01)
+    assert selection.chosen.epoch == 1
+    assert not selection.eligible
+
+
+def test_select_breaks_speedup_ties_by_accuracy_then_order():
+    assert select(table((0.89, 2.0), (0.92, 2.0), (0.90, 2.0)), reference=0.90, tolerance=0.02).chosen.epoch == 1
+    assert select(table((0.92, 2.0), (0.92, 2.0)), reference=0.90, tolerance=0.02).chosen.epoch == 0
+
+
+def test_select_over_trials_keeps_params_and_model_dir():
+    a = Candidate("a", 0, 0.80, 1.9, {"stage2.phi": 0.01}, "/ckpt/a0")
+    b = Candidate("b", 1, 0.81, 2.4, {"stage2.phi": 0.02}, "/ckpt/b1")
+    c = Candidate("c", 0, 0.70, 5.0, {"stage2.phi": 0.05}, "/ckpt/c0")
+    selection = select([a, b, c], reference=0.815, tolerance=0.01)
+    assert selection.chosen is b
+    assert selection.chosen.params == {"stage2.phi": 0.02} and selection.chosen.model_dir == "/ckpt/b1"
+    assert selection.front == [b, c]  # a is beaten by b on both
+
+
+def test_select_needs_a_candidate():
+    with pytest.raises(ValueError, match="no candidate"):
+        select([], reference=0.9, tolerance=0.01)
+
+
+def test_pareto_front_keeps_ties_and_sorts_by_speedup():
+    points = table((0.9, 1.0), (0.8, 2.0), (0.8, 2.0), (0.7, 1.5), (0.95, 0.9))
+    front = pareto_front(points)
+    assert [p.epoch for p in front] == [4, 0, 1, 2]
+
+
+def test_early_stopping_score_ranks_like_select():
+    reference, tolerance = 0.90, 0.01
+    assert early_stopping_score(0.895, 2.0, reference, tolerance) == 2.0
+    assert early_stopping_score(0.88, 3.0, reference, tolerance) == pytest.approx(-0.01)
+    assert early_stopping_score(0.85, 3.0, reference, tolerance) < early_stopping_score(0.88, 1.0, reference, tolerance)
+    points = table((0.895, 2.0), (0.85, 3.0), (0.91, 1.2))
+    best = max(points, key=lambda p: early_stopping_score(p.dev_accuracy, p.dev_flops_speedup, reference, tolerance))
+    assert best is select(points, reference, tolerance).chosen
+
+
+def test_best_epochs_by_accuracy_earlier_first_on_ties():
+    history = [{"dev_accuracy": a} for a in (0.7, 0.8, 0.8, 0.75)]
+    assert best_epochs(history, 3) == [1, 2, 3]
+    assert best_epochs(history, 1) == [1]
+    assert best_epochs(history, 10) == [1, 2, 3, 0]
