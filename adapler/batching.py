@@ -18,18 +18,42 @@ class SaliencyMismatch(ValueError):
     """Saliency labels that do not belong to these rows (missing ids or wrong token counts)."""
 
 
+def _pairs(text_pairs: Sequence[str | None] | None) -> list[str] | None:
+    """Second segments for the tokenizer: None when no example has one ("" for those without)."""
+    if text_pairs is None or all(p is None for p in text_pairs):
+        return None
+    return [p or "" for p in text_pairs]
+
+
 def encode(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None, max_length: int | None = None) -> dict[str, torch.Tensor]:
     """Tokenize and pad on the right to the longest in the batch ([CLS] at position 0, as the
     model requires). (B, T) input_ids, attention_mask, token_type_ids."""
-    max_length = max_length or tokenizer.model_max_length
-    pairs = None
-    if text_pairs is not None and any(p is not None for p in text_pairs):
-        pairs = [p or "" for p in text_pairs]
     enc = tokenizer(
-        list(texts), pairs, truncation=True, max_length=max_length, padding=True, padding_side="right",
-        return_tensors="pt",
+        list(texts), _pairs(text_pairs), truncation=True, max_length=max_length or tokenizer.model_max_length,
+        padding=True, padding_side="right", return_tensors="pt",
     )
     return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def token_counts(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
+                 max_length: int | None = None) -> list[int]:
+    """Tokens each example becomes as :func:`encode` tokenizes it (after truncation, special
+    tokens counted, no padding): the unit of length sorting and of token budgets."""
+    enc = tokenizer(list(texts), _pairs(text_pairs), truncation=True, max_length=max_length or tokenizer.model_max_length)
+    return [len(ids) for ids in enc["input_ids"]]
+
+
+def sorted_batches(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
+                   batch_size: int = 32, max_length: int | None = None) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """The batches inference runs: examples sorted by token count (stable), ``batch_size`` per
+    batch, each padded to its own longest. ``(indices into texts, batch)`` pairs."""
+    pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
+    order = np.argsort(token_counts(tokenizer, texts, pairs, max_length), kind="stable")
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    return [
+        (chunk, encode(tokenizer, [texts[i] for i in chunk], [pairs[i] for i in chunk], max_length))
+        for chunk in chunks
+    ]
 
 
 class RowsDataset(Dataset):

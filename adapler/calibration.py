@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -99,10 +100,12 @@ def scaled_etas(model: AdapLeRForSequenceClassification, factor: float) -> Itera
 
 
 def apply_factor(model: AdapLeRForSequenceClassification, factor: float) -> AdapLeRForSequenceClassification:
-    """A copy of ``model`` whose etas are multiplied by ``factor``; ``model`` is left unchanged."""
+    """A copy of ``model`` whose etas are multiplied by ``factor`` (and ``settings.eta_factor``, so
+    that its config.json records it); ``model`` is left unchanged."""
     calibrated = copy.deepcopy(unwrap(model))
     with torch.no_grad():
         calibrated.etas.mul_(factor)
+    calibrated.settings = dataclasses.replace(calibrated.settings, eta_factor=calibrated.settings.eta_factor * factor)
     return calibrated
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapler.batching import encode
+from adapler.batching import sorted_batches, token_counts
 from adapler.flops import EncoderSize, adapler_flops, backbone_flops
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.quantization import maybe_quantize
@@ -64,12 +64,7 @@ class Predictor:
 
     def token_counts(self, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None) -> list[int]:
         """Tokens each text becomes (after truncation): the unit of batching budgets."""
-        pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
-        enc = self.model.tokenizer(
-            list(texts), [p or "" for p in pairs] if any(pairs) else None,
-            truncation=True, max_length=self.max_length,
-        )
-        return [len(ids) for ids in enc["input_ids"]]
+        return token_counts(self.model.tokenizer, texts, text_pairs, self.max_length)
 
     @torch.no_grad()
     def predict(
@@ -77,12 +72,9 @@ class Predictor:
     ) -> list[Prediction]:
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
-        pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
-        order = np.argsort(self.token_counts(texts, pairs), kind="stable")  # similar lengths share a batch
         results: list[Prediction | None] = [None] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            batch = encode(self.model.tokenizer, [texts[i] for i in chunk], [pairs[i] for i in chunk], self.max_length)
+        # similar lengths share a batch
+        for chunk, batch in sorted_batches(self.model.tokenizer, texts, text_pairs, self.batch_size, self.max_length):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             out = self.model(**batch, removal=self.removal)
             for row, prediction in enumerate(self._unbatch(batch, out, explain)):

@@ -20,7 +20,7 @@ from adapler.data import DatasetSplits, load_splits
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.saliency import saliency_from_checkpoints
-from adapler.selection import best_epochs
+from adapler.selection import best_epochs, no_pruning_warning
 from adapler.training import EpochReport, train_stage1, train_stage2
 
 STAGE1_KEY = "stage1_config.json"  # what stage 1 was trained with; a matching rerun reuses it
@@ -33,8 +33,11 @@ class RecipeResult:
     backbone_test_accuracy: float
     adapler_test_accuracy: float
     flops_speedup: float  # on test
+    dev_flops_speedup: float  # of the selected stage-2 epoch
     retention: list[float]
     wall_seconds: float
+    no_pruning: bool  # dev_flops_speedup under adapler.selection.NO_PRUNING_FLOOR
+    warning: str  # one sentence when no_pruning, with what to try next; else ""
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
@@ -114,7 +117,12 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
     train = make_loader(
         data.train, tok, config.stage2.batch_size, max_length, shuffle=True, seed=config.stage2.seed, saliency=saliency
     )
-    train_stage2(model, train, dev, config.stage2, stage1_dev, checkpoint_saver(checkpoints), progress)
+    stage2 = train_stage2(model, train, dev, config.stage2, stage1_dev, checkpoint_saver(checkpoints), progress)
+    dev_speedup = stage2.best_metrics["dev_flops_speedup"]
+    warning = no_pruning_warning(
+        dev_speedup, f"try `adapler train --config {out / 'config.json'} --set stage2.epochs={config.stage2.epochs + 2} "
+                     f"--set stage2.eta_lr={config.stage2.eta_lr * 4:g} --set stage2.phi={config.stage2.phi * 5:g}`",
+    )
     adapler_test = evaluate(model, test, removal="packed", progress=progress, desc="test (AdapLeR)")
     model.save_pretrained(out / "model")
     result = RecipeResult(
@@ -123,8 +131,11 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
         backbone_test_accuracy=backbone_test.accuracy,
         adapler_test_accuracy=adapler_test.accuracy,
         flops_speedup=adapler_test.flops_speedup,
+        dev_flops_speedup=dev_speedup,
         retention=adapler_test.retention,
         wall_seconds=time.perf_counter() - start,
+        no_pruning=bool(warning),
+        warning=warning,
     )
     (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result

@@ -1,7 +1,8 @@
 """Which model to keep: the one home of every selection rule (spec section 4).
 
-A :class:`Candidate` is one point a search or a training run produced: a (trial, epoch) with its
-dev accuracy, dev FLOPs speedup, the parameters that produced it and where its model is. The
+A :class:`Candidate` is one point a search or a training run produced: a (trial, epoch, eta factor)
+with its dev accuracy, dev FLOPs speedup, the parameters that produced it and where its model is
+(a factor other than 1 is the same model with every eta scaled, measured by calibration). The
 rules over them:
 
 - :func:`select`: the spec's rule. The highest dev FLOPs speedup among the candidates whose dev
@@ -12,6 +13,8 @@ rules over them:
 - :func:`early_stopping_score`: one number per reported epoch for a scheduler (ASHA) that
   encodes the same rule.
 - :func:`best_epochs`: stage 1's top-k epochs by dev accuracy (the saliency checkpoints).
+- :func:`no_pruning_warning`: the sentence a run prints when its chosen model prunes (almost)
+  nothing (dev speedup under :data:`NO_PRUNING_FLOOR`): never a silent "1.00x".
 
 Plain Python: the training loop, the Ray Tune search and the report all import it.
 """
@@ -31,6 +34,7 @@ class Candidate:
     dev_flops_speedup: float
     params: Mapping[str, Any] = field(default_factory=dict)  # dotted config keys -> values that produced it
     model_dir: str = ""  # the checkpoint's AdapLeR model directory ("" where not kept)
+    factor: float = 1.0  # the global eta factor it was measured at (adapler.calibration); 1 = as trained
 
 
 @dataclass(frozen=True)
@@ -81,3 +85,16 @@ def best_epochs(history: Sequence[Mapping[str, float]], k: int) -> list[int]:
     """Indices of the k most accurate epochs of ``history`` (one metrics dict per epoch, with
     ``dev_accuracy``), best first; ties go to the earlier epoch."""
     return sorted(range(len(history)), key=lambda i: (-history[i]["dev_accuracy"], i))[:k]
+
+
+NO_PRUNING_FLOOR = 1.1  # a chosen model under this dev FLOPs speedup removes (almost) no token
+
+
+def no_pruning_warning(dev_flops_speedup: float, next_step: str) -> str:
+    """One plain sentence when a chosen model prunes (almost) nothing, else "". ``next_step``:
+    what to try, e.g. a command."""
+    if dev_flops_speedup >= NO_PRUNING_FLOOR:
+        return ""
+    return (f"the chosen model removes almost no tokens (dev FLOPs speedup {dev_flops_speedup:.2f}x, under "
+            f"{NO_PRUNING_FLOOR}x): its Contribution Predictors and etas did not learn to prune in this many "
+            f"stage-2 steps, or the length penalty phi was too small for this data; {next_step}")

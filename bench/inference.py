@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapler.batching import encode
+from adapler.batching import encode, token_counts
 from adapler.config import load_config
 from adapler.flops import EncoderSize, flops_speedup
 from adapler.modeling import AdapLeRForSequenceClassification
@@ -104,8 +104,7 @@ def bench_model(dataset: str, model, precision: str, batch_sizes: list[int], rep
     config = load_config(None, [f"data.source={dataset}"])
     rows = load_data(config).test.head(TEXTS_PER_SET[dataset])
     tok = model.tokenizer
-    lengths = [len(ids) for ids in tok(rows["text"].tolist(), truncation=True)["input_ids"]]
-    rows = rows.iloc[np.argsort(lengths, kind="stable")]
+    rows = rows.iloc[np.argsort(token_counts(tok, rows["text"].tolist()), kind="stable")]
     labels = rows["label"].to_numpy()
     size = EncoderSize.from_config(model.config, model.settings.cp_hidden)
     records = []

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapler.artifacts import is_model_uri, parse_model_uri
+from adapler.selection import no_pruning_warning
 from adapler_cli.errors import UserError
 from adapler_cli.models import MODEL_HELP, TRACKING_URI_HELP, load_model, resolve_model_dir, split_loader
 
@@ -133,6 +134,10 @@ def run_calibrate(args: argparse.Namespace) -> None:
     print(f"chosen factor {chosen.factor:.4g} ({result.goal}): dev accuracy {chosen.accuracy:.4f} "
           f"(as trained {baseline.accuracy:.4f}), FLOPs speedup {chosen.flops_speedup:.2f}x "
           f"(as trained {baseline.flops_speedup:.2f}x)")
+    warning = no_pruning_warning(chosen.flops_speedup, "a larger --max-drop lets the factor rise; if the curve above "
+                                 "falls off a cliff instead, retrain with a larger stage2.phi or stage2.eta_lr")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
     calibrated = apply_factor(model, chosen.factor)
     if args.output:

@@ -64,6 +64,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     result = run_recipe(_pipeline_config(args))  # the ray/tune/mlflow sections are unused here
     print(json.dumps(result.to_dict(), indent=2))
+    if result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr)
 
 
 def _pipeline_config(args: argparse.Namespace):
@@ -165,6 +167,8 @@ def _print_summary(summary, config) -> None:
     print(summary.table())
     print(f"registered: {model_uri(summary.registered_model, summary.alias)} (version {summary.version})")
     print(summary.promotion)
+    if summary.warning:
+        print(f"warning: {summary.warning}")
     print(f"model directory: {_shown_path(summary.model_dir)}")
     print("next:")
     for command in next_commands(summary, config, _program()):
@@ -243,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         r = sub.add_parser(name, help=text)
         r.add_argument("--config", default="rotten_tomatoes",
-                       help="YAML file or preset name (demo, rotten_tomatoes, bbc_news, sst2, files)")
+                       help="YAML file or preset name (demo, rotten_tomatoes, bbc_news, sst2, files, paper)")
         r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override, e.g. --set tune.num_samples=4 --set ray.num_workers=2 (repeatable)")
         r.set_defaults(func=func)

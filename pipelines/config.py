@@ -36,6 +36,9 @@ class TuneConfig:
     lrs: list[float] = field(default_factory=lambda: [2e-5, 3e-5, 5e-5])
     inits: list[str] = field(default_factory=lambda: ["pretrained", "finetuned"])
     grace_period: int = 1  # epochs before the early-stopping scheduler may stop a trial
+    # Calibration in the loop: the front's models within tolerance also compete at the fastest global
+    # eta factor that keeps them within it (pipelines/tune.py calibrate_front).
+    calibrate: bool = True
     seed: int = 0
 
 

@@ -1,7 +1,9 @@
 """The pictures of a pipeline run, written as files and logged as artefacts of the run.
 
 - ``pareto.csv`` / ``pareto.png``: every (trial, epoch) point of the stage-2 search, the Pareto
-  front and the chosen point (:func:`adapler_pipelines.tune.write_pareto`);
+  front and the chosen point (:func:`adapler_pipelines.tune.write_pareto`); rebuilt from MLflow,
+  they hold the trained points (eta factor 1): the points that calibration in the loop added are
+  in the pipeline's own ``report/pareto.csv``;
 - ``retention.png``: the chosen model's mean fraction of tokens entering each layer, on the
   dev and test splits;
 - ``highlight.html``: the first test examples, each token shaded by the layer at which the chosen

@@ -21,10 +21,11 @@ import mlflow
 from adapler.artifacts import RUN_MODEL_SUBDIR
 from adapler.batching import make_loader
 from adapler.config import save_config
-from adapler.evaluate import evaluate
+from adapler.evaluate import evaluate, paired_throughput
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
-from adapler.selection import best_epochs
+from adapler.calibration import apply_factor
+from adapler.selection import Candidate, best_epochs, no_pruning_warning
 from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.ray_local import init_ray
 from adapler_pipelines.registry import TEST_SPLIT_TAG, model_name, promote, register_model
@@ -32,7 +33,15 @@ from adapler_pipelines.report import chosen_model_pictures
 from adapler_pipelines.saliency import compute_saliency, rows_fingerprint
 from adapler_pipelines.tracking import client_for, log_stage_run, setup_mlflow, tracking_uri
 from adapler_pipelines.train import MODEL_SUBDIR, fit_stage
-from adapler_pipelines.tune import SEARCHED, TRIAL_PREFIX, SearchOutcome, search, without_search, write_pareto
+from adapler_pipelines.tune import (
+    SEARCHED,
+    TRIAL_PREFIX,
+    SearchOutcome,
+    calibrate_front,
+    search,
+    without_search,
+    write_pareto,
+)
 
 STAGE1_MANIFEST = "stage1.json"
 
@@ -67,6 +76,8 @@ class PipelineSummary:
     adapler_examples_per_s: float
     registered_model: str
     version: str
+    no_pruning: bool  # the chosen model's dev speedup is under adapler.selection.NO_PRUNING_FLOOR
+    warning: str  # one sentence when no_pruning, with what to try next; else ""
     alias: str  # what the new version became: "champion" or "challenger"
     promotion: str  # one sentence: which happened and why
     run_dir: str  # <output_dir>/<name>
@@ -79,7 +90,8 @@ class PipelineSummary:
             ("", "backbone (stage 1)", "AdapLeR (chosen)"),
             ("test accuracy", f"{self.backbone_test_accuracy:.4f}", f"{self.adapler_test_accuracy:.4f}"),
             ("FLOPs speedup", "1.00x", f"{self.flops_speedup:.2f}x"),
-            ("throughput (examples/s)", f"{self.backbone_examples_per_s:.1f}", f"{self.adapler_examples_per_s:.1f}"),
+            ("eta factor (calibration)", "", f"{self.chosen['factor']:.3g}"),
+            ("examples/s (sorted batches)", f"{self.backbone_examples_per_s:.1f}", f"{self.adapler_examples_per_s:.1f}"),
         ]
         return "\n".join(f"{a:<26}{b:>20}{c:>20}" for a, b, c in rows)
 
@@ -125,6 +137,9 @@ def run_stage2(config: PipelineConfig, stage1: Stage1Outcome, out: Path, parent_
                            saliency_path=stage1.saliency_path, reference_dev_score=stage1.reference)
         log_stage_run(config, f"{TRIAL_PREFIX}stage2", [c.metrics for c in epochs], parent_run_id=parent_run_id)
         outcome = without_search(config, epochs, stage1.reference)
+    if config.tune.calibrate:
+        print("      calibrating the front's models on dev (global eta factor)", flush=True)
+        outcome = calibrate_front(outcome, config, stage1.reference)
     write_pareto(outcome.candidates, outcome.selection, out / "report", stage1.reference)
     mlflow.log_artifacts(str(out / "report"), artifact_path="report", run_id=parent_run_id)
     if not outcome.selection.eligible:
@@ -132,12 +147,13 @@ def run_stage2(config: PipelineConfig, stage1: Stage1Outcome, out: Path, parent_
     return outcome
 
 
-def keep_chosen_model(model_dir: str, out: Path) -> Path:
-    """A copy of the chosen model at <run dir>/model, the path the README and the CLI name."""
+def keep_chosen_model(chosen: Candidate, out: Path) -> Path:
+    """The chosen model, at its eta factor, at <run dir>/model: the path the README and the CLI name."""
     target = out / RUN_MODEL_SUBDIR
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(model_dir, target)
+    model = AdapLeRForSequenceClassification.from_pretrained(chosen.model_dir)
+    apply_factor(model, chosen.factor).save_pretrained(target)  # config.json records the factor
     return target
 
 
@@ -147,32 +163,43 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
     chosen = outcome.selection.chosen
     data = load_data(config)
     backbone = AdapLeRForSequenceClassification.from_pretrained(stage1.best_model_dir)
-    model = AdapLeRForSequenceClassification.from_pretrained(chosen.model_dir)
+    model_dir = keep_chosen_model(chosen, out)
+    model = AdapLeRForSequenceClassification.from_pretrained(model_dir)
     test = make_loader(data.test, model.tokenizer, 32, config.data.max_length)
     base = evaluate(backbone, test, removal="none", progress=True, desc="test (backbone)")
     ours = evaluate(model, test, removal="packed", progress=True, desc="test (AdapLeR)")
+    base_speed, our_speed = paired_throughput(backbone, model, data.test, config.data.max_length)
+    warning = no_pruning_warning(
+        chosen.dev_flops_speedup,
+        f"try `adapler tune --config {out / 'config.json'} --set stage2.epochs={config.stage2.epochs + 2} "
+        f"--set stage2.eta_lr={config.stage2.eta_lr * 4:g} --set tune.phi_max={config.tune.phi_max * 5:g}`",
+    )
     metrics = {
         "stage1_dev_accuracy": stage1.reference, "dev_accuracy": chosen.dev_accuracy,
         "backbone_test_accuracy": base.accuracy, "test_accuracy": ours.accuracy,
         "flops_speedup": ours.flops_speedup, "dev_flops_speedup": chosen.dev_flops_speedup,
-        "backbone_examples_per_s": base.examples_per_s, "adapler_examples_per_s": ours.examples_per_s,
+        "backbone_examples_per_s": base_speed, "adapler_examples_per_s": our_speed,
+        "eta_factor": chosen.factor,
     }
+    if warning:
+        print(f"      warning: {warning}", flush=True)
     mlflow.log_metrics(metrics, run_id=parent_run_id)
-    model_dir = keep_chosen_model(chosen.model_dir, out)
     name, version = register_model(model_dir, config, metrics, model_name(config), parent_run_id=parent_run_id,
-                                   tags={TEST_SPLIT_TAG: rows_fingerprint(data.test)})
+                                   tags={TEST_SPLIT_TAG: rows_fingerprint(data.test), "eta_factor": f"{chosen.factor:.6g}"})
     promotion = promote(name, version, config)
     print(f"      {name}: {promotion.reason}", flush=True)
     client = client_for(config.mlflow.tracking_uri)
     for key, value in (("registered_model", name), ("version", version), ("alias", promotion.alias),
-                       ("promotion", promotion.reason)):
-        client.set_tag(parent_run_id, f"adapler.{key}", value)
+                       ("promotion", promotion.reason), ("no_pruning", str(bool(warning)).lower()),
+                       ("warning", warning)):
+        if value:
+            client.set_tag(parent_run_id, f"adapler.{key}", value)
     summary = PipelineSummary(
         dataset=data.name, backbone=config.model.backbone or "all-MiniLM-L6-v2 (packaged)",
         stage1_dev_accuracy=stage1.reference, backbone_test_accuracy=base.accuracy,
         adapler_test_accuracy=ours.accuracy, flops_speedup=ours.flops_speedup,
-        backbone_examples_per_s=base.examples_per_s, adapler_examples_per_s=ours.examples_per_s,
-        registered_model=name, version=version, alias=promotion.alias, promotion=promotion.reason,
+        backbone_examples_per_s=base_speed, adapler_examples_per_s=our_speed,
+        registered_model=name, version=version, no_pruning=bool(warning), warning=warning, alias=promotion.alias, promotion=promotion.reason,
         run_dir=str(out), model_dir=str(model_dir), chosen=asdict(chosen),
         wall_seconds=time.perf_counter() - start,
     )

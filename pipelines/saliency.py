@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adapler.batching import SaliencyMismatch
+from adapler.batching import SaliencyMismatch, token_counts
 
 log = logging.getLogger(__name__)
 
@@ -298,11 +298,7 @@ def _token_counts(tokenizer, frame: pd.DataFrame, max_length: int, chunk: int = 
     counts: list[int] = []
     for start in range(0, len(frame), chunk):
         part = frame.iloc[start : start + chunk]
-        texts = part["text"].tolist()
-        pairs = part["text_pair"].tolist()
-        pairs = [p or "" for p in pairs] if any(p is not None for p in pairs) else None
-        encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-        counts.extend(len(ids) for ids in encoded["input_ids"])
+        counts += token_counts(tokenizer, part["text"].tolist(), part["text_pair"].tolist(), max_length)
     return counts
 
 

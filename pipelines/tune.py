@@ -6,18 +6,24 @@ The search space is :data:`SEARCHED`: one line per searched config key, its samp
 gets, and logs its own MLflow run from inside (params = that config, one step per epoch).
 Multi-objective (dev accuracy up, FLOPs speedup up) with Optuna; ASHA stops trials early on
 :func:`adapler.selection.early_stopping_score`. Every trial shares the stage-1 checkpoints and
-the saliency labels, computed once before the search. The outcome is every (trial, epoch)
-candidate and the spec's selection over them (:mod:`adapler.selection`).
+the saliency labels, computed once before the search. After it, :func:`calibrate_front` scales
+the etas of the front's eligible models on dev (calibration in the loop). The outcome is every
+(trial, epoch, eta factor) candidate and the spec's selection over them (:mod:`adapler.selection`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from adapler.batching import make_loader
+from adapler.calibration import calibrate
 from adapler.config import apply_overrides, config_from_dict, config_to_dict, get_dotted
+from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.recipe import load_data
 from adapler.selection import Candidate, Selection, early_stopping_score, select
 from adapler_pipelines.config import PipelineConfig, TuneConfig
 from adapler_pipelines.tracking import StageRun, end_open_runs, tracking_uri
@@ -145,6 +151,32 @@ def without_search(config: PipelineConfig, epochs: list[EpochCheckpoint], refere
     return SearchOutcome(candidates, select(candidates, reference, config.stage2.selection_tolerance))
 
 
+def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: float) -> SearchOutcome:
+    """Calibration in the loop: each candidate of the front that is within the tolerance is
+    calibrated on dev (:func:`adapler.calibration.calibrate`: the fastest global eta factor whose
+    dev accuracy stays within the tolerance of the candidate's own, and of the reference). Every
+    factor measured becomes a candidate of its own (same trial, epoch and model, another factor),
+    and the rule selects again over them all."""
+    floor = reference - config.stage2.selection_tolerance
+    eligible = [c for c in outcome.selection.front if c.factor == 1.0 and c.dev_accuracy >= floor]
+    if not eligible:
+        return outcome
+    data = load_data(config)
+    candidates = list(outcome.candidates)
+    for candidate in eligible:
+        model = AdapLeRForSequenceClassification.from_pretrained(candidate.model_dir)
+        dev = make_loader(data.dev, model.tokenizer, config.stage2.batch_size, config.data.max_length)
+        # At most one tolerance below its own accuracy, never under the floor: the bisection walks
+        # to the edge of what dev allows, and a small dev split's noise is of that size too.
+        budget = min(config.stage2.selection_tolerance, candidate.dev_accuracy - floor)
+        curve = calibrate(model, dev, max_drop=max(budget, 0.0)).points
+        candidates += [
+            dataclasses.replace(candidate, dev_accuracy=p.accuracy, dev_flops_speedup=p.flops_speedup, factor=p.factor)
+            for p in curve if p.factor != 1.0
+        ]
+    return SearchOutcome(candidates, select(candidates, reference, config.stage2.selection_tolerance))
+
+
 def write_pareto(candidates: list[Candidate], selection: Selection, directory: Path, reference: float) -> dict[str, Path]:
     """pareto.csv (all candidates, front and chosen flagged, one column per param) and pareto.png
     (speedup vs dev accuracy)."""
@@ -153,14 +185,13 @@ def write_pareto(candidates: list[Candidate], selection: Selection, directory: P
     from adapler.pictures import pareto_plot
 
     directory.mkdir(parents=True, exist_ok=True)
-    front = {(p.trial, p.epoch) for p in selection.front}
-    chosen = selection.chosen
+    front = {id(p) for p in selection.front}
     rows = []
     for c in candidates:
         row = {k: v for k, v in asdict(c).items() if k != "params"}
-        rows.append({**row, **c.params, "pareto": (c.trial, c.epoch) in front,
-                     "chosen": (c.trial, c.epoch) == (chosen.trial, chosen.epoch)})
+        rows.append({**row, **c.params, "pareto": id(c) in front, "chosen": c is selection.chosen})
     pd.DataFrame(rows).to_csv(directory / "pareto.csv", index=False)
+    chosen = selection.chosen
     pareto_plot(
         [(p.dev_flops_speedup, p.dev_accuracy) for p in candidates],
         [(p.dev_flops_speedup, p.dev_accuracy) for p in selection.front],

@@ -16,6 +16,7 @@ from adapler.config import (
     load_config,
     save_config,
 )
+from adapler_cli.main import resolve_preset
 
 PRESET = textwrap.dedent(
     """
@@ -48,7 +49,12 @@ def test_defaults_follow_the_spec():
     config = load_config()
     assert config == ExperimentConfig()
     assert config.stage1.lr == 2e-5 and config.stage1.batch_size == 32 and config.stage1.epochs == 5
-    assert config.stage2.lr == 3e-5 and config.stage2.eta_lr == 5e-4
+    assert config.stage2.lr == 3e-5
+    # where the spec's short-budget rates differ from the paper's, the paper preset keeps them
+    assert (config.stage2.predictor_lr, config.stage2.eta_lr) == (3e-2, 5e-3)
+    paper = load_config(resolve_preset("paper"))
+    assert (paper.stage2.predictor_lr, paper.stage2.eta_lr, paper.stage2.lr) == (None, 5e-4, 3e-5)
+    assert (paper.stage2.gamma, paper.stage2.phi, paper.stage2.epochs) == (0.005, 0.0005, 5)
     assert config.stage2.gamma == 0.005 and config.stage2.phi == 0.0005 and config.stage2.init == "pretrained"
     assert config.model.adapler == AdapLeRSettings(cp_hidden=32, eta_init=0.25, eta_min=0.01, eta_max=1.0, beta=0.1)
 
@@ -147,3 +153,10 @@ def test_apply_overrides_is_set_for_dotted_values():
         apply_overrides(config, {"stage2.phii": 0.1})
     with pytest.raises(ConfigError, match="no such config key"):
         get_dotted(config, "stage2.phii")
+
+
+def test_etas_must_be_positive_and_ordered():
+    with pytest.raises(ConfigError, match="0 < eta_min <= eta_init <= eta_max"):
+        load_config(None, ["model.adapler.eta_min=0"])
+    with pytest.raises(ConfigError, match="eta_init=2.0"):
+        load_config(None, ["model.adapler.eta_init=2"])

@@ -66,3 +66,35 @@ def test_best_epochs_by_accuracy_earlier_first_on_ties():
     assert best_epochs(history, 3) == [1, 2, 3]
     assert best_epochs(history, 1) == [1]
     assert best_epochs(history, 10) == [1, 2, 3, 0]
+
+
+def test_no_pruning_warning_below_the_floor_only():
+    from adapler.selection import NO_PRUNING_FLOOR, no_pruning_warning
+
+    assert no_pruning_warning(NO_PRUNING_FLOOR, "try X") == ""
+    assert no_pruning_warning(2.0, "try X") == ""
+    warning = no_pruning_warning(0.99, "try `adapler tune ...`")
+    assert "0.99x" in warning and "removes almost no tokens" in warning and warning.endswith("try `adapler tune ...`")
+    assert "\n" not in warning
+
+
+def test_select_over_trial_epoch_and_factor_points():
+    """Calibration in the loop: a model scaled by a factor is one more candidate. Stage 1 read 0.80,
+    tolerance 0.01: the floor is 0.79."""
+    trained = [
+        Candidate("a", 0, 0.82, 1.8, {"stage2.phi": 0.01}, "/a0"),
+        Candidate("a", 1, 0.78, 2.6, {"stage2.phi": 0.01}, "/a1"),  # fastest trained epoch, under the floor
+        Candidate("b", 0, 0.80, 2.0, {"stage2.phi": 0.02}, "/b0"),  # the rule's pick among trained points
+    ]
+    scaled = [
+        Candidate("a", 0, 0.81, 2.3, {"stage2.phi": 0.01}, "/a0", factor=1.5),
+        Candidate("a", 0, 0.795, 2.9, {"stage2.phi": 0.01}, "/a0", factor=2.0),  # the documented pick
+        Candidate("a", 0, 0.74, 3.5, {"stage2.phi": 0.01}, "/a0", factor=3.0),
+        Candidate("b", 0, 0.80, 2.0, {"stage2.phi": 0.02}, "/b0", factor=0.9),  # ties b0: order decides
+    ]
+    assert select(trained, reference=0.80, tolerance=0.01).chosen.model_dir == "/b0"
+    selection = select(trained + scaled, reference=0.80, tolerance=0.01)
+    assert (selection.chosen.trial, selection.chosen.epoch, selection.chosen.factor) == ("a", 0, 2.0)
+    assert selection.chosen.model_dir == "/a0" and selection.eligible
+    # the scaled a0 beats trained a1 and b0 on both axes: they leave the front
+    assert [(c.trial, c.epoch, c.factor) for c in selection.front] == [("a", 0, 1.0), ("a", 0, 1.5), ("a", 0, 2.0), ("a", 0, 3.0)]

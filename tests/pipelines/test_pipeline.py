@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert summary.model_dir == str(out / "model")
     check_model_dir(out / "model")  # the chosen model, where `adapler predict --model runs/<name>/model` looks
+    saved = json.loads((out / "model" / "config.json").read_text())["adapler"]
+    assert saved["eta_factor"] == pytest.approx(summary.chosen["factor"])  # calibration in the loop, recorded
+    assert "factor" in pd.read_csv(out / "report" / "pareto.csv").columns
 
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     client = MlflowClient(config.mlflow.tracking_uri, config.mlflow.tracking_uri)
@@ -71,3 +75,40 @@ def test_worker_failure_resumes_from_the_last_checkpoint(ray_local, tiny_backbon
     # Resumed from epoch 0's checkpoint: epoch 0 was not trained (and reported) a second time.
     assert [c.epoch for c in epochs] == [0, 1]
     marker.unlink()
+
+
+# Etas pinned at 1e-4: a token leaves only if its score is under 1e-4 of the uniform 1/n, which
+# near-uniform fresh CPs never give, so no token is removed.
+NOTHING_REMOVED = ["model.adapler.eta_init=1e-4", "model.adapler.eta_min=1e-4", "model.adapler.eta_max=1e-4",
+                   "stage2.eta_lr=0", "stage2.phi=0"]
+
+
+def test_a_run_that_removes_nothing_says_so(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path, capsys):
+    # no calibration in the loop: on a model at chance level it would scale the etas until only [CLS] is left
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "noop") + ["tune.num_samples=0", "tune.calibrate=false",
+                                                                       *NOTHING_REMOVED]
+    config = load_config(None, overrides, cls=PipelineConfig)
+    summary = run_pipeline(config)
+
+    assert summary.no_pruning and summary.flops_speedup < 1.0  # the CPs cost a little, nothing is saved
+    assert "removes almost no tokens" in summary.warning and "adapler tune --config" in summary.warning
+    assert f"warning: {summary.warning}" in capsys.readouterr().out
+    saved = json.loads((Path(summary.run_dir) / "summary.json").read_text())
+    assert saved["no_pruning"] is True and saved["warning"] == summary.warning
+    client = MlflowClient(config.mlflow.tracking_uri)
+    parent = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id],
+                                filter_string="attributes.run_name = 'noop'")[0]
+    assert parent.data.tags["adapler.no_pruning"] == "true"
+    trial = client.search_runs([parent.info.experiment_id], filter_string="tags.`adapler.stage` = 'stage2-stage2'")
+    assert len(trial) == 1  # the no-search stage-2 run, logged like a trial
+
+
+def test_train_without_ray_warns_when_nothing_is_removed(tiny_backbone_dir, tiny_overrides, tmp_path, capsys):
+    from adapler_cli.main import main
+
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "noop-recipe") + NOTHING_REMOVED
+    assert main(["train", *[arg for item in overrides for arg in ("--set", item)]]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the chosen model removes almost no tokens" in err
+    result = json.loads((tmp_path / "runs" / "noop-recipe" / "result.json").read_text())
+    assert result["no_pruning"] is True and result["dev_flops_speedup"] < 1.1
