@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,8 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
     dev = make_loader(data.dev, tok, config.stage1.batch_size, max_length)
     test = make_loader(data.test, tok, config.stage1.batch_size, max_length)
     if not reuse:
+        for stale in checkpoints.glob("stage1-epoch*"):  # an earlier run's epochs must not enter the top-k
+            shutil.rmtree(stale)
         train = make_loader(data.train, tok, config.stage1.batch_size, max_length, shuffle=True, seed=config.stage1.seed)
         stage1 = train_stage1(model, train, dev, config.stage1, checkpoint_saver(checkpoints), progress)
         stage1_dev = stage1.best_metrics["dev_accuracy"]

@@ -112,3 +112,17 @@ def test_train_without_ray_warns_when_nothing_is_removed(tiny_backbone_dir, tiny
     assert "warning: the chosen model removes almost no tokens" in err
     result = json.loads((tmp_path / "runs" / "noop-recipe" / "result.json").read_text())
     assert result["no_pruning"] is True and result["dev_flops_speedup"] < 1.1
+
+
+def test_retrained_stage1_forgets_an_earlier_runs_epochs(tiny_backbone_dir, tiny_overrides, tmp_path):
+    """A rerun with fewer stage-1 epochs must not average saliency over stale checkpoints."""
+    from adapler.recipe import run_recipe, top_checkpoints
+
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "stale") + ["stage1.epochs=1", "saliency_checkpoints=3"]
+    checkpoints = tmp_path / "runs" / "stale" / "checkpoints"
+    stale = checkpoints / "stage1-epoch4"  # from an earlier, longer run, better on dev than anything new
+    stale.mkdir(parents=True)
+    (stale / "metrics.json").write_text(json.dumps({"dev_accuracy": 1.0}))
+    run_recipe(load_config(None, overrides, cls=PipelineConfig), progress=False)
+    assert not stale.exists()
+    assert [Path(p).name for p in top_checkpoints(checkpoints, "stage1", 3)] == ["stage1-epoch0"]
