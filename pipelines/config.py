@@ -35,6 +35,9 @@ class TuneConfig:
     phi_max: float = 1e-2
     lrs: list[float] = field(default_factory=lambda: [2e-5, 3e-5, 5e-5])
     inits: list[str] = field(default_factory=lambda: ["pretrained", "finetuned"])
+    # CP and eta learning rates to search; [] = not searched (stage2.predictor_lr / eta_lr hold)
+    predictor_lrs: list[float] = field(default_factory=list)
+    eta_lrs: list[float] = field(default_factory=list)
     grace_period: int = 1  # epochs before the early-stopping scheduler may stop a trial
     # Calibration in the loop: the front's models within tolerance also compete at the fastest global
     # eta factor that keeps them within it (pipelines/tune.py calibrate_front).

@@ -34,10 +34,10 @@ from adapler_pipelines.saliency import compute_saliency, rows_fingerprint
 from adapler_pipelines.tracking import client_for, log_stage_run, setup_mlflow, tracking_uri
 from adapler_pipelines.train import MODEL_SUBDIR, fit_stage
 from adapler_pipelines.tune import (
-    SEARCHED,
     TRIAL_PREFIX,
     SearchOutcome,
     calibrate_front,
+    param_space,
     search,
     without_search,
     write_pareto,
@@ -127,7 +127,7 @@ def load_stage1(out: Path) -> Stage1Outcome:
 def run_stage2(config: PipelineConfig, stage1: Stage1Outcome, out: Path, parent_run_id: str) -> SearchOutcome:
     if config.tune.num_samples > 0:
         print(f"[3/4] stage 2: Ray Tune search, {config.tune.num_samples} trial(s) x {config.stage2.epochs} "
-              f"epoch(s) over {', '.join(SEARCHED)}", flush=True)
+              f"epoch(s) over {', '.join(param_space(config.tune))}", flush=True)
         outcome = search(config, stage1.best_model_dir, stage1.saliency_path, stage1.reference,
                          f"{config.name}-tune", parent_run_id)
     else:

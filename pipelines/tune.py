@@ -31,12 +31,15 @@ from adapler_pipelines.train import MODEL_SUBDIR, EpochCheckpoint, run_stage, st
 
 TRIAL_PREFIX = "stage2-"  # stage tag of a stage-2 trial's MLflow run: stage2-<trial id>
 
-# searched config key -> (Ray Tune sampler, the TuneConfig fields that are its arguments)
+# searched config key -> (Ray Tune sampler, the TuneConfig fields that are its arguments). A
+# choice over an empty list is not searched: the stage2 section's value holds.
 SEARCHED: dict[str, tuple[str, tuple[str, ...]]] = {
     "stage2.gamma": ("loguniform", ("gamma_min", "gamma_max")),
     "stage2.phi": ("loguniform", ("phi_min", "phi_max")),
     "stage2.lr": ("choice", ("lrs",)),
     "stage2.init": ("choice", ("inits",)),
+    "stage2.predictor_lr": ("choice", ("predictor_lrs",)),
+    "stage2.eta_lr": ("choice", ("eta_lrs",)),
 }
 
 
@@ -50,14 +53,17 @@ def param_space(tune_config: TuneConfig) -> dict:
     from ray import tune
 
     samplers = {"loguniform": tune.loguniform, "choice": tune.choice}
-    return {
-        key: samplers[sampler](*(getattr(tune_config, name) for name in fields))
-        for key, (sampler, fields) in SEARCHED.items()
-    }
+    space = {}
+    for key, (sampler, fields) in SEARCHED.items():
+        arguments = [getattr(tune_config, name) for name in fields]
+        if sampler == "choice" and not arguments[0]:
+            continue
+        space[key] = samplers[sampler](*arguments)
+    return space
 
 
 def searched_values(config: PipelineConfig) -> dict:
-    """The searched keys' values in ``config``: the params of a run that did not search."""
+    """The searchable keys' values in ``config``: the params of a run (whether searched or not)."""
     return {key: get_dotted(config, key) for key in SEARCHED}
 
 
@@ -133,7 +139,8 @@ def search(config: PipelineConfig, stage1_dir: str, saliency_path: str, referenc
             candidates.append(Candidate(
                 trial=str(metrics.get("trial_id", Path(result.path).name)), epoch=int(metrics["epoch"]),
                 dev_accuracy=metrics["dev_accuracy"], dev_flops_speedup=metrics["dev_flops_speedup"],
-                params=dict(result.config), model_dir=str(Path(checkpoint.path) / MODEL_SUBDIR),
+                params={**searched_values(config), **result.config},
+                model_dir=str(Path(checkpoint.path) / MODEL_SUBDIR),
             ))
     if not candidates:
         raise RuntimeError("the search finished without a single reported epoch")
