@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 from adapler.artifacts import model_uri, registered_model_name
@@ -116,8 +117,17 @@ def _check_port(host: str, port: int) -> None:
         raise _user_error(f"can not listen on {host}:{port}: {err.strerror}") from None
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; systemd, Kubernetes, `ray job stop`
+GRACEFUL_STOP_S = 30  # for requests in flight to finish (the deployment's graceful_shutdown_timeout_s is 10)
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def _delete_app(serve) -> None:
+    with contextlib.suppress(Exception):
+        serve.delete("adapler")
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -139,13 +149,15 @@ def run_serve(args: argparse.Namespace) -> None:
 
     # Default: a private local Ray instance, so that Ctrl-C (serve.shutdown) can not take down the
     # Serve applications of a cluster someone else started here; --address / $RAY_ADDRESS joins one.
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     ray.init(address=args.address or "local", ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     # ray.init leaves SIGTERM (systemd, Kubernetes, `ray job stop`) to Ray: the core worker's
     # failure handler dumps a native stack, then the local node's handler kills Ray's processes
     # under Serve and the driver aborts (exit 134). Stop the way Ctrl-C does instead: Serve lets
-    # in-flight requests finish, shuts down, exit 0. (signal.signal replaces both handlers.)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # in-flight requests finish, shuts down, exit 0. (signal.signal replaces both handlers; SIGINT
+    # is set again too, so that no handler installed during start-up can swallow Ctrl-C.)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(app_args), name="adapler", route_prefix="/", blocking=False)
@@ -159,17 +171,19 @@ def run_serve(args: argparse.Namespace) -> None:
     finally:
         # A second Ctrl-C or SIGTERM (or one forwarded twice, e.g. by `timeout`) must not abort the
         # shutdown half-way and leave Serve actors behind: ignore them for the few seconds this takes.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         print("adapler serve: stopping", file=sys.stderr, flush=True)
         try:
             # serve.shutdown kills the HTTP proxy at once, dropping the requests in flight. Deleting
             # the application first lets its replicas finish them (graceful_shutdown_timeout_s)
-            # while the proxy still carries their answers. Best effort: shutdown follows anyway.
-            with contextlib.suppress(Exception):
-                serve.delete("adapler")
+            # while the proxy still carries their answers. Best effort, and bounded (a Ctrl-C to the
+            # whole process group also stops Ray's own processes): shutdown follows anyway.
+            deleting = threading.Thread(target=_delete_app, args=(serve,), daemon=True)
+            deleting.start()
+            deleting.join(timeout=GRACEFUL_STOP_S)
             serve.shutdown()
         finally:
             ray.shutdown()
-            signal.signal(signal.SIGINT, previous)
-            signal.signal(signal.SIGTERM, previous_sigterm)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

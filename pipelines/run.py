@@ -28,7 +28,7 @@ from adapler.calibration import apply_factor
 from adapler.selection import Candidate, best_epochs, no_pruning_warning
 from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.ray_local import init_ray
-from adapler_pipelines.registry import TEST_SPLIT_TAG, model_name, promote, register_model
+from adapler_pipelines.registry import PACKAGED_BACKBONE, TEST_SPLIT_TAG, model_name, promote, register_model
 from adapler_pipelines.report import chosen_model_pictures
 from adapler_pipelines.saliency import compute_saliency, rows_fingerprint
 from adapler_pipelines.tracking import client_for, log_stage_run, setup_mlflow, tracking_uri
@@ -195,12 +195,12 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
         if value:
             client.set_tag(parent_run_id, f"adapler.{key}", value)
     summary = PipelineSummary(
-        dataset=data.name, backbone=config.model.backbone or "all-MiniLM-L6-v2 (packaged)",
+        dataset=data.name, backbone=config.model.backbone or PACKAGED_BACKBONE,
         stage1_dev_accuracy=stage1.reference, backbone_test_accuracy=base.accuracy,
         adapler_test_accuracy=ours.accuracy, flops_speedup=ours.flops_speedup,
         backbone_examples_per_s=base_speed, adapler_examples_per_s=our_speed,
-        registered_model=name, version=version, no_pruning=bool(warning), warning=warning, alias=promotion.alias, promotion=promotion.reason,
-        run_dir=str(out), model_dir=str(model_dir), chosen=asdict(chosen),
+        registered_model=name, version=version, no_pruning=bool(warning), warning=warning,
+        alias=promotion.alias, promotion=promotion.reason, run_dir=str(out), model_dir=str(model_dir), chosen=asdict(chosen),
         wall_seconds=time.perf_counter() - start,
     )
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
