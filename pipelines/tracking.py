@@ -295,6 +295,9 @@ def read_run_config(uri: str, run_id: str) -> PipelineConfig:
         except (MlflowException, OSError, TypeError):  # no run (TypeError: run_id None), no file
             raise TrackingError(f"run {run_id} has no {CONFIG_ARTIFACT} artefact in {uri}") from None
         try:
-            return config_from_dict(json.loads(Path(local).read_text()), PipelineConfig)
+            raw = json.loads(Path(local).read_text())
+            if isinstance(raw, dict) and isinstance(raw.get("mlflow"), dict):
+                raw["mlflow"].pop("alias", None)  # runs logged before champion/challenger (now mlflow.promote)
+            return config_from_dict(raw, PipelineConfig)
         except (ConfigError, json.JSONDecodeError) as err:
             raise TrackingError(f"run {run_id}: its {CONFIG_ARTIFACT} is not a pipeline config ({err})") from None

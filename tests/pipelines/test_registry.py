@@ -332,3 +332,15 @@ def test_pyfunc_input_checks():
         to_frame(pd.DataFrame({"sentence": ["a"], "other": ["b"]}))
     with pytest.raises(ValueError, match="must be a string"):
         to_frame([None, "a"])
+
+
+def test_read_run_config_takes_runs_logged_before_champion_challenger(mlflow_uri, tiny_backbone_dir):
+    config = make_config(tiny_backbone_dir, phi=0.004)
+    client = MlflowClient(mlflow_uri)
+    run = client.create_run(tracking.experiment_id(client, "adapler-test", mlflow_uri)).info.run_id
+    legacy = config_to_dict(config)
+    legacy["mlflow"]["alias"] = "champion"  # the field mlflow.promote replaced
+    client.log_text(run, json.dumps(legacy), "config.json")
+    assert tracking.read_run_config(mlflow_uri, run).stage2.phi == 0.004
+    with pytest.raises(tracking.TrackingError, match="no config.json"):
+        tracking.read_run_config(mlflow_uri, client.create_run(client.get_experiment_by_name("adapler-test").experiment_id).info.run_id)
