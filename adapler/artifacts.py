@@ -64,11 +64,11 @@ def is_model_uri(model: str) -> bool:
 
 
 def parse_model_uri(uri: str) -> tuple[str, str]:
-    """``models:/<name>@<alias>`` -> (name, alias); ValueError for anything else."""
+    """``models:/<name>@<alias>`` -> (name, alias); ArtifactError for anything else."""
     rest = uri.removeprefix(MODEL_URI_PREFIX)
     name, sep, alias = rest.partition("@")
     if not is_model_uri(uri) or not sep or not name or not alias or "/" in name:
-        raise ValueError(f"model URI {uri!r} is not models:/<name>@<alias>")
+        raise ArtifactError(f"model URI {uri!r} is not models:/<name>@<alias>")
     return name, alias
 
 

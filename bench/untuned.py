@@ -24,7 +24,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from transformers import AutoModelForSequenceClassification
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from adapler.artifacts import is_model_uri, parse_model_uri
 from adapler.selection import no_pruning_warning
 from adapler_cli.errors import UserError
-from adapler_cli.models import MODEL_HELP, TRACKING_URI_HELP, load_model, resolve_model_dir, split_loader
+from adapler_cli.models import MODEL_HELP, TRACKING_URI_HELP, load_model, split_loader
+from adapler_pipelines.model_source import resolve_model
 
 if TYPE_CHECKING:
     from adapler.calibration import CurvePoint
@@ -102,13 +103,13 @@ def run_calibrate(args: argparse.Namespace) -> None:
     _check_args(args, from_registry)
     # The model and everything the registration needs are read before the search, so that a bad
     # source fails in seconds, not after minutes of dev passes.
-    model_dir = resolve_model_dir(args.model, args.tracking_uri)  # read-only: may be the store's own folder
+    model_dir = resolve_model(args.model, args.tracking_uri)  # read-only: may be the store's own folder
     if from_registry:
         from adapler_pipelines.calibrate import register_calibrated, source_config
         from adapler_pipelines.config import MlflowConfig
         from adapler_pipelines.registry import model_version, tracking_uri
 
-        name, alias = parse_model_uri(args.model)  # well-formed: resolve_model_dir checked it
+        name, alias = parse_model_uri(args.model)  # well-formed: resolve_model checked it
         uri = tracking_uri(MlflowConfig(tracking_uri=args.tracking_uri))
         source = model_version(name, alias, uri)  # RegistryError: one line (adapler_cli.errors)
         config = source_config(name, source, uri)

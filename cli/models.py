@@ -4,16 +4,14 @@ over one split of a data set. Command modules import these from here, never from
 
 ``--model`` takes a model directory, a run directory (``runs/<name>``, whose chosen model is under
 ``model/``) or a registered model, ``models:/<name>@<alias>``; all three go through
-:func:`resolve_model_dir`. MLflow is imported only for a ``models:/`` URI.
+:func:`adapler_pipelines.model_source.resolve_model`. MLflow is imported only for a ``models:/`` URI.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
-from adapler.artifacts import find_model_dir, is_model_uri, parse_model_uri
 from adapler_cli.errors import UserError
+from adapler_pipelines.model_source import resolve_model
 
 MODEL_HELP = "AdapLeR model directory, run directory (runs/<name>) or registered model models:/<name>@<alias>"
 TRACKING_URI_HELP = "MLflow tracking URI for models:/ (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)"
@@ -25,21 +23,6 @@ def add_model_arguments(parser, required: bool = True) -> None:
     parser.add_argument("--tracking-uri", default="", help=TRACKING_URI_HELP)
 
 
-def resolve_model_dir(model: str, tracking_uri: str = "") -> Path:
-    """The checked local model directory of ``model`` (a directory, a run directory or a
-    ``models:/<name>@<alias>`` URI, downloaded; treat that directory as read-only)."""
-    if not is_model_uri(model):
-        return find_model_dir(model)  # ArtifactError: one line
-    try:
-        parse_model_uri(model)  # a malformed URI fails here, before MLflow is imported
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise
-    from adapler_pipelines.registry import resolve_model  # MLflow: seconds to import
-
-    return resolve_model(model, tracking_uri)  # RegistryError / ArtifactError: one line
-
-
 def load_model(model: str, device: str = "cpu", quantize: str = "none", tracking_uri: str = ""):
     """The AdapLeR model of ``--model`` on ``device``, optionally quantized."""
     from adapler.modeling import AdapLeRForSequenceClassification
@@ -47,7 +30,7 @@ def load_model(model: str, device: str = "cpu", quantize: str = "none", tracking
 
     if quantize != "none" and device != "cpu":
         raise UserError(f"--quantize {quantize} runs on CPU only (got --device {device})")
-    directory = resolve_model_dir(model, tracking_uri)
+    directory = resolve_model(model, tracking_uri)  # ArtifactError / RegistryError: one line
     try:
         loaded = AdapLeRForSequenceClassification.from_pretrained(directory).to(device)
     except FileNotFoundError as err:

@@ -50,7 +50,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -59,7 +58,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
 
-from adapler.artifacts import find_model_dir, is_model_uri
+from adapler_pipelines.model_source import resolve_model
 from adapler_deploy.schemas import (
     LimitExceeded,
     PredictRequest,
@@ -71,16 +70,6 @@ from adapler_deploy.schemas import (
 logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAME = "AdapLeR"
-
-
-def resolve_model_dir(model: str, tracking_uri: str = "") -> Path:
-    """A local, checked AdapLeR directory for ``model``: a model or run directory, or
-    ``models:/<name>@<alias>`` (MLflow is imported only then)."""
-    if not is_model_uri(model):
-        return find_model_dir(model)
-    from adapler_pipelines.registry import resolve_model
-
-    return resolve_model(model, tracking_uri)
 
 
 @dataclass
@@ -154,7 +143,7 @@ class AdapLeRService:
         self.settings = ServeSettings(**settings)
         self._ready = False
         torch.set_num_threads(self.settings.torch_threads)
-        directory = resolve_model_dir(self.settings.model, self.settings.tracking_uri)
+        directory = resolve_model(self.settings.model, self.settings.tracking_uri)
         self.predictor = Predictor.from_directory(
             directory, device=self.settings.device, quantize=self.settings.quantize,
             batch_size=self.settings.predict_batch_size, removal=self.settings.removal,

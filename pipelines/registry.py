@@ -9,8 +9,9 @@
 - :func:`promote` is MLflow's champion/challenger pattern: a new version of ``adapler run`` gets
   ``@challenger``; ``@champion`` moves to it too only when it is at least as accurate and at
   least as fast as the champion on the same test split (or when ``mlflow.promote`` says so).
-- :func:`resolve_model` turns ``models:/<name>@<alias>`` (or a model / run directory) into a
-  checked local model directory: what ``predict``, ``evaluate``, ``calibrate`` and Serve load.
+- :func:`download_model_dir` turns ``name@alias`` into a checked local model directory (what
+  :func:`adapler_pipelines.model_source.resolve_model` gives ``predict``, ``evaluate``,
+  ``calibrate`` and Serve for a ``models:/`` URI).
 
 Names come from :func:`adapler.artifacts.registered_model_name` (``adapler-<run name>``); the
 directory rules from :func:`adapler.artifacts.check_model_dir`.
@@ -34,9 +35,6 @@ from adapler.artifacts import (
     CHALLENGER,
     CHAMPION,
     check_model_dir,
-    find_model_dir,
-    is_model_uri,
-    parse_model_uri,
     registered_model_name,
 )
 from adapler_pipelines.config import PipelineConfig
@@ -276,12 +274,3 @@ def download_model_dir(name: str, alias: str = CHAMPION, dst_path: str | Path | 
     if not entry:
         raise RegistryError(f"{name}@{alias} (version {version.version}) has no {MODEL_ARTIFACT!r} artefact")
     return str(check_model_dir(local / entry["path"]))
-
-
-def resolve_model(model: str, uri: str = "") -> Path:
-    """A checked local AdapLeR model directory for ``model``: ``models:/<name>@<alias>`` (downloaded;
-    read-only), a model directory, or a run directory (its ``model/``)."""
-    if not is_model_uri(model):
-        return find_model_dir(model)
-    name, alias = parse_model_uri(model)
-    return Path(download_model_dir(name, alias, uri=uri))

@@ -176,7 +176,11 @@ def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: f
         # At most one tolerance below its own accuracy, never under the floor: the bisection walks
         # to the edge of what dev allows, and a small dev split's noise is of that size too.
         budget = min(config.stage2.selection_tolerance, candidate.dev_accuracy - floor)
-        curve = calibrate(model, dev, max_drop=max(budget, 0.0)).points
+        def progress(point, c=candidate) -> None:
+            print(f"        trial {c.trial} epoch {c.epoch}: etas x {point.factor:.3g} -> dev accuracy "
+                  f"{point.accuracy:.4f}, {point.flops_speedup:.2f}x FLOPs", flush=True)
+
+        curve = calibrate(model, dev, max_drop=max(budget, 0.0), on_point=progress).points
         candidates += [
             dataclasses.replace(candidate, dev_accuracy=p.accuracy, dev_flops_speedup=p.flops_speedup, factor=p.factor)
             for p in curve if p.factor != 1.0

@@ -363,13 +363,13 @@ def test_models_uri_resolves_to_a_safetensors_directory(model_dir, tmp_path):
 import json
 from adapler_pipelines.config import MlflowConfig, PipelineConfig
 from adapler_pipelines.registry import RegistryError, register_model
-from adapler_deploy.app import resolve_model_dir
+from adapler_pipelines.model_source import resolve_model
 config = PipelineConfig()
 config.mlflow = MlflowConfig(tracking_uri={uri!r}, experiment="deploy-test")
 register_model({model_dir!r}, config, {{}}, "adapler-deploy-test", alias="champion")
-directory = resolve_model_dir("models:/adapler-deploy-test@champion", {uri!r})
+directory = resolve_model("models:/adapler-deploy-test@champion", {uri!r})
 try:
-    resolve_model_dir("models:/adapler-deploy-test@nope", {uri!r})
+    resolve_model("models:/adapler-deploy-test@nope", {uri!r})
     error = ""
 except RegistryError as err:
     error = str(err)
