@@ -19,6 +19,24 @@ from adapler.flops import EncoderSize, adapler_flops, backbone_flops
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.quantization import maybe_quantize
 
+RUNTIME_CHOICES = ("torch", "onnx")
+
+
+def load_for_inference(directory: str | Path, runtime: str = "torch", device: str = "cpu", quantize: str = "none",
+                       threads: int | None = None):
+    """The model in ``directory`` on ``runtime``: "torch" (AdapLeRForSequenceClassification, int8 by
+    adapler.quantization) or "onnx" (adapler.onnx_runtime.OnnxAdapLeR, int8 by ONNX Runtime). Both
+    are called alike, so Predictor, evaluate and calibrate take either."""
+    if runtime not in RUNTIME_CHOICES:
+        raise ValueError(f"runtime must be one of {RUNTIME_CHOICES}, got {runtime!r}")
+    if runtime == "onnx":
+        from adapler.onnx_runtime import OnnxAdapLeR  # onnxruntime is imported only when asked for
+
+        return OnnxAdapLeR.from_pretrained(directory, quantize=quantize, device=device, threads=threads)
+    if quantize != "none" and device != "cpu":
+        raise ValueError(f"quantize {quantize} on the torch runtime runs on CPU only (got device {device})")
+    return maybe_quantize(AdapLeRForSequenceClassification.from_pretrained(directory).to(device), quantize)
+
 
 @dataclass
 class Prediction:
@@ -53,10 +71,10 @@ class Predictor:
         self.label_names = [str(id2label.get(i, i)) for i in range(model.config.num_labels)]
 
     @classmethod
-    def from_directory(cls, directory: str | Path, device: str = "cpu", quantize: str = "none", **kwargs) -> "Predictor":
-        """quantize: "none" or "int8" (CPU; see adapler.quantization)."""
-        model = AdapLeRForSequenceClassification.from_pretrained(directory).to(device)
-        return cls(maybe_quantize(model, quantize), **kwargs)
+    def from_directory(cls, directory: str | Path, device: str = "cpu", quantize: str = "none", runtime: str = "torch",
+                       **kwargs) -> "Predictor":
+        """runtime: "torch" or "onnx"; quantize: "none" or "int8" (see load_for_inference)."""
+        return cls(load_for_inference(directory, runtime, device, quantize), **kwargs)
 
     @property
     def device(self) -> torch.device:

@@ -26,6 +26,8 @@ LIGHT = (  # plain Python or already needed by every command: imported when caug
 )
 HEAVY = (  # looked up only if their module is loaded (else nothing of theirs was raised)
     ("adapler.modeling", "UnsupportedBackbone"),
+    ("adapler.onnx_export", "UnsupportedExport"),  # a backbone the ONNX graphs can not express
+    ("adapler.onnx_runtime", "RuntimeUnavailable"),  # --runtime onnx --device cuda without the CUDA provider
     ("adapler.batching", "SaliencyMismatch"),
     ("adapler_pipelines.registry", "RegistryError"),  # models:/ name or alias not there
     ("adapler_pipelines.report", "ReportError"),  # `adapler report` on a run that is not a pipeline run

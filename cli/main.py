@@ -25,7 +25,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         texts += [line.rstrip("\n") for line in lines if line.strip()]
     if not texts or any(not t.strip() for t in texts):
         raise UserError("give at least one non-empty text (arguments or --file)")
-    model = load_model(args.model, args.device, args.quantize, args.tracking_uri)
+    model = load_model(args.model, args.device, args.quantize, args.tracking_uri, args.runtime)
     predictor = Predictor(model, batch_size=args.batch_size, removal=args.removal)
     predictions = predictor.predict(texts, [args.pair] * len(texts) if args.pair else None, explain=True)
     if args.json:
@@ -43,7 +43,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from adapler.evaluate import evaluate
     from adapler_cli.models import load_model, split_loader
 
-    model = load_model(args.model, args.device, args.quantize, args.tracking_uri)
+    model = load_model(args.model, args.device, args.quantize, args.tracking_uri, args.runtime)
     loader, _ = split_loader(args.data, args.set, model, args.split, args.batch_size, args.max_length)
     result = evaluate(model, loader, removal=args.removal, progress=True, desc=f"{args.data}/{args.split}")
     summary = {**result.summary(), "retention": result.retention, "num_examples": result.num_examples}
@@ -51,7 +51,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(json.dumps(summary, indent=2))
         return
     quantized = f", {args.quantize}" if args.quantize != "none" else ""
-    print(f"{args.data} {args.split} ({result.num_examples} examples, removal={args.removal}{quantized})")
+    print(f"{args.data} {args.split} ({result.num_examples} examples, removal={args.removal}, "
+          f"runtime={args.runtime}{quantized})")
     print(f"  accuracy       {result.accuracy:.4f}")
     print(f"  macro F1       {result.macro_f1:.4f}")
     print(f"  FLOPs speedup  {result.flops_speedup:.2f}x")
@@ -202,8 +203,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from adapler.quantization import QUANTIZE_CHOICES
-    from adapler_cli.models import add_model_arguments
+    from adapler_cli.models import add_inference_arguments, add_model_arguments
 
     parser = argparse.ArgumentParser(
         prog="adapler",
@@ -219,9 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--removal", default="packed", choices=["packed", "masked", "none"],
                    help="packed: real token removal (default); masked: same result, no saving; none: plain backbone")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
-                   help="int8: dynamic int8 quantization of the linear layers (CPU; composes with packed removal)")
+    add_inference_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON (with the kept tokens of every layer)")
     p.set_defaults(func=cmd_predict)
 
@@ -235,9 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--removal", default="packed", choices=["packed", "masked", "none"])
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-length", type=int, help="default: the length the model was trained with")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
-                   help="int8: dynamic int8 quantization of the linear layers (CPU; composes with packed removal)")
+    add_inference_arguments(e)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
@@ -263,11 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from adapler_deploy.cli import add_serve_command
     from adapler_cli.calibrate import add_calibrate_command
+    from adapler_cli.export import add_export_command
     from adapler_cli.report import add_report_command
     from adapler_cli.rationales import add_rationales_command
 
     add_serve_command(sub)
     add_calibrate_command(sub)
+    add_export_command(sub)
     add_report_command(sub)
     add_rationales_command(sub)
     return parser

@@ -23,19 +23,27 @@ def add_model_arguments(parser, required: bool = True) -> None:
     parser.add_argument("--tracking-uri", default="", help=TRACKING_URI_HELP)
 
 
-def load_model(model: str, device: str = "cpu", quantize: str = "none", tracking_uri: str = ""):
-    """The AdapLeR model of ``--model`` on ``device``, optionally quantized."""
-    from adapler.modeling import AdapLeRForSequenceClassification
-    from adapler.quantization import maybe_quantize
+def add_inference_arguments(parser) -> None:
+    """``--device``, ``--runtime`` and ``--quantize``: where and how the model runs, alike in every command."""
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                        help="torch: PyTorch eager; onnx: ONNX Runtime (exported on first use into a cache "
+                             "keyed by the weights, $ADAPLER_ONNX_CACHE or ~/.cache/adapler/onnx)")
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"],
+                        help="int8: int8 weights for the linear layers, CPs kept float (CPU; composes with removal)")
 
-    if quantize != "none" and device != "cpu":
-        raise UserError(f"--quantize {quantize} runs on CPU only (got --device {device})")
+
+def load_model(model: str, device: str = "cpu", quantize: str = "none", tracking_uri: str = "", runtime: str = "torch"):
+    """The AdapLeR model of ``--model`` on ``device`` and ``runtime``, optionally quantized."""
+    from adapler.inference import load_for_inference
+
+    if quantize != "none" and device != "cpu" and runtime == "torch":
+        raise UserError(f"--quantize {quantize} runs on CPU only with --runtime torch (got --device {device})")
     directory = resolve_model(model, tracking_uri)  # ArtifactError / RegistryError: one line
     try:
-        loaded = AdapLeRForSequenceClassification.from_pretrained(directory).to(device)
+        return load_for_inference(directory, runtime, device, quantize)
     except FileNotFoundError as err:
         raise UserError(str(err)) from None
-    return maybe_quantize(loaded, quantize)
 
 
 def split_loader(data_name: str, overrides: list[str], model, split: str, batch_size: int, max_length: int | None):

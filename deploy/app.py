@@ -145,7 +145,7 @@ class AdapLeRService:
         torch.set_num_threads(self.settings.torch_threads)
         directory = resolve_model(self.settings.model, self.settings.tracking_uri)
         self.predictor = Predictor.from_directory(
-            directory, device=self.settings.device, quantize=self.settings.quantize,
+            directory, device=self.settings.device, quantize=self.settings.quantize, runtime=self.settings.runtime,
             batch_size=self.settings.predict_batch_size, removal=self.settings.removal,
         )
         # Token counting (the ingress, many requests at once) and inference (the batch, one at a
@@ -168,8 +168,8 @@ class AdapLeRService:
         # Warm up: the first forward pass pays for lazy initialisation (kernels, thread pools).
         self.predictor.predict(["warm up the model", "a second, somewhat longer text to warm up"], explain=True)
         self._ready = True
-        logger.info("adapler: serving %s (removal=%s, quantize=%s) from %s", self.settings.model,
-                    self.settings.removal, self.settings.quantize, directory)
+        logger.info("adapler: serving %s (removal=%s, runtime=%s, quantize=%s) from %s", self.settings.model,
+                    self.settings.removal, self.settings.runtime, self.settings.quantize, directory)
 
     # ------------------------------------------------------------------ health
     def check_health(self) -> None:
@@ -183,6 +183,7 @@ class AdapLeRService:
             "status": "ok" if self._ready else "loading",
             "model": self.settings.model,
             "removal": self.settings.removal,
+            "runtime": self.settings.runtime,
             "quantize": self.settings.quantize,
             "labels": self.predictor.label_names,
             "max_length": self.predictor.max_length,

@@ -39,6 +39,8 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                         "Ctrl-C then shuts down Serve on that cluster")
     s.add_argument("--removal", default="packed", choices=["packed", "masked", "none"],
                    help="packed: AdapLeR (default); none: the plain backbone, as a baseline")
+    s.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                   help="torch: PyTorch eager (default); onnx: ONNX Runtime (exported on first load, then cached)")
     s.add_argument("--replicas", type=int, help="a fixed number of replicas (default: autoscale)")
     s.add_argument("--min-replicas", type=int, default=1)
     s.add_argument("--max-replicas", type=int, default=2)
@@ -64,7 +66,7 @@ def serve_args(args: argparse.Namespace) -> dict:
     from adapler_deploy.schemas import ServeSettings
 
     values: dict = {"model": args.model, "tracking_uri": args.tracking_uri, "removal": args.removal,
-                    "num_cpus": args.num_cpus}
+                    "runtime": args.runtime, "num_cpus": args.num_cpus}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or key not in ServeSettings.model_fields:
@@ -162,7 +164,7 @@ def run_serve(args: argparse.Namespace) -> None:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(app_args), name="adapler", route_prefix="/", blocking=False)
         url = f"http://{args.host}:{args.port}"
-        print(f"adapler serve: {args.model} (removal={args.removal}) at {url}/predict "
+        print(f"adapler serve: {args.model} (removal={app_args['removal']}, runtime={app_args['runtime']}) at {url}/predict "
               f"(also {url}/healthz, {url}/stats, {url}/docs); Ctrl-C to stop", flush=True)
         while True:
             time.sleep(1)

@@ -37,8 +37,11 @@ class ServeSettings(BaseModel):
     quantize: Literal["none", "int8"] = Field(
         "none", description="int8: dynamic int8 quantization of the linear layers (CPU only; composes with removal)"
     )
+    runtime: Literal["torch", "onnx"] = Field(
+        "torch", description="torch: PyTorch eager; onnx: ONNX Runtime graphs (exported on first load, then cached)"
+    )
     device: str = "cpu"
-    torch_threads: int = Field(1, ge=1, description="intra-op threads per replica (1 is fastest for small batches on few cores)")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per replica, torch or ONNX Runtime (1 is fastest for small batches on few cores)")
     # request limits
     max_texts: int = Field(256, ge=1, description="texts per request")
     max_chars: int = Field(20_000, ge=1, description="characters per text")

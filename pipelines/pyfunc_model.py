@@ -93,12 +93,19 @@ def to_frame(model_input: Any) -> pd.DataFrame:
 
 
 class AdapLeRPyfunc(PythonModel):
-    """Loads the AdapLeR directory of ``context.artifacts["model_dir"]`` into a Predictor."""
+    """Loads the AdapLeR directory of ``context.artifacts["model_dir"]`` into a Predictor.
+
+    ``runtime`` ("torch" or "onnx") and ``quantize`` ("none" or "int8") come from the model
+    config, settable at load time: ``mlflow.pyfunc.load_model(uri, model_config={"runtime": "onnx"})``."""
 
     def load_context(self, context) -> None:
         from adapler.inference import Predictor  # imported here: the file is also read at log time
 
-        self.predictor = Predictor.from_directory(context.artifacts["model_dir"])
+        options = context.model_config or {}
+        self.predictor = Predictor.from_directory(
+            context.artifacts["model_dir"], runtime=options.get("runtime", "torch"),
+            quantize=options.get("quantize", "none"),
+        )
 
     # The hint is pd.DataFrame on purpose (see the module docstring): MLflow neither infers a
     # signature from it nor rewrites the input, so lists and frames with text_pair reach this code.

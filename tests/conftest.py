@@ -30,6 +30,14 @@ SENTENCES = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """ONNX exports (--runtime onnx) go to this session's temporary folder, not ~/.cache."""
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    os.environ["ADAPLER_ONNX_CACHE"] = str(cache)  # before any Ray worker starts: they inherit it
+    return cache
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return AutoTokenizer.from_pretrained(default_backbone())

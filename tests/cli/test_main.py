@@ -61,8 +61,48 @@ def test_user_errors_are_one_line_and_exit_2(model_dir, capsys, argv, message):
 def test_evaluate_and_predict_with_int8(model_dir, capsys):
     argv = ["evaluate", "--model", model_dir, "--set", "limit=20", "--quantize", "int8"]
     assert main(argv) == 0
-    assert "removal=packed, int8" in capsys.readouterr().out
+    assert "removal=packed, runtime=torch, int8" in capsys.readouterr().out
     assert main(["predict", "--model", model_dir, "--quantize", "int8", "--json", "Dull."]) == 0
     assert json.loads(capsys.readouterr().out)[0]["label"] in ("rotten", "fresh")
     assert main(["predict", "--model", model_dir, "--quantize", "int8", "--device", "cuda", "Dull."]) == 2
     assert "CPU only" in capsys.readouterr().err
+
+
+def test_runtime_onnx_predicts_and_evaluates_like_torch(model_dir, capsys):
+    texts = ["A gripping, beautifully acted film.", "Dull.", "Not bad at all."]
+    outputs = {}
+    for runtime in ("torch", "onnx"):
+        assert main(["predict", "--model", model_dir, "--runtime", runtime, "--json", *texts]) == 0
+        predicted = json.loads(capsys.readouterr().out)
+        argv = ["evaluate", "--model", model_dir, "--set", "limit=20", "--runtime", runtime, "--json"]
+        assert main(argv) == 0
+        outputs[runtime] = (predicted, json.loads(capsys.readouterr().out))
+    (torch_pred, torch_eval), (onnx_pred, onnx_eval) = outputs["torch"], outputs["onnx"]
+    assert [p["label"] for p in onnx_pred] == [p["label"] for p in torch_pred]
+    assert [p["kept_lengths"] for p in onnx_pred] == [p["kept_lengths"] for p in torch_pred]
+    assert onnx_eval["accuracy"] == torch_eval["accuracy"]
+    assert onnx_eval["flops_speedup"] == pytest.approx(torch_eval["flops_speedup"])
+
+
+def test_export_then_load_without_exporting_again(model_dir, tmp_path, capsys):
+    output = tmp_path / "exported"
+    assert main(["export", "--model", model_dir, "--output", str(output), "--quantize", "int8"]) == 0
+    assert "next: adapler predict" in capsys.readouterr().out
+    assert (output / "onnx" / "manifest.json").is_file() and (output / "onnx" / "backbone.int8.onnx").is_file()
+    assert main(["predict", "--model", str(output), "--runtime", "onnx", "--quantize", "int8", "--json", "Dull."]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["label"] in ("rotten", "fresh")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "--model", "{model}", "--runtime", "onnx", "--device", "cuda", "x"], "no CUDAExecutionProvider"),
+        (["predict", "--model", "{model}", "--runtime", "onnx", "--removal", "masked", "x"], "'packed' or 'none'"),
+        (["export", "--model", "/nonexistent", "--output", "{tmp}"], "model directory not found"),
+    ],
+)
+def test_runtime_errors_are_one_line(model_dir, tmp_path, capsys, argv, message):
+    argv = [a.replace("{model}", model_dir).replace("{tmp}", str(tmp_path / "out")) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "adapler: error:" in err and message in err and "Traceback" not in err

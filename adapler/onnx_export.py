@@ -1,0 +1,336 @@
+"""Export an AdapLeR model to ONNX graphs that ONNX Runtime runs with hard token removal between them.
+
+The graphs are cut at the layer boundaries, where removal happens (spec section 5):
+
+  embeddings.onnx   (input_ids, token_type_ids) (B, T)   -> hidden_out (B, T, H), scores (B, T) of CP_0
+  layer_<l>.onnx    (hidden (B, T, H), attention_mask (B, T) int64)
+                    -> hidden_out (B, T, H), scores (B, T) of CP_{l+1}; the last layer -> logits (B, C)
+  backbone.onnx     (input_ids, attention_mask, token_type_ids) -> logits: the plain backbone, the
+                    same layers in one graph (removal "none" and every benchmark's ONNX baseline)
+
+Between two layer graphs, :mod:`adapler.onnx_runtime` keeps the tokens whose score passes the
+threshold and re-pads the batch to its longest kept row, so a layer graph only ever sees kept
+tokens. The etas are not in any graph: calibration and per-example factors need no re-export.
+
+Each layer is written out in the op pattern of the classic BERT export (Q/K/V MatMuls, scaled
+scores plus a (1 - mask) * -10000 bias, softmax), which ONNX Runtime's transformer optimizer
+fuses into its ``Attention``, ``SkipLayerNormalization`` and ``BiasGelu`` kernels; the backbone
+graph is built from the same layers, so both sides of a comparison get the same kernels.
+``quantize="int8"`` is ONNX Runtime's dynamic quantization (int8 weights, one scale per output
+channel) of every MatMul/Attention except the Contribution Predictors, which stay float: they
+decide which tokens leave (as in :mod:`adapler.quantization`).
+
+Exports are cached by the model's weights (:func:`ensure_export`): an unchanged model is never
+exported twice, and a model directory may carry its own export under ``onnx/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from adapler.artifacts import ADAPLER_WEIGHTS, BACKBONE_WEIGHTS
+from adapler.modeling import AdapLeRForSequenceClassification
+
+EXPORT_FORMAT = 1  # bump when the graphs change: cached exports of older formats are rebuilt
+OPSET = 17
+ONNX_SUBDIR = "onnx"  # a model directory's own export: <model>/onnx/
+MANIFEST = "manifest.json"
+QUANTIZE_CHOICES = ("none", "int8")
+MASK_BIAS = -10000.0  # the classic BERT export's additive mask: the pattern the optimizer fuses
+PREDICTOR_SCOPE = "predictor"  # module name of the CPs inside the graphs: kept float by int8
+
+
+class UnsupportedExport(ValueError):
+    """The model cannot be exported to the ONNX graphs (one line naming what is unsupported)."""
+
+
+@dataclass(frozen=True)
+class ExportedGraphs:
+    """Where one export lives and which files make it up, for one quantization."""
+
+    directory: Path
+    num_layers: int
+    quantize: str
+
+    def path(self, name: str) -> Path:
+        suffix = ".int8.onnx" if self.quantize == "int8" else ".onnx"
+        return self.directory / f"{name}{suffix}"
+
+    @property
+    def names(self) -> list[str]:
+        return ["embeddings", *(f"layer_{index}" for index in range(self.num_layers)), "backbone"]
+
+
+# ---------------------------------------------------------------------------- graph modules
+class ClassicLayer(nn.Module):
+    """One encoder layer of the backbone, written in the classic export's op pattern."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+        attn = layer.attention.self
+        self.heads, self.head_dim = attn.num_attention_heads, attn.attention_head_size
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """hidden (B, T, H), attention_mask (B, T) 1 for tokens, 0 for padding (on the right)."""
+        attn = self.layer.attention.self
+        batch, seq = hidden.shape[0], hidden.shape[1]
+        bias = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * MASK_BIAS  # (B, 1, 1, T)
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, heads, T, d)
+            return x.view(batch, seq, self.heads, self.head_dim).permute(0, 2, 1, 3)
+
+        q, k, v = split(attn.query(hidden)), split(attn.key(hidden)), split(attn.value(hidden))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + bias  # (B, heads, T, T)
+        context = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, heads, T, d)
+        context = context.permute(0, 2, 1, 3).reshape(batch, seq, self.heads * self.head_dim)
+        attended = self.layer.attention.output(context, hidden)  # dense + LayerNorm(+ residual)
+        return self.layer.output(self.layer.intermediate(attended), attended)  # FFN + LayerNorm(+ residual)
+
+
+class Head(nn.Module):
+    """The classifier over the final [CLS] state (the backbone's own head, eval mode)."""
+
+    def __init__(self, model: AdapLeRForSequenceClassification):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, C)
+        return self.model._classify(hidden[:, 0])
+
+
+class EmbeddingsGraph(nn.Module):
+    def __init__(self, model: AdapLeRForSequenceClassification):
+        super().__init__()
+        self.embeddings = model.base_model.embeddings
+        self.predictor = model.predictors[0]
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor):
+        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
+        return hidden, self.predictor(hidden)  # scores (B, T) of the tokens entering layer 0
+
+
+class LayerGraph(nn.Module):
+    """Layer l, then the CP of layer l + 1 on its output (or, for the last layer, the head)."""
+
+    def __init__(self, model: AdapLeRForSequenceClassification, index: int):
+        super().__init__()
+        self.layer = ClassicLayer(model.base_model.encoder.layer[index])
+        last = index == model.num_layers - 1
+        self.predictor = None if last else model.predictors[index + 1]
+        self.head = Head(model) if last else None
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
+        hidden = self.layer(hidden, attention_mask)
+        if self.head is not None:
+            return self.head(hidden)  # logits (B, C)
+        return hidden, self.predictor(hidden)
+
+
+class BackboneGraph(nn.Module):
+    """The plain backbone in one graph, from the same layer code as the removal path."""
+
+    def __init__(self, model: AdapLeRForSequenceClassification):
+        super().__init__()
+        self.embeddings = model.base_model.embeddings
+        self.layers = nn.ModuleList(ClassicLayer(layer) for layer in model.base_model.encoder.layer)
+        self.head = Head(model)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
+        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask)
+        return self.head(hidden)
+
+
+# ---------------------------------------------------------------------------- export
+def check_exportable(model: AdapLeRForSequenceClassification) -> None:
+    """UnsupportedExport naming what the graphs cannot express (the torch path may still run it)."""
+    config = model.config
+    if getattr(model, "quantized", None):
+        raise UnsupportedExport("export the float model: int8 for ONNX Runtime is made from the float graphs")
+    layer = model.base_model.encoder.layer[0]
+    needed = ("attention.self.query", "attention.output", "intermediate", "output")
+    for name in needed:
+        try:
+            layer.get_submodule(name)
+        except AttributeError:
+            raise UnsupportedExport(f"{config.model_type}: encoder layers without {name} are not exported") from None
+    if getattr(config, "add_cross_attention", False):
+        raise UnsupportedExport(f"{config.model_type}: cross-attention layers are not exported")
+
+
+def export_graphs(model: AdapLeRForSequenceClassification, directory: str | Path, quantize: str = "none") -> ExportedGraphs:
+    """Write the fp32 graphs (optimized by ONNX Runtime's transformer optimizer) into ``directory``,
+    and their int8 versions too when ``quantize="int8"``."""
+    check_quantize(quantize)
+    check_exportable(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = model.eval().float().cpu()
+    config = model.config
+    fp32 = ExportedGraphs(directory, model.num_layers, "none")
+    example = _example_inputs(model)
+    modules = {
+        "embeddings": (EmbeddingsGraph(model), ("input_ids", "token_type_ids"), ("hidden_out", "scores")),
+        "backbone": (BackboneGraph(model), ("input_ids", "attention_mask", "token_type_ids"), ("logits",)),
+    }
+    for index in range(model.num_layers):
+        last = index == model.num_layers - 1
+        outputs = ("logits",) if last else ("hidden_out", "scores")
+        modules[f"layer_{index}"] = (LayerGraph(model, index), ("hidden", "attention_mask"), outputs)
+    for name, (module, inputs, outputs) in modules.items():
+        raw = directory / f"{name}.raw.onnx"
+        _export(module.eval(), tuple(example[k] for k in inputs), raw, inputs, outputs)
+        _optimize(raw, fp32.path(name), config.num_attention_heads, config.hidden_size)
+        raw.unlink()
+    if quantize == "int8":
+        quantize_graphs(fp32)
+    return ExportedGraphs(directory, model.num_layers, quantize)
+
+
+def quantize_graphs(fp32: ExportedGraphs) -> ExportedGraphs:
+    """int8 versions of fp32 graphs (ONNX Runtime dynamic quantization), CPs left float."""
+    int8 = ExportedGraphs(fp32.directory, fp32.num_layers, "int8")
+    for name in fp32.names:
+        if not int8.path(name).is_file():
+            _quantize(fp32.path(name), int8.path(name))
+    return int8
+
+
+def _example_inputs(model: AdapLeRForSequenceClassification) -> dict[str, torch.Tensor]:
+    batch, seq = 2, 8
+    ids = torch.full((batch, seq), 5, dtype=torch.long)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[1, seq // 2 :] = 0
+    return {
+        "input_ids": ids,
+        "token_type_ids": torch.zeros_like(ids),
+        "attention_mask": mask,
+        "hidden": torch.randn(batch, seq, model.config.hidden_size),
+    }
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: tuple, outputs: tuple) -> None:
+    axes = {name: {0: "batch", 1: "tokens"} for name in (*inputs, *outputs) if name != "logits"}
+    axes["logits"] = {0: "batch"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+        torch.onnx.export(
+            module, args, str(path), input_names=list(inputs), output_names=list(outputs),
+            dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+        )  # the TorchScript exporter: its op pattern is the one ONNX Runtime's optimizer fuses
+
+
+def _optimize(source: Path, target: Path, heads: int, hidden: int) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden)
+    optimized.save_model_to_file(str(target))
+
+
+def _quantize(source: Path, target: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    floats = [node.name for node in onnx.load(str(source)).graph.node if f"/{PREDICTOR_SCOPE}/" in node.name]
+    quantize_dynamic(
+        str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=floats,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops' outputs have no inferred type
+    )
+
+
+def check_quantize(quantize: str) -> None:
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
+
+
+# ---------------------------------------------------------------------------- cache
+def export_key(model_dir: str | Path) -> str:
+    """What an export depends on: the backbone weights, the CPs (not the etas: they are applied
+    outside the graphs), the export format and the ONNX Runtime version that optimized it."""
+    import onnxruntime
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256(f"format={EXPORT_FORMAT};opset={OPSET};ort={onnxruntime.__version__};".encode())
+    with open(model_dir / BACKBONE_WEIGHTS, "rb") as weights:
+        for block in iter(lambda: weights.read(1 << 22), b""):
+            digest.update(block)
+    extra = load_file(str(model_dir / ADAPLER_WEIGHTS))
+    for name in sorted(k for k in extra if k != "etas"):
+        digest.update(name.encode())
+        digest.update(extra[name].numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cache_root() -> Path:
+    """``$ADAPLER_ONNX_CACHE``, else ``~/.cache/adapler/onnx``."""
+    return Path(os.environ.get("ADAPLER_ONNX_CACHE") or Path.home() / ".cache" / "adapler" / "onnx")
+
+
+def _read_manifest(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def ensure_export(model_dir: str | Path, quantize: str = "none", model: AdapLeRForSequenceClassification | None = None) -> ExportedGraphs:
+    """The graphs of the model in ``model_dir``: its own ``onnx/`` export or the cached one when
+    their key matches its weights, else a new export into the cache (written to a temporary
+    folder and renamed, so a crash leaves no half export). ``model``: the loaded model, if at hand."""
+    check_quantize(quantize)
+    model_dir = Path(model_dir)
+    key = export_key(model_dir)
+    for candidate in (model_dir / ONNX_SUBDIR, cache_root() / key):
+        manifest = _read_manifest(candidate)
+        if manifest and manifest.get("key") == key:
+            graphs = ExportedGraphs(candidate, manifest["num_layers"], "none")
+            return quantize_graphs(graphs) if quantize == "int8" else graphs
+    target = cache_root() / key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model = model or AdapLeRForSequenceClassification.from_pretrained(model_dir)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{key}.") as scratch:
+        write_export(model, Path(scratch) / "export", key, quantize)
+        try:
+            os.replace(Path(scratch) / "export", target)
+        except OSError:  # another process finished the same export first: use theirs
+            pass
+    graphs = ExportedGraphs(target, model.num_layers, "none")
+    return quantize_graphs(graphs) if quantize == "int8" else graphs
+
+
+def write_export(model: AdapLeRForSequenceClassification, directory: Path, key: str, quantize: str) -> ExportedGraphs:
+    """export_graphs plus the manifest that marks the export complete and names its key."""
+    graphs = export_graphs(model, directory, quantize)
+    manifest = {"key": key, "format": EXPORT_FORMAT, "opset": OPSET, "num_layers": model.num_layers}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return graphs
+
+
+def export_model_dir(model_dir: str | Path, output: str | Path, quantize: str = "none") -> ExportedGraphs:
+    """``adapler export``: a copy of the model directory at ``output`` with its graphs under
+    ``output/onnx/``; loading ``output`` with runtime "onnx" uses them without exporting again."""
+    model_dir, output = Path(model_dir), Path(output)
+    if output.resolve() != model_dir.resolve():
+        output.mkdir(parents=True, exist_ok=True)
+        for item in model_dir.iterdir():
+            if item.is_file():
+                shutil.copy2(item, output / item.name)
+    model = AdapLeRForSequenceClassification.from_pretrained(output)
+    target = output / ONNX_SUBDIR
+    if target.exists():
+        shutil.rmtree(target)
+    return write_export(model, target, export_key(output), quantize)

@@ -1,0 +1,157 @@
+"""ONNX Runtime path: export, parity with the torch packed path, per-example factors, int8, cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import RobertaConfig, RobertaForSequenceClassification
+
+from adapler.artifacts import ArtifactError
+from adapler.batching import encode
+from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.onnx_export import (
+    MANIFEST, ONNX_SUBDIR, UnsupportedExport, check_exportable, ensure_export, export_model_dir,
+)
+from adapler.onnx_runtime import OnnxAdapLeR, RuntimeUnavailable, hard_keep, providers_for
+from adapler.quantization import quantize_int8
+from conftest import SENTENCES, spread_predictors
+
+
+@pytest.fixture(scope="module")
+def pruning_model(tiny_model_factory):
+    model = tiny_model_factory(num_labels=2)
+    model.etas.data = torch.tensor([0.9, 1.1, 1.0])  # each layer removes some tokens of these sentences
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, pruning_model):
+    directory = tmp_path_factory.mktemp("onnx-model")
+    pruning_model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def onnx_model(model_dir):
+    return OnnxAdapLeR.from_pretrained(model_dir)  # exported into the session's cache (conftest)
+
+
+def assert_same(torch_out, onnx_out, atol=1e-4):
+    assert torch.equal(torch_out.kept_mask, onnx_out.kept_mask)
+    assert torch.equal(torch_out.kept_lengths, onnx_out.kept_lengths)
+    assert torch.allclose(torch_out.logits, onnx_out.logits, atol=atol)
+
+
+@pytest.mark.parametrize("removal", ["packed", "none"])
+def test_same_kept_masks_and_logits_as_torch(pruning_model, onnx_model, tokenizer, removal):
+    batch = encode(tokenizer, SENTENCES)
+    with torch.no_grad():
+        expected = pruning_model(**batch, removal=removal)
+    got = onnx_model(**batch, removal=removal)
+    assert_same(expected, got)
+    if removal == "packed":  # the test means something: tokens did leave, differently per example
+        lengths = expected.kept_lengths[:, -1]
+        assert (lengths < batch["attention_mask"].sum(-1)).all() and len(set(lengths.tolist())) > 1
+
+
+def test_an_example_in_a_mixed_batch_equals_itself_alone(onnx_model, tokenizer):
+    batch = onnx_model(**encode(tokenizer, SENTENCES))
+    for row, sentence in enumerate(SENTENCES):
+        alone = onnx_model(**encode(tokenizer, [sentence]))
+        n = alone.kept_mask.shape[-1]
+        assert torch.equal(batch.kept_mask[row, :, :n], alone.kept_mask[0])
+        assert not batch.kept_mask[row, :, n:].any()
+        assert torch.allclose(batch.logits[row], alone.logits[0], atol=1e-5)
+
+
+def test_per_example_factors_equal_scaled_etas_alone(onnx_model, tokenizer):
+    factors = torch.tensor([0.5, 1.0, 2.0, 1.5, 0.8])
+    batch = onnx_model(**encode(tokenizer, SENTENCES), eta_factors=factors)
+    etas = onnx_model.etas.detach().clone()
+    for row, sentence in enumerate(SENTENCES):
+        onnx_model.etas.data = etas * factors[row]
+        try:
+            alone = onnx_model(**encode(tokenizer, [sentence]))
+        finally:
+            onnx_model.etas.data = etas
+        n = alone.kept_mask.shape[-1]
+        assert torch.equal(batch.kept_mask[row, :, :n], alone.kept_mask[0])
+        assert torch.allclose(batch.logits[row], alone.logits[0], atol=1e-5)
+    assert batch.kept_lengths[2, -1] <= onnx_model(**encode(tokenizer, [SENTENCES[2]])).kept_lengths[0, -1]
+
+
+def test_hard_keep_is_the_spec_rule():
+    scores = np.log(np.array([[0.1, 0.5, 0.2, 0.2], [0.5, 0.25, 0.25, 1.0]], dtype=np.float32))
+    present = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=bool)
+    keep = hard_keep(scores, present, np.array([0.9, 1.0], dtype=np.float32))
+    # row 0: threshold 0.9/4 = 0.225 -> only 0.5 passes, [CLS] kept; row 1: 1/3 over 3 present tokens
+    assert keep.tolist() == [[True, True, False, False], [True, False, False, False]]
+
+
+def test_int8_keeps_within_one_token_of_fp32(model_dir, onnx_model, tokenizer):
+    int8 = OnnxAdapLeR.from_pretrained(model_dir, quantize="int8")
+    batch = encode(tokenizer, SENTENCES)
+    fp32, quantized = onnx_model(**batch), int8(**batch)
+    assert (fp32.kept_lengths - quantized.kept_lengths).abs().max() <= 1
+    assert torch.equal(fp32.logits.argmax(-1), quantized.logits.argmax(-1))
+    assert not torch.allclose(fp32.logits, quantized.logits, atol=1e-7)  # it really is another graph
+
+
+def test_export_is_cached_by_weights(model_dir, pruning_model, onnx_model, tmp_path, monkeypatch):
+    import adapler.onnx_export as onnx_export
+
+    exports = []
+    real = onnx_export.export_graphs
+    monkeypatch.setattr(onnx_export, "export_graphs", lambda *a, **k: exports.append(1) or real(*a, **k))
+    first = ensure_export(model_dir)  # exported by the onnx_model fixture already
+    assert exports == [] and json.loads((first.directory / MANIFEST).read_text())["num_layers"] == 3
+    pruning_model.etas.data *= 2  # etas are outside the graphs: same export
+    pruning_model.save_pretrained(tmp_path / "etas")
+    assert ensure_export(tmp_path / "etas").directory == first.directory and exports == []
+    changed = AdapLeRForSequenceClassification.from_pretrained(model_dir)
+    with torch.no_grad():
+        changed.backbone.classifier.weight.add_(0.1)
+    changed.save_pretrained(tmp_path / "changed")
+    assert ensure_export(tmp_path / "changed").directory != first.directory and exports == [1]
+
+
+def test_a_model_dir_carries_its_own_export(model_dir, tmp_path, tokenizer):
+    output = tmp_path / "exported"
+    export_model_dir(model_dir, output, quantize="int8")
+    assert (output / ONNX_SUBDIR / "layer_0.int8.onnx").is_file()
+    assert ensure_export(output).directory == output / ONNX_SUBDIR
+    loaded = OnnxAdapLeR.from_pretrained(output, quantize="int8")
+    assert loaded.graphs.directory == output / ONNX_SUBDIR
+    assert loaded(**encode(tokenizer, SENTENCES[:2])).logits.shape == (2, 2)
+
+
+def test_roberta_style_backbone_exports(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, num_labels=2, pad_token_id=0, max_position_embeddings=80)
+    model = AdapLeRForSequenceClassification(RobertaForSequenceClassification(config), tokenizer=tokenizer).eval()
+    spread_predictors(model)
+    model.save_pretrained(tmp_path / "roberta")
+    batch = encode(tokenizer, SENTENCES)
+    with torch.no_grad():
+        expected = model(**batch)
+    assert_same(expected, OnnxAdapLeR.from_pretrained(tmp_path / "roberta")(**batch))
+
+
+def test_clear_errors(model_dir, tmp_path, pruning_model):
+    with pytest.raises(ArtifactError, match="missing model.safetensors"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "config.json").write_text("{}")
+        OnnxAdapLeR.from_pretrained(tmp_path / "empty")
+    with pytest.raises(UnsupportedExport, match="float model"):
+        check_exportable(quantize_int8(pruning_model))
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(RuntimeUnavailable, match="no CUDAExecutionProvider"):
+            providers_for("cuda")
+    with pytest.raises(RuntimeUnavailable, match="'packed' or 'none'"):
+        OnnxAdapLeR.from_pretrained(model_dir)(torch.ones(1, 3, dtype=torch.long), removal="masked")
