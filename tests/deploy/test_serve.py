@@ -103,6 +103,25 @@ def test_predictions_match_predictor(server, model_dir):
 
 
 
+def test_runtime_onnx_serves_the_labels_of_the_torch_runtime(server, model_dir):
+    from ray import serve
+
+    from adapler_deploy.app import build_app
+
+    serve.run(build_app({"model": model_dir, **SETTINGS, "runtime": "onnx"}), name="onnx", route_prefix="/onnx")
+    try:
+        health = httpx.get(server + "/onnx/healthz", timeout=10).json()
+        assert health["runtime"] == "onnx"
+        torch_side = _post(server, json={"texts": TEXTS}).json()["predictions"]
+        onnx_side = _post(server + "/onnx", json={"texts": TEXTS}).json()["predictions"]
+    finally:
+        serve.delete("onnx")
+    assert [p["label"] for p in onnx_side] == [p["label"] for p in torch_side]
+    assert [p["kept_lengths"] for p in onnx_side] == [p["kept_lengths"] for p in torch_side]
+    for o, t in zip(onnx_side, torch_side):
+        assert all(abs(o["probabilities"][k] - t["probabilities"][k]) < 1e-4 for k in t["probabilities"])
+
+
 def test_text_pairs_over_http_match_predictor(server, model_dir):
     """Sentence pairs ([CLS] a [SEP] b [SEP]) over HTTP give what Predictor gives."""
     from adapler.inference import Predictor

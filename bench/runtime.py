@@ -1,0 +1,166 @@
+"""Token removal on the runtime practitioners deploy: torch eager vs ONNX Runtime, fp32 vs int8.
+
+One run, the same test texts (sorted by length, tokenized once), the same models, interleaved
+repeats, 2 threads. Every AdapLeR row is compared with the SAME engine's plain backbone at the
+same precision (torch vs torch, ONNX Runtime vs ONNX Runtime, int8 vs int8), on the same batches:
+
+  torch-backbone             the HF backbone in PyTorch eager (removal "none")
+  torch-adapler              adapler's packed removal in PyTorch
+  torch-adapler-no-pruning   the same code with every eta at 0: nothing leaves
+  onnx-backbone              the backbone in one ONNX graph (same fused kernels as the layers below)
+  onnx-adapler               the per-layer ONNX graphs with removal between them (adapler.onnx_runtime)
+  onnx-adapler-no-pruning    the same code with every eta at 0
+
+int8: torch rows use adapler.quantization (dynamic int8 linears); ONNX rows use ONNX Runtime's
+dynamic quantization; CPs stay float on both. A no-pruning row faster than its backbone means
+the removal path's gain is partly layout (padding), not pruning: read the realization against it.
+
+Models: the cached bench models of bench/inference.py, calibrated on dev to about 2x FLOPs
+(Rotten Tomatoes) and 5x (BBC News) with adapler.calibration (cached under bench/.cache).
+
+    python bench/runtime.py
+    python bench/runtime.py --datasets rotten_tomatoes --batch-sizes 32 --repeats 3
+Writes bench/results/runtime.json: records {dataset, batch_size, engine, quantize, texts_per_s,
+ms_per_batch, flops_speedup, accuracy, ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adapler.batching import encode, make_loader, token_counts
+from adapler.calibration import apply_factor, calibrate, scaled_etas
+from adapler.config import load_config
+from adapler.flops import EncoderSize, flops_speedup
+from adapler.inference import load_for_inference
+from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.recipe import load_data
+from inference import TEXTS_PER_SET, trained_model  # bench/inference.py: the cached bench models
+
+HERE = Path(__file__).resolve().parent
+TARGET_SPEEDUP = {"rotten_tomatoes": 2.0, "bbc_news": 5.0}
+ENGINES = ("backbone", "adapler", "adapler-no-pruning")  # x runtime x precision
+
+
+def operating_model(dataset: str, given: str | None, target: float) -> Path:
+    """The bench model of ``dataset`` with its etas scaled (on dev) to ``target`` FLOPs speedup."""
+    if given:
+        return Path(given)
+    directory = HERE / ".cache" / f"runtime-{dataset}-{target:g}x"
+    if not (directory / "config.json").is_file():
+        model = AdapLeRForSequenceClassification.from_pretrained(trained_model(dataset, None)).eval()
+        dev = load_data(load_config(None, [f"data.source={dataset}"])).dev
+        loader = make_loader(dev, model.tokenizer, 32, model.tokenizer.model_max_length)
+        chosen = calibrate(model, loader, target_speedup=target).chosen
+        print(f"[{dataset}] calibrated to {target:g}x on dev: factor {chosen.factor:.3g}, "
+              f"dev accuracy {chosen.accuracy:.3f}, dev FLOPs speedup {chosen.flops_speedup:.2f}x")
+        apply_factor(model, chosen.factor).save_pretrained(directory)
+    return directory
+
+
+def one_pass(model, batches: list[dict], removal: str) -> tuple[float, np.ndarray, np.ndarray]:
+    """Seconds for one pass over the batches; predictions (N,); kept lengths (N, L)."""
+    predictions, kept = [], []
+    start = time.perf_counter()
+    for batch in batches:
+        out = model(**batch, removal=removal)
+        predictions.append(out.logits.argmax(-1))
+        kept.append(out.kept_lengths)
+    seconds = time.perf_counter() - start
+    return seconds, torch.cat(predictions).numpy(), torch.cat(kept).numpy()
+
+
+class Side:
+    """One engine row: a model object, the removal it runs, and an eta factor (0: nothing leaves)."""
+
+    def __init__(self, runtime: str, engine: str, quantize: str, model):
+        self.runtime, self.engine, self.quantize, self.model = runtime, engine, quantize, model
+        self.removal = "none" if engine == "backbone" else "packed"
+        self.factor = 0.0 if engine.endswith("no-pruning") else 1.0
+        self.name = f"{runtime}-{engine}"
+
+    @torch.no_grad()
+    def run(self, batches: list[dict]):
+        with scaled_etas(self.model, self.factor):
+            return one_pass(self.model, batches, self.removal)
+
+
+def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats: int, quantize: list[str],
+                  threads: int) -> list[dict]:
+    models = {
+        (runtime, precision): load_for_inference(model_dir, runtime, "cpu", precision, threads)
+        for runtime in ("torch", "onnx") for precision in quantize
+    }
+    sides = [Side(runtime, engine, precision, model)
+             for (runtime, precision), model in models.items() for engine in ENGINES]
+    reference = models[("torch", "none")] if ("torch", "none") in models else next(iter(models.values()))
+    tokenizer = reference.tokenizer
+    rows = load_data(load_config(None, [f"data.source={dataset}"])).test.head(TEXTS_PER_SET[dataset])
+    rows = rows.iloc[np.argsort(token_counts(tokenizer, rows["text"].tolist()), kind="stable")]
+    labels = rows["label"].to_numpy()
+    size = EncoderSize.from_config(reference.config, reference.settings.cp_hidden)
+    records = []
+    for batch_size in batch_sizes:
+        batches = [encode(tokenizer, rows["text"].iloc[i: i + batch_size].tolist()) for i in range(0, len(rows), batch_size)]
+        input_lengths = torch.cat([b["attention_mask"].sum(-1) for b in batches]).numpy()
+        for side in sides:  # warm-up: lazy initialisation, thread pools, first-run allocations
+            side.run(batches[:2])
+        times: dict[str, list[float]] = {id(side): [] for side in sides}
+        results = {}
+        for _ in range(repeats):  # interleaved, so drift hits every engine alike
+            for side in sides:
+                seconds, predictions, kept = side.run(batches)
+                times[id(side)].append(seconds)
+                results[id(side)] = (predictions, kept)
+        base = {(s.runtime, s.quantize): statistics.median(times[id(s)]) for s in sides if s.engine == "backbone"}
+        for side in sides:
+            predictions, kept = results[id(side)]
+            seconds = statistics.median(times[id(side)])
+            speedup = 1.0 if side.removal == "none" else flops_speedup(input_lengths, kept, size)
+            wallclock = base[(side.runtime, side.quantize)] / seconds
+            record = {
+                "dataset": dataset, "batch_size": batch_size, "engine": side.name, "quantize": side.quantize,
+                "texts": len(rows), "mean_input_tokens": float(input_lengths.mean()),
+                "texts_per_s": len(rows) / seconds, "ms_per_batch": 1000 * seconds / len(batches),
+                "flops_speedup": speedup, "speedup_vs_same_engine_backbone": wallclock,
+                "realization": wallclock / speedup, "accuracy": float(np.mean(predictions == labels)),
+                "model": str(model_dir),
+            }
+            records.append(record)
+            print(f"{dataset:16s} bs={batch_size:<3d} {side.quantize:4s} {side.name:26s} {record['texts_per_s']:8.1f} texts/s "
+                  f"{record['ms_per_batch']:8.2f} ms/batch  FLOPs x{speedup:5.2f}  vs backbone x{wallclock:5.2f}  "
+                  f"realization {record['realization']:.2f}  acc {record['accuracy']:.3f}", flush=True)
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-rotten-tomatoes", help="AdapLeR model for rotten_tomatoes (default: calibrated bench model)")
+    parser.add_argument("--model-bbc-news", help="AdapLeR model for bbc_news (default: calibrated bench model)")
+    parser.add_argument("--datasets", nargs="+", default=["rotten_tomatoes", "bbc_news"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=["none", "int8"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per engine (median is kept)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=str(HERE / "results" / "runtime.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    given = {"rotten_tomatoes": args.model_rotten_tomatoes, "bbc_news": args.model_bbc_news}
+    records = []
+    for dataset in args.datasets:
+        model_dir = operating_model(dataset, given[dataset], TARGET_SPEEDUP[dataset])
+        records += bench_dataset(dataset, model_dir, args.batch_sizes, args.repeats, args.quantize, args.threads)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(records, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
