@@ -52,14 +52,29 @@ def providers_for(device: str) -> list[str]:
     return [provider] if kind == "cpu" else [provider, DEVICE_PROVIDERS["cpu"]]
 
 
+def session_options(threads: int, spinning: bool):
+    """Options of every session. The removal path runs one session per graph, so one thread pool
+    per graph: threads spinning after their layer would steal the cores of the next layer's
+    pool, so they sleep instead. The backbone is one graph, one pool: it keeps ONNX Runtime's
+    default (spinning), its fastest setting."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: no per-session optimizer chatter
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxAdapLeR(nn.Module):
     """An exported AdapLeR model on ONNX Runtime (inference only; removal "packed" or "none")."""
 
     def __init__(self, graphs: ExportedGraphs, config, settings: AdapLeRSettings, etas: torch.Tensor,
                  tokenizer=None, device: str = "cpu", threads: int | None = None):
         super().__init__()
-        import onnxruntime
-
         self.graphs = graphs
         self.backbone_config = config
         self.settings = settings
@@ -67,14 +82,12 @@ class OnnxAdapLeR(nn.Module):
         self.num_layers = graphs.num_layers
         self.etas = nn.Parameter(etas.detach().float().cpu().clone(), requires_grad=False)
         self.quantized = None if graphs.quantize == "none" else graphs.quantize
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: no per-session optimizer chatter
         providers = providers_for(device)
+        threads = threads or torch.get_num_threads()
         self._sessions = {
-            name: onnxruntime.InferenceSession(str(graphs.path(name)), options, providers=providers)
+            name: onnxruntime.InferenceSession(
+                str(graphs.path(name)), session_options(threads, spinning=name == "backbone"), providers=providers
+            )
             for name in graphs.names
         }
 
