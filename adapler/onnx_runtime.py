@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 from torch import nn
 
@@ -37,8 +38,6 @@ class RuntimeUnavailable(ValueError):
 
 def providers_for(device: str) -> list[str]:
     """ONNX Runtime execution providers for a torch-style device name ("cpu", "cuda", "cuda:0")."""
-    import onnxruntime
-
     kind = device.split(":")[0]
     if kind not in DEVICE_PROVIDERS:
         raise RuntimeUnavailable(f"runtime onnx runs on {' or '.join(DEVICE_PROVIDERS)}, got device {device!r}")
@@ -57,8 +56,6 @@ def session_options(threads: int, spinning: bool):
     per graph: threads spinning after their layer would steal the cores of the next layer's
     pool, so they sleep instead. The backbone is one graph, one pool: it keeps ONNX Runtime's
     default (spinning), its fastest setting."""
-    import onnxruntime
-
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
