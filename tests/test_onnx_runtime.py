@@ -155,3 +155,26 @@ def test_clear_errors(model_dir, tmp_path, pruning_model):
             providers_for("cuda")
     with pytest.raises(RuntimeUnavailable, match="'packed' or 'none'"):
         OnnxAdapLeR.from_pretrained(model_dir)(torch.ones(1, 3, dtype=torch.long), removal="masked")
+
+
+@pytest.mark.slow
+def test_packaged_minilm_matches_torch(tokenizer, tmp_path):
+    from adapler.config import default_backbone
+
+    torch.manual_seed(0)
+    model = AdapLeRForSequenceClassification.from_backbone(default_backbone(), num_labels=2).eval()
+    spread_predictors(model)
+    model.etas.data.fill_(1.0)
+    model.save_pretrained(tmp_path / "minilm")
+    batch = encode(tokenizer, SENTENCES)
+    with torch.no_grad():
+        expected = {removal: model(**batch, removal=removal) for removal in ("packed", "none")}
+    onnx_model = OnnxAdapLeR.from_pretrained(tmp_path / "minilm")
+    for removal, out in expected.items():
+        assert_same(out, onnx_model(**batch, removal=removal))
+    assert (expected["packed"].kept_lengths[:, -1] < batch["attention_mask"].sum(-1)).all()
+    int8 = OnnxAdapLeR.from_pretrained(tmp_path / "minilm", quantize="int8")(**batch)
+    # per layer, the mean kept count of int8 within one token of fp32 (random CPs are sharper
+    # than trained ones: one example may move by more; bench/runtime.py reports trained models)
+    difference = (int8.kept_lengths - expected["packed"].kept_lengths).float().mean(0).abs()
+    assert difference.max() <= 1.0
