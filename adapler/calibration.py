@@ -30,6 +30,9 @@ Goals (exactly one):
   max_drop=D        the largest dev FLOPs speedup among the explored factors whose dev accuracy
                     is >= (dev accuracy at f = 1) - D. f = 1 always qualifies, so this always
                     succeeds; the walk goes up only.
+
+:func:`measure_operating_points` measures a curve for several budgets at once and names the
+model's operating points on it (:mod:`adapler.operating_points`): the per-request speed knob.
 """
 
 from __future__ import annotations
@@ -45,16 +48,7 @@ import torch
 
 from adapler.evaluate import evaluate, unwrap
 from adapler.modeling import AdapLeRForSequenceClassification
-
-
-@dataclass(frozen=True)
-class CurvePoint:
-    """One factor tried, measured on the dev split."""
-
-    factor: float  # every eta multiplied by this
-    accuracy: float  # dev accuracy
-    flops_speedup: float  # backbone FLOPs / AdapLeR FLOPs over the dev split
-    examples_per_s: float  # measured throughput of that dev pass (noisy; FLOPs are not)
+from adapler.operating_points import CurvePoint, OperatingPoints, PointBudgets, budget_floor, name_points
 
 
 @dataclass(frozen=True)
@@ -101,11 +95,14 @@ def scaled_etas(model: AdapLeRForSequenceClassification, factor: float) -> Itera
 
 def apply_factor(model: AdapLeRForSequenceClassification, factor: float) -> AdapLeRForSequenceClassification:
     """A copy of ``model`` whose etas are multiplied by ``factor`` (and ``settings.eta_factor``, so
-    that its config.json records it); ``model`` is left unchanged."""
+    that its config.json records it; stored operating points are rescaled to the new etas);
+    ``model`` is left unchanged."""
     calibrated = copy.deepcopy(unwrap(model))
     with torch.no_grad():
         calibrated.etas.mul_(factor)
     calibrated.settings = dataclasses.replace(calibrated.settings, eta_factor=calibrated.settings.eta_factor * factor)
+    if calibrated.operating_points is not None:
+        calibrated.operating_points = calibrated.operating_points.rescaled(factor)
     return calibrated
 
 
@@ -139,22 +136,8 @@ def calibrate(
     if not tolerance > 0 or not 0 < min_factor < 1:
         raise ValueError("need tolerance > 0 and 0 < min_factor < 1")
 
-    measured: dict[float, CurvePoint] = {}
-
-    def measure(factor: float) -> CurvePoint:
-        if factor not in measured:
-            with scaled_etas(model, factor):
-                result = evaluate(model, loader, removal="packed")
-            measured[factor] = CurvePoint(factor, result.accuracy, result.flops_speedup, result.examples_per_s)
-            if on_point is not None:
-                on_point(measured[factor])
-        return measured[factor]
-
-    def curve() -> list[CurvePoint]:
-        return [measured[f] for f in sorted(measured)]
-
-    # Warm-up on one batch: one-off costs (fused QKV cache, allocator) would slow the first row.
-    evaluate(model, [next(iter(loader))], removal="packed")
+    measure = _Probe(model, loader, on_point)
+    curve = measure.curve
     baseline = measure(1.0)
     ceiling = max(saturation_factor(model, _max_input_length(loader)), 1.0)  # <= 1: saturated as trained
     if target_speedup is not None:
@@ -177,8 +160,72 @@ def calibrate(
         if flip is not None:
             _bisect(*flip, measure, meets, tolerance)
         # Accuracy need not fall monotonically: take the fastest of all points that qualify.
-        chosen = max((p for p in measured.values() if meets(p)), key=lambda p: (p.flops_speedup, -p.factor))
+        chosen = max((p for p in curve() if meets(p)), key=lambda p: (p.flops_speedup, -p.factor))
     return Calibration(curve(), chosen, baseline, target_speedup, max_drop)
+
+
+class _Probe:
+    """Measures factors on the dev loader, each once: one pass of :func:`evaluate` with the etas
+    scaled (``on_point`` hears of each new point). The first call warms up on one batch: one-off
+    costs (fused QKV cache, allocator) would slow the first row."""
+
+    def __init__(self, model, loader, on_point: Callable[[CurvePoint], None] | None):
+        self.model, self.loader, self.on_point = model, loader, on_point
+        self.measured: dict[float, CurvePoint] = {}
+
+    def __call__(self, factor: float) -> CurvePoint:
+        if not self.measured:
+            evaluate(self.model, [next(iter(self.loader))], removal="packed")
+        if factor not in self.measured:
+            with scaled_etas(self.model, factor):
+                result = evaluate(self.model, self.loader, removal="packed")
+            self.measured[factor] = CurvePoint(factor, result.accuracy, result.flops_speedup, result.examples_per_s)
+            if self.on_point is not None:
+                self.on_point(self.measured[factor])
+        return self.measured[factor]
+
+    def curve(self) -> list[CurvePoint]:
+        return [self.measured[f] for f in sorted(self.measured)]
+
+
+NOTHING_PRUNED = 1.02  # a dev FLOPs speedup under this: (almost) every token stays
+
+
+def measure_operating_points(
+    model: AdapLeRForSequenceClassification,
+    loader,
+    budgets: PointBudgets | None = None,
+    data: str = "",
+    tolerance: float = 0.05,
+    min_factor: float = 1 / 8,
+    on_point: Callable[[CurvePoint], None] | None = None,
+) -> OperatingPoints:
+    """Measure the model's curve on ``loader`` (the dev split) and name its operating points
+    (:mod:`adapler.operating_points`); the model's etas are left as they are.
+
+    The search: from f = 1, halve while tokens are still pruned (down to ``min_factor``): does
+    pruning less buy accuracy back? Then double while the accuracy stays within the widest
+    budget (up to saturation). Then, for accurate, balanced and fast in turn, bisect between the
+    named point and the next factor measured above it (the one that left the budget), to within
+    ``tolerance`` (relative). Accuracy need not be monotone in the factor: the names are always
+    given over every point measured."""
+    budgets = budgets or PointBudgets()
+    measure = _Probe(model, loader, on_point)
+    baseline = measure(1.0)
+    if baseline.flops_speedup > NOTHING_PRUNED:
+        _walk(measure, lambda p: p.flops_speedup > NOTHING_PRUNED, 0.5, min_factor)
+
+    def within(name: str) -> Callable[[CurvePoint], bool]:  # the budget's floor over the points measured so far
+        return lambda point: point.accuracy >= budget_floor(name, measure.curve(), budgets)
+
+    if within("fast")(baseline):
+        _walk(measure, within("fast"), 2.0, max(saturation_factor(model, _max_input_length(loader)), 1.0))
+    for name in ("accurate", "balanced", "fast"):
+        point = name_points(measure.curve(), budgets)[name]
+        above = [p for p in measure.curve() if p.factor > point.factor]
+        if above and not within(name)(above[0]):
+            _bisect(point.factor, above[0].factor, measure, within(name), tolerance)
+    return OperatingPoints.from_curve(measure.curve(), budgets, data)
 
 
 def _walk(

@@ -51,13 +51,36 @@ def unwrap(model) -> AdapLeRForSequenceClassification:
     return getattr(model, "module", model)
 
 
+@dataclass
+class Outputs:
+    """What one pass over (a share of) a data set produced, per example: enough to compute every
+    metric of :class:`EvalResult`, and to join the shares of several workers (:meth:`join`)."""
+
+    labels: np.ndarray  # (N,)
+    predictions: np.ndarray  # (N,) predicted label ids
+    input_lengths: np.ndarray  # (N,) tokens before the first layer
+    kept: np.ndarray  # (N, L) tokens entering each layer
+    seconds: float  # wall time of the pass
+
+    @staticmethod
+    def join(parts: Sequence["Outputs"]) -> "Outputs":
+        """The shares of a split evaluated side by side: examples concatenated in the order
+        given, the time of the slowest share."""
+        full = [p for p in parts if len(p.labels)] or list(parts[:1])
+        return Outputs(
+            *(np.concatenate([getattr(p, name) for p in full]) for name in ("labels", "predictions", "input_lengths", "kept")),
+            seconds=max(p.seconds for p in parts),
+        )
+
+
 @torch.no_grad()
-def evaluate(model, loader, removal: str = "packed", progress: bool = False, desc: str = "evaluate") -> EvalResult:
+def forward_outputs(model, loader, removal: str = "packed", progress: bool = False, desc: str = "evaluate") -> Outputs:
     core = unwrap(model)
     was_training = core.training
     core.eval()
     device = next(core.parameters()).device
-    labels, predictions, input_lengths, kept = [], [], [], []
+    labels, predictions, input_lengths = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    kept = [np.zeros((0, core.config.num_hidden_layers), np.int64)]
     start = time.perf_counter()
     for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
@@ -68,20 +91,31 @@ def evaluate(model, loader, removal: str = "packed", progress: bool = False, des
         kept.append(out.kept_lengths.cpu().numpy())
     elapsed = time.perf_counter() - start
     core.train(was_training)
-    labels_np, predictions_np = np.concatenate(labels), np.concatenate(predictions)
-    n0, kept_np = np.concatenate(input_lengths), np.concatenate(kept)
+    return Outputs(np.concatenate(labels), np.concatenate(predictions), np.concatenate(input_lengths),
+                   np.concatenate(kept), elapsed)
+
+
+def summarize(model, outputs: Outputs, removal: str = "packed") -> EvalResult:
+    """The metrics of a pass (or of several workers' passes, joined)."""
+    core = unwrap(model)
+    n0, kept = outputs.input_lengths, outputs.kept
     size = EncoderSize.from_config(core.config, core.settings.cp_hidden)
-    speedup = 1.0 if removal == "none" else flops_speedup(n0, kept_np, size)
+    speedup = 1.0 if removal == "none" else flops_speedup(n0, kept, size)
+    examples = len(outputs.labels)
     return EvalResult(
-        accuracy=float(np.mean(labels_np == predictions_np)),
-        macro_f1=macro_f1(labels_np, predictions_np, core.config.num_labels),
+        accuracy=float(np.mean(outputs.labels == outputs.predictions)),
+        macro_f1=macro_f1(outputs.labels, outputs.predictions, core.config.num_labels),
         flops_speedup=speedup,
-        retention=retention(n0, kept_np).tolist(),
+        retention=retention(n0, kept).tolist(),
         mean_input_length=float(n0.mean()),
-        num_examples=len(labels_np),
-        examples_per_s=len(labels_np) / elapsed if elapsed > 0 else float("inf"),
-        predictions=predictions_np,
+        num_examples=examples,
+        examples_per_s=examples / outputs.seconds if outputs.seconds > 0 else float("inf"),
+        predictions=outputs.predictions,
     )
+
+
+def evaluate(model, loader, removal: str = "packed", progress: bool = False, desc: str = "evaluate") -> EvalResult:
+    return summarize(model, forward_outputs(model, loader, removal, progress, desc), removal)
 
 
 @torch.no_grad()

@@ -3,12 +3,17 @@
 `adapler predict`, the MLflow pyfunc and the Serve deployment all call :class:`Predictor`, so
 tokenization, batching (sorted by length, to waste little on padding) and packed removal are
 written once.
+
+Speed per request: ``predict(..., operating_point="fast")``, ``target_speedup=3`` or
+``factor=1.3`` runs the texts at that point of the model's curve (:mod:`adapler.operating_points`);
+``points=`` gives one resolved point per text, so texts at different points share the batches
+(the forward's ``eta_factors``). Each :class:`Prediction` says which point ran.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +22,29 @@ import torch
 from adapler.batching import sorted_batches, token_counts
 from adapler.flops import EncoderSize, adapler_flops, backbone_flops
 from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.operating_points import OperatingPoint, OperatingPointError, read_operating_points, resolve
 from adapler.quantization import maybe_quantize
 
-RUNTIME_CHOICES = ("torch", "onnx")
+RUNTIME_CHOICES = ("auto", "torch", "onnx")
 
 
-def load_for_inference(directory: str | Path, runtime: str = "torch", device: str = "cpu", quantize: str = "none",
-                       threads: int | None = None):
-    """The model in ``directory`` on ``runtime``: "torch" (AdapLeRForSequenceClassification, int8 by
-    adapler.quantization) or "onnx" (adapler.onnx_runtime.OnnxAdapLeR, int8 by ONNX Runtime). Both
-    are called alike, so Predictor, evaluate and calibrate take either."""
+def resolve_runtime(runtime: str, device: str = "cpu", removal: str = "packed") -> str:
+    """"auto" is ONNX Runtime for CPU inference with removal "packed" or "none" (faster on every
+    row of bench/runtime.py), else torch (GPUs, removal "masked"); "torch" and "onnx" as given."""
     if runtime not in RUNTIME_CHOICES:
         raise ValueError(f"runtime must be one of {RUNTIME_CHOICES}, got {runtime!r}")
-    if runtime == "onnx":
+    if runtime != "auto":
+        return runtime
+    return "onnx" if device == "cpu" and removal in ("packed", "none") else "torch"
+
+
+def load_for_inference(directory: str | Path, runtime: str = "auto", device: str = "cpu", quantize: str = "none",
+                       threads: int | None = None):
+    """The model in ``directory`` on ``runtime``: "torch" (AdapLeRForSequenceClassification, int8 by
+    adapler.quantization) or "onnx" (adapler.onnx_runtime.OnnxAdapLeR, int8 by ONNX Runtime), or
+    "auto" (:func:`resolve_runtime`, for packed removal). Both are called alike, so Predictor,
+    evaluate and calibrate take either."""
+    if resolve_runtime(runtime, device) == "onnx":
         from adapler.onnx_runtime import OnnxAdapLeR  # onnxruntime is imported only when asked for
 
         return OnnxAdapLeR.from_pretrained(directory, quantize=quantize, device=device, threads=threads)
@@ -47,9 +62,15 @@ class Prediction:
     flops_speedup: float  # backbone FLOPs / AdapLeR FLOPs for this text
     kept_lengths: list[int]  # tokens entering each layer
     kept_tokens: list[list[str]] | None = field(default=None)  # per layer, when explain=True
+    # The point it ran at (name, factor, and its dev accuracy and speedup when stored); None for
+    # removal="none" (the plain backbone: no threshold applies).
+    operating_point: OperatingPoint | None = None
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        out = {k: v for k, v in self.__dict__.items() if v is not None}
+        if self.operating_point is not None:
+            out["operating_point"] = {k: v for k, v in asdict(self.operating_point).items() if v is not None}
+        return out
 
 
 class Predictor:
@@ -59,21 +80,26 @@ class Predictor:
         batch_size: int = 32,
         removal: str = "packed",
         max_length: int | None = None,
+        operating_points=None,
     ):
+        """operating_points: the model's stored points (default: its ``operating_points``)."""
         if model.tokenizer is None:
             raise ValueError("the model has no tokenizer; load it with from_pretrained or from_backbone")
         self.model = model.eval()
         self.batch_size = batch_size
         self.removal = removal
+        self.operating_points = operating_points or getattr(model, "operating_points", None)
         self.max_length = max_length or model.tokenizer.model_max_length
         self.size = EncoderSize.from_config(model.config, model.settings.cp_hidden)
         id2label = model.config.id2label or {}
         self.label_names = [str(id2label.get(i, i)) for i in range(model.config.num_labels)]
 
     @classmethod
-    def from_directory(cls, directory: str | Path, device: str = "cpu", quantize: str = "none", runtime: str = "torch",
+    def from_directory(cls, directory: str | Path, device: str = "cpu", quantize: str = "none", runtime: str = "auto",
                        **kwargs) -> "Predictor":
-        """runtime: "torch" or "onnx"; quantize: "none" or "int8" (see load_for_inference)."""
+        """runtime: "torch", "onnx" or "auto" (resolve_runtime); quantize: "none" or "int8"."""
+        kwargs.setdefault("operating_points", read_operating_points(directory))
+        runtime = resolve_runtime(runtime, device, kwargs.get("removal", "packed"))
         return cls(load_for_inference(directory, runtime, device, quantize), **kwargs)
 
     @property
@@ -84,22 +110,56 @@ class Predictor:
         """Tokens each text becomes (after truncation): the unit of batching budgets."""
         return token_counts(self.model.tokenizer, texts, text_pairs, self.max_length)
 
+    def resolve(
+        self, operating_point: str | None = None, target_speedup: float | None = None, factor: float | None = None
+    ) -> OperatingPoint | None:
+        """The point a request asks for (:func:`adapler.operating_points.resolve`; none = the model
+        as saved); OperatingPointError, naming the stored points, for a bad one. None with
+        removal="none": the plain backbone has no threshold, so only the default is accepted."""
+        point = resolve(self.operating_points, operating_point, target_speedup, factor)
+        if self.removal != "none":
+            return point
+        if point.factor != 1.0:
+            raise OperatingPointError(f"removal='none' runs the plain backbone: operating point {point.name} does not apply")
+        return None
+
     @torch.no_grad()
     def predict(
-        self, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None, explain: bool = False
+        self,
+        texts: Sequence[str],
+        text_pairs: Sequence[str | None] | None = None,
+        explain: bool = False,
+        operating_point: str | None = None,
+        target_speedup: float | None = None,
+        factor: float | None = None,
+        points: Sequence[OperatingPoint | None] | None = None,
     ) -> list[Prediction]:
+        """operating_point / target_speedup / factor: at most one, for every text (see
+        :meth:`resolve`); or ``points``, one resolved point per text."""
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
+        if points is None:
+            points = [self.resolve(operating_point, target_speedup, factor)] * len(texts)
+        elif len(points) != len(texts) or any(v is not None for v in (operating_point, target_speedup, factor)):
+            raise ValueError("points: one per text, instead of operating_point, target_speedup and factor")
         results: list[Prediction | None] = [None] * len(texts)
         # similar lengths share a batch
         for chunk, batch in sorted_batches(self.model.tokenizer, texts, text_pairs, self.batch_size, self.max_length):
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            out = self.model(**batch, removal=self.removal)
-            for row, prediction in enumerate(self._unbatch(batch, out, explain)):
+            mine = [points[i] for i in chunk]
+            out = self.model(**batch, removal=self.removal, eta_factors=self._eta_factors(mine))
+            for row, prediction in enumerate(self._unbatch(batch, out, explain, mine)):
                 results[chunk[row]] = prediction
         return results  # type: ignore[return-value]
 
-    def _unbatch(self, batch: dict, out, explain: bool) -> list[Prediction]:
+    def _eta_factors(self, points: Sequence[OperatingPoint | None]) -> torch.Tensor | None:
+        """(B,) factors for the forward; None when every text runs the model as saved."""
+        factors = [1.0 if p is None else p.factor for p in points]
+        if all(f == 1.0 for f in factors):
+            return None
+        return torch.tensor(factors, dtype=torch.float32, device=self.device)
+
+    def _unbatch(self, batch: dict, out, explain: bool, points: Sequence[OperatingPoint | None]) -> list[Prediction]:
         probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()  # (B, C)
         lengths = batch["attention_mask"].sum(-1).cpu().numpy()  # (B,)
         kept = out.kept_lengths.cpu().numpy()  # (B, L)
@@ -125,6 +185,7 @@ class Predictor:
                     flops_speedup=float(speedups[row]),
                     kept_lengths=[int(k) for k in kept[row]],
                     kept_tokens=kept_tokens,
+                    operating_point=points[row],
                 )
             )
         return predictions

@@ -20,7 +20,6 @@ Shapes: B batch, T padded input length, H hidden, L layers, N kept tokens in the
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from adapler.artifacts import ADAPLER_WEIGHTS, check_model_dir
 from adapler.config import AdapLeRSettings
+from adapler.operating_points import OperatingPoints, read_adapler_config
 
 REMOVAL_MODES = ("none", "soft", "masked", "packed")
 SOFT_FLOOR = -10000.0  # floor of the soft-removal function and of the attention bias (spec 4)
@@ -124,6 +124,16 @@ def _check_right_padded(present: torch.Tensor) -> None:
         )
 
 
+def _check_eta_factors(factors: torch.Tensor, batch: int, removal: str) -> None:
+    """eta_factors must be (B,), finite and > 0, and only where thresholds cut (hard removal)."""
+    if removal not in ("masked", "packed"):
+        raise ValueError(f"eta_factors apply to hard removal (masked, packed), not to removal={removal!r}")
+    if factors.shape != (batch,) or not factors.is_floating_point():
+        raise ValueError(f"eta_factors must be a float tensor of shape ({batch},), got {tuple(factors.shape)} {factors.dtype}")
+    if not bool((torch.isfinite(factors) & (factors > 0)).all()):
+        raise ValueError(f"eta_factors must be finite and > 0, got {factors.tolist()}")
+
+
 def _check_backbone(config) -> None:
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedBackbone(
@@ -158,6 +168,8 @@ class AdapLeRForSequenceClassification(nn.Module):
         # Set by adapler.quantization: a (quantized) Linear(H, 3H) per layer used instead of the cache.
         self.fused_qkv: nn.ModuleList | None = None
         self.quantized: str | None = None  # "int8" after adapler.quantization.quantize_int8
+        # Named eta factors measured on dev (adapler.operating_points), saved in config.json.
+        self.operating_points: OperatingPoints | None = None
 
     # ------------------------------------------------------------------ construction / io
     @classmethod
@@ -190,6 +202,8 @@ class AdapLeRForSequenceClassification(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backbone.config.adapler = dataclasses.asdict(self.settings)
+        if self.operating_points is not None:
+            self.backbone.config.adapler["operating_points"] = self.operating_points.to_dict()
         self.backbone.save_pretrained(directory, safe_serialization=True)
         extra = {f"predictors.{k}": v.contiguous() for k, v in self.predictors.state_dict().items()}
         extra["etas"] = self.etas.detach().contiguous()
@@ -200,14 +214,14 @@ class AdapLeRForSequenceClassification(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, attn_implementation: str = "sdpa") -> "AdapLeRForSequenceClassification":
         directory = check_model_dir(directory)  # safetensors only, no pickle-format file
-        raw = json.loads((directory / "config.json").read_text())
-        settings = AdapLeRSettings(**raw.get("adapler", {}))
+        settings, points = read_adapler_config(directory)
         backbone = AutoModelForSequenceClassification.from_pretrained(directory, attn_implementation=attn_implementation)
         tokenizer = AutoTokenizer.from_pretrained(directory)
         model = cls(backbone, settings, tokenizer)
         extra = load_file(str(directory / ADAPLER_WEIGHTS))
         model.etas.data.copy_(extra.pop("etas"))
         model.predictors.load_state_dict({k.removeprefix("predictors."): v for k, v in extra.items()})
+        model.operating_points = points
         return model.eval()
 
     # ------------------------------------------------------------------ pieces of the backbone
@@ -249,13 +263,20 @@ class AdapLeRForSequenceClassification(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         removal: str | None = None,
         temperature: float = FIRST_STEP_TEMPERATURE,
+        eta_factors: torch.Tensor | None = None,
     ) -> AdapLeROutput:
         """input_ids, attention_mask, token_type_ids: (B, T), padded on the right ([CLS] at 0; a mask
         that is not raises ValueError). removal: see the module docstring;
-        default "soft" in train mode, "packed" in eval. temperature: lambda, soft removal only."""
+        default "soft" in train mode, "packed" in eval. temperature: lambda, soft removal only.
+        eta_factors: (B,) positive floats, hard removal only ("masked", "packed"): example b keeps
+        token i at layer l iff its score >= eta_l * eta_factors[b] / n_b, so examples asking for
+        different operating points (adapler.operating_points) share one batch; None = 1 for all."""
         removal = removal or ("soft" if self.training else "packed")
         if removal not in REMOVAL_MODES:
             raise ValueError(f"removal must be one of {REMOVAL_MODES}, got {removal!r}")
+        if eta_factors is not None:
+            _check_eta_factors(eta_factors, input_ids.shape[0], removal)
+            eta_factors = eta_factors.to(device=self.etas.device, dtype=self.etas.dtype)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         else:
@@ -271,8 +292,8 @@ class AdapLeRForSequenceClassification(nn.Module):
         if removal == "soft":
             return self._forward_soft(hidden, present, temperature)
         if removal == "masked":
-            return self._forward_masked(hidden, present)
-        return self._forward_packed(hidden, present)
+            return self._forward_masked(hidden, present, eta_factors)
+        return self._forward_packed(hidden, present, eta_factors)
 
     def _layer(
         self,
@@ -377,21 +398,29 @@ class AdapLeRForSequenceClassification(nn.Module):
             logits, kept_mask.sum(-1), kept_mask, scores, masks_before, torch.stack(soft_lengths, dim=1)
         )
 
-    def _hard_keep(self, index: int, z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Hard cut of layer l on padded scores: keep i iff i~_i >= eta_l / n, plus [CLS]. (B, T) bool."""
+    def _eta(self, index: int, factors: torch.Tensor | None) -> torch.Tensor:
+        """eta_l, times each example's factor when given: () or (B,). The one place the per-example
+        factor enters the threshold, so that the batched and the batch-1 cut round alike."""
+        return self.etas[index] if factors is None else self.etas[index] * factors
+
+    def _hard_keep(
+        self, index: int, z: torch.Tensor, present: torch.Tensor, factors: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Hard cut of layer l on padded scores: keep i iff i~_i >= eta_l * f_b / n, plus [CLS]. (B, T) bool."""
         scores = torch.softmax(z.masked_fill(~present, float("-inf")), dim=-1)  # (B, T)
-        threshold = self.etas[index] / present.sum(-1, keepdim=True)  # (B, 1)
+        eta = self._eta(index, factors)
+        threshold = (eta if factors is None else eta[:, None]) / present.sum(-1, keepdim=True)  # (B, 1)
         keep = (scores >= threshold) & present
         keep[:, 0] = True
         return keep
 
-    def _forward_masked(self, hidden: torch.Tensor, present: torch.Tensor) -> AdapLeROutput:
+    def _forward_masked(self, hidden: torch.Tensor, present: torch.Tensor, factors: torch.Tensor | None) -> AdapLeROutput:
         """Hard removal by masking: removed tokens are still computed, only hidden from attention."""
         batch, seq, width = hidden.shape
         x = hidden.reshape(batch * seq, width)
         kept = []
         for index, predictor in enumerate(self.predictors):
-            present = self._hard_keep(index, predictor(x).view(batch, seq), present)
+            present = self._hard_keep(index, predictor(x).view(batch, seq), present, factors)
             kept.append(present)
             key_bias = torch.where(present, 0.0, float("-inf")).to(x.dtype)[:, None, None, :]
             x = self._layer(index, x, batch, seq, None, key_bias)
@@ -399,12 +428,12 @@ class AdapLeRForSequenceClassification(nn.Module):
         kept_mask = torch.stack(kept, dim=1)  # (B, L, T)
         return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
 
-    def _forward_packed(self, hidden: torch.Tensor, present: torch.Tensor) -> AdapLeROutput:
+    def _forward_packed(self, hidden: torch.Tensor, present: torch.Tensor, factors: torch.Tensor | None) -> AdapLeROutput:
         """Real removal: only kept tokens are computed."""
         batch, seq, width = hidden.shape
         device = hidden.device
         if batch == 1:
-            return self._forward_single(hidden[0][present[0]], seq)
+            return self._forward_single(hidden[0][present[0]], seq, factors)
         x = hidden[present]  # (N, H), example-major, positions ascending
         example = torch.arange(batch, device=device)[:, None].expand(batch, seq)[present]  # (N,)
         position = torch.arange(seq, device=device)[None, :].expand(batch, seq)[present]  # (N,) input position
@@ -413,7 +442,7 @@ class AdapLeRForSequenceClassification(nn.Module):
         for index, predictor in enumerate(self.predictors):
             z = x.new_full((batch, grid.length), float("-inf"))  # (B, T_grid) scores on the padded grid
             z[example, grid.slot] = predictor(x)
-            keep = self._hard_keep(index, z, grid.present)[example, grid.slot]  # (N,)
+            keep = self._hard_keep(index, z, grid.present, factors)[example, grid.slot]  # (N,)
             x, example, position = x[keep], example[keep], position[keep]
             grid = _PackedGrid(example, batch)
             kept_mask[example, index, position] = True
@@ -422,14 +451,14 @@ class AdapLeRForSequenceClassification(nn.Module):
         return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
 
 
-    def _forward_single(self, x: torch.Tensor, seq: int) -> AdapLeROutput:
+    def _forward_single(self, x: torch.Tensor, seq: int, factors: torch.Tensor | None) -> AdapLeROutput:
         """Packed removal for one example, x (n, H) without padding: no grid, no scatter, no mask.
         Batch size 1 is bound by reading the weights; this keeps the per-layer overhead small."""
         position = torch.arange(x.shape[0], device=x.device)  # (n,) input positions
         kept_mask = torch.zeros(1, self.num_layers, seq, dtype=torch.bool, device=x.device)
         for index, predictor in enumerate(self.predictors):
             scores = torch.softmax(predictor(x), dim=-1)  # (n,)
-            keep = scores >= self.etas[index] / x.shape[0]
+            keep = scores >= self._eta(index, factors) / x.shape[0]  # () or (1,): one example
             keep[0] = True  # [CLS]
             x, position = x[keep], position[keep]
             kept_mask[0, index, position] = True

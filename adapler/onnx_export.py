@@ -1,16 +1,20 @@
-"""Export an AdapLeR model to ONNX graphs that ONNX Runtime runs with hard token removal between them.
+"""Export an AdapLeR model to ONNX graphs that ONNX Runtime runs with hard token removal.
 
-The graphs are cut at the layer boundaries, where removal happens (spec section 5):
+Two graphs per model:
 
-  embeddings.onnx   (input_ids, token_type_ids) (B, T)   -> hidden_out (B, T, H), scores (B, T) of CP_0
-  layer_<l>.onnx    (hidden (B, T, H), attention_mask (B, T) int64)
-                    -> hidden_out (B, T, H), scores (B, T) of CP_{l+1}; the last layer -> logits (B, C)
-  backbone.onnx     (input_ids, attention_mask, token_type_ids) -> logits: the plain backbone, the
-                    same layers in one graph (removal "none" and every benchmark's ONNX baseline)
+  adapler.onnx    (input_ids, attention_mask, token_type_ids (B, T) int64, thresholds (B, L) float)
+                  -> logits (B, C), kept (B, L, T) bool: token t of the input enters layer l.
+                  Removal inside the graph, by the rule of the torch packed path (spec section 5):
+                  at layer l, token i stays iff softmax(CP_l)_i >= thresholds[b, l] / n_b (n_b the
+                  tokens present), [CLS] always, no re-insertion; the kept tokens of each example
+                  are then moved to the front (in order) and the batch cut to its longest kept row,
+                  so every layer only computes over kept tokens (B, T_l, H).
+  backbone.onnx   (input_ids, attention_mask, token_type_ids) -> logits: the plain backbone, the
+                  same layers in one graph (removal "none" and every benchmark's ONNX baseline).
 
-Between two layer graphs, :mod:`adapler.onnx_runtime` keeps the tokens whose score passes the
-threshold and re-pads the batch to its longest kept row, so a layer graph only ever sees kept
-tokens. The etas are not in any graph: calibration and per-example factors need no re-export.
+``thresholds`` is eta_l times each example's eta factor, computed outside the graph from the
+model's etas: calibration and per-request operating points need no re-export. One graph, one
+session call per batch: no per-layer call overhead, one thread pool.
 
 Each layer is written out in the op pattern of the classic BERT export (Q/K/V MatMuls, scaled
 scores plus a (1 - mask) * -10000 bias, softmax), which ONNX Runtime's transformer optimizer
@@ -42,13 +46,13 @@ from torch import nn
 from adapler.artifacts import ADAPLER_WEIGHTS, BACKBONE_WEIGHTS
 from adapler.modeling import AdapLeRForSequenceClassification
 
-EXPORT_FORMAT = 1  # bump when the graphs change: cached exports of older formats are rebuilt
+EXPORT_FORMAT = 2  # bump when the graphs change: cached exports of older formats are rebuilt
 OPSET = 17
 ONNX_SUBDIR = "onnx"  # a model directory's own export: <model>/onnx/
 MANIFEST = "manifest.json"
 QUANTIZE_CHOICES = ("none", "int8")
 MASK_BIAS = -10000.0  # the classic BERT export's additive mask: the pattern the optimizer fuses
-PREDICTOR_SCOPE = "predictor"  # module name of the CPs inside the graphs: kept float by int8
+PREDICTOR_SCOPE = "predictors"  # module name of the CPs inside the graph: kept float by int8
 
 
 class UnsupportedExport(ValueError):
@@ -69,7 +73,7 @@ class ExportedGraphs:
 
     @property
     def names(self) -> list[str]:
-        return ["embeddings", *(f"layer_{index}" for index in range(self.num_layers)), "backbone"]
+        return ["adapler", "backbone"]
 
 
 # ---------------------------------------------------------------------------- graph modules
@@ -110,32 +114,38 @@ class Head(nn.Module):
         return self.model._classify(hidden[:, 0])
 
 
-class EmbeddingsGraph(nn.Module):
+class RemovalGraph(nn.Module):
+    """The AdapLeR forward with hard removal between layers, as one graph (module docstring)."""
+
     def __init__(self, model: AdapLeRForSequenceClassification):
         super().__init__()
         self.embeddings = model.base_model.embeddings
-        self.predictor = model.predictors[0]
+        self.layers = nn.ModuleList(ClassicLayer(layer) for layer in model.base_model.encoder.layer)
+        self.predictors = model.predictors  # the name int8 quantization leaves float (PREDICTOR_SCOPE)
+        self.head = Head(model)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor):
+    def forward(self, input_ids, attention_mask, token_type_ids, thresholds):
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
-        return hidden, self.predictor(hidden)  # scores (B, T) of the tokens entering layer 0
-
-
-class LayerGraph(nn.Module):
-    """Layer l, then the CP of layer l + 1 on its output (or, for the last layer, the head)."""
-
-    def __init__(self, model: AdapLeRForSequenceClassification, index: int):
-        super().__init__()
-        self.layer = ClassicLayer(model.base_model.encoder.layer[index])
-        last = index == model.num_layers - 1
-        self.predictor = None if last else model.predictors[index + 1]
-        self.head = Head(model) if last else None
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
-        hidden = self.layer(hidden, attention_mask)
-        if self.head is not None:
-            return self.head(hidden)  # logits (B, C)
-        return hidden, self.predictor(hidden)
+        batch, seq = input_ids.shape[0], input_ids.shape[1]
+        present = attention_mask > 0  # (B, T_l) the rows of the current grid that hold a token
+        position = torch.arange(seq)[None, :].expand(batch, -1)  # (B, T_l) input position of each row
+        kept = []
+        for index, layer in enumerate(self.layers):
+            width = hidden.shape[1]
+            slots = torch.arange(width)  # (T_l,)
+            scores = torch.softmax(self.predictors[index](hidden).masked_fill(~present, float("-inf")), dim=-1)
+            tokens = present.sum(-1, keepdim=True).to(scores.dtype)  # (B, 1) n
+            keep = ((scores >= thresholds[:, index: index + 1] / tokens) & present) | (slots == 0)[None, :]
+            # kept rows first, each group in input order: a sort key that TopK orders
+            order = torch.topk(keep.to(torch.float32) * (2.0 * width) - slots.to(torch.float32), width, dim=-1).indices
+            lengths = keep.sum(-1)  # (B,)
+            rows = order.index_select(1, torch.arange(lengths.max()))  # (B, T_{l+1}) the grid's new rows
+            hidden = torch.gather(hidden, 1, rows[:, :, None].expand(-1, -1, hidden.shape[2]))
+            position = torch.gather(position, 1, rows)
+            present = torch.arange(rows.shape[1])[None, :] < lengths[:, None]
+            kept.append(torch.zeros(batch, seq, dtype=torch.bool).scatter(1, position, present))
+            hidden = layer(hidden, present.to(torch.int64))
+        return self.head(hidden), torch.stack(kept, dim=1)
 
 
 class BackboneGraph(nn.Module):
@@ -183,13 +193,10 @@ def export_graphs(model: AdapLeRForSequenceClassification, directory: str | Path
     fp32 = ExportedGraphs(directory, model.num_layers, "none")
     example = _example_inputs(model)
     modules = {
-        "embeddings": (EmbeddingsGraph(model), ("input_ids", "token_type_ids"), ("hidden_out", "scores")),
+        "adapler": (RemovalGraph(model), ("input_ids", "attention_mask", "token_type_ids", "thresholds"),
+                    ("logits", "kept")),
         "backbone": (BackboneGraph(model), ("input_ids", "attention_mask", "token_type_ids"), ("logits",)),
     }
-    for index in range(model.num_layers):
-        last = index == model.num_layers - 1
-        outputs = ("logits",) if last else ("hidden_out", "scores")
-        modules[f"layer_{index}"] = (LayerGraph(model, index), ("hidden", "attention_mask"), outputs)
     for name, (module, inputs, outputs) in modules.items():
         raw = directory / f"{name}.raw.onnx"
         _export(module.eval(), tuple(example[k] for k in inputs), raw, inputs, outputs)
@@ -218,13 +225,13 @@ def _example_inputs(model: AdapLeRForSequenceClassification) -> dict[str, torch.
         "input_ids": ids,
         "token_type_ids": torch.zeros_like(ids),
         "attention_mask": mask,
-        "hidden": torch.randn(batch, seq, model.config.hidden_size),
+        "thresholds": torch.ones(batch, model.num_layers),
     }
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: tuple, outputs: tuple) -> None:
-    axes = {name: {0: "batch", 1: "tokens"} for name in (*inputs, *outputs) if name != "logits"}
-    axes["logits"] = {0: "batch"}
+    axes = {name: {0: "batch", 1: "tokens"} for name in (*inputs, *outputs)}
+    axes.update(logits={0: "batch"}, thresholds={0: "batch"}, kept={0: "batch", 2: "tokens"})
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         torch.onnx.export(
@@ -244,7 +251,7 @@ def _quantize(source: Path, target: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    floats = [node.name for node in onnx.load(str(source)).graph.node if f"/{PREDICTOR_SCOPE}/" in node.name]
+    floats = [node.name for node in onnx.load(str(source)).graph.node if node.name.startswith(f"/{PREDICTOR_SCOPE}.")]
     quantize_dynamic(
         str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=floats,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops' outputs have no inferred type

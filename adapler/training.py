@@ -3,7 +3,10 @@
 Each loop takes a model, data loaders and a config, and hands every epoch's metrics and model to
 a callback (:class:`EpochReport`), which saves checkpoints or reports them to Ray. Both loops
 work on a DistributedDataParallel-wrapped model too (they call its forward, and take the
-optimizer groups from the wrapped module's parameter_groups()).
+optimizer groups from the wrapped module's parameter_groups()). Under torch.distributed each
+worker passes its own share of the train and dev rows, and the metrics are those of all of
+them: training losses averaged over the workers, dev metrics computed on the workers' dev
+shares joined (:func:`evaluate_shared`), the same on every worker.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from adapler.config import Stage1Config, Stage2Config
-from adapler.evaluate import EvalResult, evaluate, unwrap
+from adapler.evaluate import EvalResult, Outputs, forward_outputs, summarize, unwrap
 from adapler.modeling import FIRST_STEP_TEMPERATURE, AdapLeROutput, temperature_for_epoch
 from adapler.selection import Candidate, select
 
@@ -144,8 +147,9 @@ def train_stage1(
                 optimizer.step()
                 scheduler.step()
                 total, steps = total + loss.item(), steps + 1
-        metrics = {"train_loss": total / max(steps, 1), "train_seconds": time.perf_counter() - start}
-        metrics.update(_metrics(evaluate(model, dev_loader, removal="none")))
+        metrics = {"train_loss": _all_reduce_mean(torch.tensor(total / max(steps, 1), device=device)).item(),
+                   "train_seconds": time.perf_counter() - start}
+        metrics.update(_metrics(evaluate_shared(model, dev_loader, removal="none")))
         result.history.append(metrics)
         selected = not result.best_metrics or metrics["dev_accuracy"] > result.best_metrics["dev_accuracy"]
         result.close_epoch(EpochReport("stage1", epoch, metrics, model, selected), on_epoch)
@@ -239,9 +243,10 @@ def train_stage2(
             step += 1
             for key, value in {"loss": loss.item(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + value
-        metrics = {f"train_{k}": v / max(len(train_loader), 1) for k, v in sums.items()}
+        means = _all_reduce_mean(torch.tensor([v / max(len(train_loader), 1) for v in sums.values()], device=device))
+        metrics = {f"train_{k}": v for k, v in zip(sums, means.tolist())}
         metrics["train_seconds"] = time.perf_counter() - start
-        metrics.update(_metrics(evaluate(model, dev_loader, removal="packed")))
+        metrics.update(_metrics(evaluate_shared(model, dev_loader, removal="packed")))
         metrics.update({f"eta_layer{i + 1}": float(e) for i, e in enumerate(core.etas.detach())})
         result.history.append(metrics)
         chosen = select(epoch_candidates(result.history, start_epoch), reference_dev_score, config.selection_tolerance).chosen
@@ -270,8 +275,21 @@ def _fast_forward(schedulers, steps: int) -> None:
             scheduler.step()
 
 
+def evaluate_shared(model, loader, removal: str) -> EvalResult:
+    """Metrics of the whole split when each DDP worker's ``loader`` holds its share of it (the
+    workers' outputs are gathered and joined, the same result on every worker); alone, plain
+    evaluation of ``loader``."""
+    outputs = forward_outputs(model, loader, removal)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        shares: list[Outputs | None] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shares, outputs)
+        outputs = Outputs.join(shares)
+    return summarize(model, outputs, removal)
+
+
 def _all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Average over DDP workers (autograd.grad bypasses DDP's own all-reduce); no-op alone."""
+    """Average over DDP workers (metrics; and gradients that autograd.grad took past DDP's own
+    all-reduce); no-op alone."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(tensor)
         tensor /= torch.distributed.get_world_size()

@@ -13,6 +13,7 @@ adapler.inference.Predictor does), so the baseline wastes little on padding.
     python bench/inference.py                      # trains short cached models if needed
     python bench/inference.py --model-rotten-tomatoes DIR --model-bbc-news DIR
     python bench/inference.py --datasets rotten_tomatoes --batch-sizes 32 --quantize none int8
+    python bench/inference.py --device cuda --model-rotten-tomatoes DIR --datasets rotten_tomatoes
 Writes bench/results/inference.json (a list of records).
 """
 
@@ -78,25 +79,35 @@ def weight_read_floor_ms(model: torch.nn.Module) -> float:
     return best * 1000
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: time them to the end
+
+
 @torch.inference_mode()
 def time_mode(model, batches, mode: str) -> tuple[float, np.ndarray, np.ndarray]:
     """Seconds for one pass over the batches; predictions; kept lengths (N, L)."""
+    device = next(model.parameters()).device
     predictions, kept = [], []
+    _synchronize(device)
     start = time.perf_counter()
     for batch in batches:
         out = model(**batch, removal=mode)
         predictions.append(out.logits.argmax(-1))
         kept.append(out.kept_lengths)
+    _synchronize(device)
     seconds = time.perf_counter() - start
-    return seconds, torch.cat(predictions).numpy(), torch.cat(kept).numpy()
+    return seconds, torch.cat(predictions).cpu().numpy(), torch.cat(kept).cpu().numpy()
 
 
-def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats: int, quantize: list[str]) -> list[dict]:
+def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats: int, quantize: list[str],
+                  device: str = "cpu") -> list[dict]:
     float_model = AdapLeRForSequenceClassification.from_pretrained(model_dir).eval()
     records = []
     for precision in quantize:
-        model = maybe_quantize(float_model, precision)
-        records += [{**r, "model": str(model_dir)} for r in bench_model(dataset, model, precision, batch_sizes, repeats)]
+        model = maybe_quantize(float_model, precision).to(device)
+        records += [{**r, "model": str(model_dir), "device": device}
+                    for r in bench_model(dataset, model, precision, batch_sizes, repeats)]
     return records
 
 
@@ -114,6 +125,8 @@ def bench_model(dataset: str, model, precision: str, batch_sizes: list[int], rep
             for i in range(0, len(rows), batch_size)
         ]
         input_lengths = torch.cat([b["attention_mask"].sum(-1) for b in batches]).numpy()
+        device = next(model.parameters()).device
+        batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
         for mode in MODES:  # warm-up
             time_mode(model, batches[:2], mode)
         times: dict[str, list[float]] = {mode: [] for mode in MODES}
@@ -143,7 +156,7 @@ def bench_model(dataset: str, model, precision: str, batch_sizes: list[int], rep
                 "realization": wallclock / speedup,
                 "accuracy": float(np.mean(predictions == labels)),
             }
-            if batch_size == 1 and precision == "none":  # float weights; int8 ones are packed
+            if batch_size == 1 and precision == "none" and device.type == "cpu":  # float weights; int8 ones are packed
                 record["weight_read_floor_ms"] = weight_read_floor_ms(model)
             records.append(record)
             print(
@@ -166,13 +179,17 @@ def main() -> None:
     parser.add_argument("--quantize", nargs="+", default=["none"], choices=["none", "int8"],
                         help="precisions to run, each against its own plain backbone (default: none)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (int8 is CPU only)")
     parser.add_argument("--output", default=str(HERE / "results" / "inference.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.device != "cpu" and "int8" in args.quantize:
+        parser.error("--quantize int8 is torch's CPU dynamic quantization: use it with --device cpu")
     given = {"rotten_tomatoes": args.model_rotten_tomatoes, "bbc_news": args.model_bbc_news}
     records = []
     for dataset in args.datasets:
-        records += bench_dataset(dataset, trained_model(dataset, given[dataset]), args.batch_sizes, args.repeats, args.quantize)
+        records += bench_dataset(dataset, trained_model(dataset, given[dataset]), args.batch_sizes, args.repeats,
+                                 args.quantize, args.device)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(records, indent=2))
     print(f"wrote {args.output}")

@@ -131,6 +131,7 @@ def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats
                 "texts_per_s": len(rows) / seconds, "ms_per_batch": 1000 * seconds / len(batches),
                 "flops_speedup": speedup, "speedup_vs_same_engine_backbone": wallclock,
                 "realization": wallclock / speedup, "accuracy": float(np.mean(predictions == labels)),
+                "mean_kept_per_layer": kept.mean(0).round(2).tolist(),
                 "model": str(model_dir),
             }
             records.append(record)

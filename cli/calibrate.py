@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from adapler_cli.models import MODEL_HELP, TRACKING_URI_HELP, load_model, split_
 from adapler_pipelines.model_source import resolve_model
 
 if TYPE_CHECKING:
-    from adapler.calibration import CurvePoint
+    from adapler.operating_points import CurvePoint
 
 DESCRIPTION = """\
 Multiply every layer's eta (token i stays at layer l iff its score >= eta_l / n) by one global
@@ -37,11 +38,18 @@ Goals:
                       is an error that names the best speedup reached.
   --max-drop D        the highest dev FLOPs speedup among the factors tried whose dev accuracy
                       is >= the as-trained dev accuracy - D (e.g. 0.01 = one point).
+  --points            leave the etas as they are and store the model's operating points in its
+                      config.json: a curve of factors on dev and three names on it, accurate
+                      (the fastest within 0.2 points of the best dev accuracy), balanced (the
+                      fastest within 1 point of accurate) and fast (within --fast-drop of
+                      accurate, default 0.03). Requests then pick one: `adapler predict
+                      --operating-point fast`, or "operating_point" in a Serve request.
 
 A model directory is saved calibrated to --output (save_pretrained format). A registered model
 (models:/<name>@<alias>) becomes a new version of <name>, with the curve logged to MLflow
-(curve.csv, curve.png, metrics) and tags calibration_factor, dev_accuracy, flops_speedup (dev);
-no alias moves unless --set-alias names one.
+(curve.csv, curve.png, metrics) and tags calibration_factor, dev_accuracy, flops_speedup (dev),
+or with --points operating_points and point.<name>.factor; no alias moves unless --set-alias
+names one.
 """
 
 
@@ -60,6 +68,10 @@ def add_calibrate_command(subparsers) -> argparse.ArgumentParser:
     goal.add_argument("--target-speedup", type=float, metavar="X", help="dev FLOPs speedup to reach, e.g. 3")
     goal.add_argument("--max-drop", type=float, metavar="D",
                       help="dev accuracy the model may lose, absolute, e.g. 0.01")
+    goal.add_argument("--points", action="store_true",
+                      help="store the operating points accurate / balanced / fast (and the curve) with the model")
+    c.add_argument("--fast-drop", type=float, metavar="D",
+                   help="--points: dev accuracy the 'fast' point may lose against 'accurate' (default 0.03)")
     c.add_argument("--output", help="save the calibrated model here (save_pretrained format)")
     c.add_argument("--set-alias", metavar="NAME",
                    help="models:/ only: point this alias (e.g. champion) at the new version")
@@ -67,6 +79,9 @@ def add_calibrate_command(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--max-length", type=int, help="default: the length the model was trained with")
     c.add_argument("--device", default="cpu", help="cpu or cuda")
+    c.add_argument("--runtime", default="torch", choices=["auto", "torch", "onnx"],
+                   help="where the dev passes run (torch by default; onnx: ONNX Runtime, so the curve's examples/s "
+                        "are the deployed runtime's); the saved model is the same either way")
     c.set_defaults(func=run_calibrate)
     return c
 
@@ -76,6 +91,10 @@ def _check_args(args: argparse.Namespace, from_registry: bool) -> None:
         raise UserError(f"--target-speedup must be > 0, got {args.target_speedup:g}")
     if args.max_drop is not None and not 0 <= args.max_drop <= 1:
         raise UserError(f"--max-drop must be in [0, 1] (absolute accuracy), got {args.max_drop:g}")
+    if args.fast_drop is not None and not args.points:
+        raise UserError("--fast-drop goes with --points")
+    if args.fast_drop is not None and not 0 <= args.fast_drop <= 1:
+        raise UserError(f"--fast-drop must be in [0, 1] (absolute accuracy), got {args.fast_drop:g}")
     if args.set_alias and not from_registry:
         raise UserError("--set-alias needs a registered model (--model models:/<name>@<alias>)")
     if args.output:
@@ -84,11 +103,14 @@ def _check_args(args: argparse.Namespace, from_registry: bool) -> None:
             raise UserError(f"--output {output} exists and is not a directory")
 
 
-def format_curve(points: list[CurvePoint], chosen: CurvePoint | None = None) -> str:
-    """The explored curve as a table, one row per factor (as given: by factor ascending)."""
+def format_curve(points: Sequence[CurvePoint], chosen: CurvePoint | None = None,
+                 names: Mapping[str, float] | None = None) -> str:
+    """The explored curve as a table, one row per factor (as given: by factor ascending); the
+    chosen factor and the named ones (name -> factor) marked."""
     lines = [f"{'factor':>10}  {'dev accuracy':>12}  {'FLOPs speedup':>13}  {'examples/s':>10}"]
     for p in points:
         note = "  <- chosen" if chosen is not None and p.factor == chosen.factor else ""
+        note += "".join(f"  <- {name}" for name, factor in (names or {}).items() if factor == p.factor)
         note += "  (as trained)" if p.factor == 1.0 else ""
         lines.append(
             f"{p.factor:>10.4g}  {p.accuracy:>12.4f}  {p.flops_speedup:>12.2f}x  {p.examples_per_s:>10.1f}{note}"
@@ -97,15 +119,13 @@ def format_curve(points: list[CurvePoint], chosen: CurvePoint | None = None) -> 
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
-    from adapler.calibration import TargetUnreachable, apply_factor, calibrate
-
     from_registry = is_model_uri(args.model)
     _check_args(args, from_registry)
     # The model and everything the registration needs are read before the search, so that a bad
     # source fails in seconds, not after minutes of dev passes.
     model_dir = resolve_model(args.model, args.tracking_uri)  # read-only: may be the store's own folder
     if from_registry:
-        from adapler_pipelines.calibrate import register_calibrated, source_config
+        from adapler_pipelines.calibrate import source_config
         from adapler_pipelines.config import MlflowConfig
         from adapler_pipelines.registry import model_version, tracking_uri
 
@@ -115,7 +135,11 @@ def run_calibrate(args: argparse.Namespace) -> None:
         config = source_config(name, source, uri)
     elif args.output and Path(args.output).resolve() == model_dir.resolve():
         raise UserError("--output must differ from --model: calibration never overwrites the trained model")
-    model = load_model(str(model_dir), args.device)
+    from adapler.inference import resolve_runtime
+
+    model = load_model(str(model_dir), args.device)  # torch: the model that is saved or registered
+    runtime = resolve_runtime(args.runtime, args.device)
+    engine = model if runtime == "torch" else load_model(str(model_dir), args.device, runtime=runtime)
     loader, examples = split_loader(args.data, args.set, model, "dev", args.batch_size, args.max_length)
     data_description = f"{args.data} dev ({examples} examples)"
 
@@ -125,8 +149,30 @@ def run_calibrate(args: argparse.Namespace) -> None:
         print(f"  factor {p.factor:.4g}: dev accuracy {p.accuracy:.4f}, FLOPs speedup {p.flops_speedup:.2f}x",
               file=sys.stderr, flush=True)
 
+    search = _search_points if args.points else _search_factor
+    calibrated, register = search(model, engine, loader, args, data_description, progress)
+    if args.output:
+        calibrated.save_pretrained(args.output)
+        print(f"saved: {args.output}")
+    if from_registry:
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = args.output or tmp
+            if not args.output:
+                calibrated.save_pretrained(directory)
+            version = register(directory, config, str(source.version), args.set_alias)
+        where = f" (alias {args.set_alias})" if args.set_alias else f" (no alias moved; {alias} unchanged)"
+        print(f"registered: {name} version {version}{where}")
+    elif not args.output:
+        print("not saved: give --output DIR to keep the calibrated model")
+
+
+def _search_factor(model, engine, loader, args: argparse.Namespace, data_description: str, progress):
+    """--target-speedup / --max-drop, measured on ``engine`` (``model`` on the chosen runtime):
+    the calibrated model, and how to register it."""
+    from adapler.calibration import TargetUnreachable, apply_factor, calibrate
+
     try:
-        result = calibrate(model, loader, target_speedup=args.target_speedup, max_drop=args.max_drop, on_point=progress)
+        result = calibrate(engine, loader, target_speedup=args.target_speedup, max_drop=args.max_drop, on_point=progress)
     except TargetUnreachable as err:
         print(format_curve(err.points))
         raise UserError(str(err)) from None
@@ -140,18 +186,29 @@ def run_calibrate(args: argparse.Namespace) -> None:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
 
-    calibrated = apply_factor(model, chosen.factor)
-    if args.output:
-        calibrated.save_pretrained(args.output)
-        print(f"saved: {args.output}")
-    if from_registry:
-        with tempfile.TemporaryDirectory() as tmp:
-            directory = args.output or tmp
-            if not args.output:
-                calibrated.save_pretrained(directory)
-            version = register_calibrated(directory, result, config, str(source.version), data_description,
-                                          alias=args.set_alias)
-        where = f" (alias {args.set_alias})" if args.set_alias else f" (no alias moved; {alias} unchanged)"
-        print(f"registered: {name} version {version}{where}")
-    elif not args.output:
-        print("not saved: give --output DIR to keep the calibrated model")
+    def register(directory, config, source_version: str, alias: str | None) -> str:
+        from adapler_pipelines.calibrate import register_calibrated
+
+        return register_calibrated(directory, result, config, source_version, data_description, alias=alias)
+
+    return apply_factor(model, chosen.factor), register
+
+
+def _search_points(model, engine, loader, args: argparse.Namespace, data_description: str, progress):
+    """--points, measured on ``engine``: the model with its operating points (etas unchanged), and
+    how to register it."""
+    from adapler.calibration import measure_operating_points
+    from adapler.operating_points import PointBudgets
+
+    budgets = PointBudgets() if args.fast_drop is None else PointBudgets(fast=args.fast_drop)
+    points = measure_operating_points(engine, loader, budgets, data=data_description, on_point=progress)
+    print(format_curve(points.curve, names=points.named))
+    print(points.listing())
+    model.operating_points = points
+
+    def register(directory, config, source_version: str, alias: str | None) -> str:
+        from adapler_pipelines.calibrate import register_with_points
+
+        return register_with_points(directory, points, config, source_version, alias=alias)
+
+    return model, register

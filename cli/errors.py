@@ -29,6 +29,7 @@ HEAVY = (  # looked up only if their module is loaded (else nothing of theirs wa
     ("adapler.onnx_export", "UnsupportedExport"),  # a backbone the ONNX graphs can not express
     ("adapler.onnx_runtime", "RuntimeUnavailable"),  # --runtime onnx --device cuda without the CUDA provider
     ("adapler.batching", "SaliencyMismatch"),
+    ("adapler.operating_points", "OperatingPointError"),  # unknown point name, bad factor, target beyond the curve
     ("adapler_pipelines.registry", "RegistryError"),  # models:/ name or alias not there
     ("adapler_pipelines.report", "ReportError"),  # `adapler report` on a run that is not a pipeline run
     ("adapler_pipelines.run", "Stage1Missing"),  # `adapler tune` with no stage 1 to reuse

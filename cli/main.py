@@ -13,7 +13,7 @@ from adapler_cli.errors import UserError, expected_errors, one_line
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from adapler.inference import Predictor
+    from adapler.inference import Predictor, resolve_runtime
     from adapler_cli.models import load_model
 
     texts = list(args.texts)
@@ -25,9 +25,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
         texts += [line.rstrip("\n") for line in lines if line.strip()]
     if not texts or any(not t.strip() for t in texts):
         raise UserError("give at least one non-empty text (arguments or --file)")
-    model = load_model(args.model, args.device, args.quantize, args.tracking_uri, args.runtime)
+    model = load_model(args.model, args.device, args.quantize, args.tracking_uri,
+                       resolve_runtime(args.runtime, args.device, args.removal))
     predictor = Predictor(model, batch_size=args.batch_size, removal=args.removal)
-    predictions = predictor.predict(texts, [args.pair] * len(texts) if args.pair else None, explain=True)
+    predictions = predictor.predict(texts, [args.pair] * len(texts) if args.pair else None, explain=True,
+                                    operating_point=args.operating_point, target_speedup=args.target_speedup,
+                                    factor=args.factor)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return
@@ -37,13 +40,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"  text: {text[:100]}{'...' if len(text) > 100 else ''}")
         print(f"  kept tokens per layer: {p.kept_lengths} of {p.input_tokens}")
         print(f"  kept at the last layer: {' '.join(p.kept_tokens[-1])}")
+        if p.operating_point is not None:
+            print(f"  operating point: {p.operating_point.describe()}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from adapler.evaluate import evaluate
+    from adapler.inference import resolve_runtime
     from adapler_cli.models import load_model, split_loader
 
-    model = load_model(args.model, args.device, args.quantize, args.tracking_uri, args.runtime)
+    runtime = resolve_runtime(args.runtime, args.device, args.removal)
+    model = load_model(args.model, args.device, args.quantize, args.tracking_uri, runtime)
     loader, _ = split_loader(args.data, args.set, model, args.split, args.batch_size, args.max_length)
     result = evaluate(model, loader, removal=args.removal, progress=True, desc=f"{args.data}/{args.split}")
     summary = {**result.summary(), "retention": result.retention, "num_examples": result.num_examples}
@@ -52,7 +59,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return
     quantized = f", {args.quantize}" if args.quantize != "none" else ""
     print(f"{args.data} {args.split} ({result.num_examples} examples, removal={args.removal}, "
-          f"runtime={args.runtime}{quantized})")
+          f"runtime={runtime}{quantized})")
     print(f"  accuracy       {result.accuracy:.4f}")
     print(f"  macro F1       {result.macro_f1:.4f}")
     print(f"  FLOPs speedup  {result.flops_speedup:.2f}x")
@@ -170,6 +177,10 @@ def _print_summary(summary, config) -> None:
     print(summary.promotion)
     if summary.warning:
         print(f"warning: {summary.warning}")
+    if summary.operating_points:
+        from adapler.operating_points import OperatingPoints
+
+        print(f"operating points (dev): {OperatingPoints.from_dict(summary.operating_points).describe()}")
     print(f"model directory: {_shown_path(summary.model_dir)}")
     print("next:")
     for command in next_commands(summary, config, _program()):
@@ -220,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="packed: real token removal (default); masked: same result, no saving; none: plain backbone")
     p.add_argument("--batch-size", type=int, default=32)
     add_inference_arguments(p)
+    point = p.add_mutually_exclusive_group()
+    point.add_argument("--operating-point", metavar="NAME",
+                       help="run at a stored operating point: accurate, balanced or fast (`adapler calibrate "
+                            "--points` stores them; `adapler run` does for the models it registers); "
+                            "default: the model as saved")
+    point.add_argument("--target-speedup", type=float, metavar="X",
+                       help="run at the stored curve's point with the smallest dev FLOPs speedup >= X")
+    point.add_argument("--factor", type=float, metavar="F",
+                       help="multiply every eta by F for these texts (> 1 drops more tokens)")
     p.add_argument("--json", action="store_true", help="print JSON (with the kept tokens of every layer)")
     p.set_defaults(func=cmd_predict)
 

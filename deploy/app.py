@@ -12,6 +12,18 @@ readiness and liveness go through :meth:`AdapLeRService.check_health`.
 Inference is :class:`adapler.inference.Predictor` (tokenization, length-sorted batching, packed
 removal), nothing else.
 
+Operating points
+----------------
+A request may name the point of the model's speed/accuracy curve it runs at
+(``"operating_point": "fast"``, ``"target_speedup": 3`` or ``"factor": 1.3``;
+:mod:`adapler.operating_points`); requests at different points share a batch (the forward's
+per-example ``eta_factors``). One that names none runs at ``default_operating_point`` (the model
+as saved unless set), or, with the ``adaptive`` policy (:mod:`adapler_deploy.adaptive`), at the
+fastest stored point within its accuracy budget while the replica's backlog is above the water
+marks. Every prediction says which point ran, with its dev accuracy and speedup; a bad value is a
+422 naming the stored points. Requests per point are counted in ``GET /stats`` and as the Serve
+metric ``adapler_requests_per_point`` (tag ``operating_point``; Ray's metrics API).
+
 Batching by token budget
 ------------------------
 Ray Serve 2.60's ``@serve.batch`` takes a ``batch_size_fn``: the batch's size is computed by a
@@ -57,8 +69,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.serve import metrics
 
+from adapler.operating_points import OperatingPoint, OperatingPointError
 from adapler_pipelines.model_source import resolve_model
+from adapler_deploy.adaptive import LoadPolicy
 from adapler_deploy.schemas import (
     LimitExceeded,
     PredictRequest,
@@ -80,6 +95,8 @@ class Job:
     text_pairs: list[str | None] | None
     explain: bool
     tokens: int
+    asked: bool = False  # the request named its operating point: the load policy leaves it alone
+    point: OperatingPoint | None = None  # that point (None: removal none, or not asked)
 
 
 def batch_tokens(jobs: list[Job]) -> int:
@@ -137,15 +154,16 @@ class AdapLeRService:
     def __init__(self, settings: dict[str, Any]):
         import torch
 
-        from adapler.inference import Predictor
+        from adapler.inference import Predictor, resolve_runtime
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.settings = ServeSettings(**settings)
         self._ready = False
         torch.set_num_threads(self.settings.torch_threads)
         directory = resolve_model(self.settings.model, self.settings.tracking_uri)
+        self.runtime = resolve_runtime(self.settings.runtime, self.settings.device, self.settings.removal)
         self.predictor = Predictor.from_directory(
-            directory, device=self.settings.device, quantize=self.settings.quantize, runtime=self.settings.runtime,
+            directory, device=self.settings.device, quantize=self.settings.quantize, runtime=self.runtime,
             batch_size=self.settings.predict_batch_size, removal=self.settings.removal,
         )
         # Token counting (the ingress, many requests at once) and inference (the batch, one at a
@@ -165,11 +183,47 @@ class AdapLeRService:
         self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.batches: deque[dict] = deque(maxlen=self.settings.stats_window)
         self.requests_served = 0
+        self._setup_points()
         # Warm up: the first forward pass pays for lazy initialisation (kernels, thread pools).
         self.predictor.predict(["warm up the model", "a second, somewhat longer text to warm up"], explain=True)
         self._ready = True
         logger.info("adapler: serving %s (removal=%s, runtime=%s, quantize=%s) from %s", self.settings.model,
-                    self.settings.removal, self.settings.runtime, self.settings.quantize, directory)
+                    self.settings.removal, self.runtime, self.settings.quantize, directory)
+
+    def _setup_points(self) -> None:
+        """The default point, the load policy and its overload point, backlog and counters."""
+        # OperatingPointError here (a name the model does not have) fails the replica's start, with the names
+        self.default_point = self.predictor.resolve(operating_point=self.settings.default_operating_point)
+        self.policy: LoadPolicy | None = None
+        self.overload_point = self.default_point
+        adaptive = self.settings.adaptive
+        if adaptive is not None:
+            points = self.predictor.operating_points
+            if points is None:
+                raise ValueError("the adaptive policy needs a model with stored operating points: add them with "
+                                 "`adapler calibrate --points` (`adapler run` stores them with the models it registers)")
+            self.policy = LoadPolicy(adaptive.high_water, adaptive.low_water, adaptive.cooldown_s)
+            faster = points.fastest_within(adaptive.max_accuracy_drop)
+            if (self.default_point.dev_flops_speedup or 0.0) < faster.dev_flops_speedup:
+                self.overload_point = faster
+            else:
+                logger.warning("adapler: no stored point within max_accuracy_drop %g is faster than the default %s: "
+                               "the adaptive policy changes nothing", adaptive.max_accuracy_drop, self.default_point.name)
+        self.backlog = {"requests": 0, "tokens": 0}  # admitted by the ingress, not answered yet
+        self.requests_per_point: dict[str, int] = {}
+        self.metric_requests = metrics.Counter(
+            "adapler_requests_per_point", description="requests answered, by the operating point they ran at",
+            tag_keys=("operating_point",))
+        self.metric_overloaded = metrics.Gauge(
+            "adapler_overloaded", description="1 while the load policy runs unasked requests at its overload point")
+
+    def _overloaded(self) -> bool:
+        """The load policy's state, after seeing the backlog now (False without a policy)."""
+        if self.policy is None:
+            return False
+        overloaded = self.policy.update(self.backlog[self.settings.adaptive.backlog])
+        self.metric_overloaded.set(int(overloaded))
+        return overloaded
 
     # ------------------------------------------------------------------ health
     def check_health(self) -> None:
@@ -183,10 +237,12 @@ class AdapLeRService:
             "status": "ok" if self._ready else "loading",
             "model": self.settings.model,
             "removal": self.settings.removal,
-            "runtime": self.settings.runtime,
+            "runtime": self.runtime,
             "quantize": self.settings.quantize,
             "labels": self.predictor.label_names,
             "max_length": self.predictor.max_length,
+            "operating_points": points.describe() if (points := self.predictor.operating_points) else None,
+            "default_operating_point": self.default_point.name if self.default_point else None,
         }
 
     @api.get("/stats")
@@ -194,6 +250,13 @@ class AdapLeRService:
         return {
             "max_batch_tokens": self.settings.max_batch_tokens,
             "requests_served": self.requests_served,
+            "requests_per_point": dict(self.requests_per_point),
+            "backlog": dict(self.backlog),
+            "adaptive": None if self.policy is None else {
+                "overloaded": self.policy.overloaded,
+                "overload_point": self.overload_point.name,
+                "switches": [{"overloaded": w.overloaded, "backlog": w.backlog, "time": w.at} for w in self.policy.switches],
+            },
             "batches": list(self.batches),
         }
 
@@ -243,12 +306,30 @@ class AdapLeRService:
         except LimitExceeded as err:
             return _error(413, str(err))
 
+        asked = any(v is not None for v in (req.operating_point, req.target_speedup, req.factor))
+        try:
+            point = self.predictor.resolve(req.operating_point, req.target_speedup, req.factor) if asked else None
+        except OperatingPointError as err:
+            return _error(422, str(err))
+
         counts = await asyncio.to_thread(self._token_counts, req.texts, req.text_pairs)
         tokens = sum(counts)
         if tokens > self.settings.max_request_tokens:
             return _error(413, f"request has {tokens} tokens > max_request_tokens {self.settings.max_request_tokens}")
-        predictions = await self.predict_batch(Job(req.texts, req.text_pairs, req.explain, tokens))
+        self.backlog["requests"] += 1
+        self.backlog["tokens"] += tokens
+        self._overloaded()
+        try:
+            predictions = await self.predict_batch(Job(req.texts, req.text_pairs, req.explain, tokens, asked, point))
+        finally:
+            self.backlog["requests"] -= 1
+            self.backlog["tokens"] -= tokens
+            self._overloaded()  # a backlog that drains starts the policy's calm period now, not at the next request
         self.requests_served += 1
+        ran = predictions[0].operating_point
+        name = ran.name if ran is not None else "none"
+        self.requests_per_point[name] = self.requests_per_point.get(name, 0) + 1
+        self.metric_requests.inc(tags={"operating_point": name})
         return {
             "predictions": [p.to_dict() for p in predictions],
             "model": self.settings.model,
@@ -266,6 +347,10 @@ class AdapLeRService:
         Requests with and without text pairs are run apart: in one Predictor call a missing
         pair would be tokenized as an empty second segment."""
         start = time.perf_counter()
+        overloaded = self._overloaded()
+        unasked = self.overload_point if overloaded else self.default_point
+        for job in jobs:
+            job.point = job.point if job.asked else unasked
         results: list[list | None] = [None] * len(jobs)
         for with_pairs in (False, True):
             group = [i for i, job in enumerate(jobs) if (job.text_pairs is not None) == with_pairs]
@@ -274,7 +359,8 @@ class AdapLeRService:
             texts = [t for i in group for t in jobs[i].texts]
             pairs = [p for i in group for p in jobs[i].text_pairs] if with_pairs else None
             explain = any(jobs[i].explain for i in group)
-            predictions = await asyncio.to_thread(self.predictor.predict, texts, pairs, explain)
+            points = [jobs[i].point for i in group for _ in jobs[i].texts]
+            predictions = await asyncio.to_thread(self.predictor.predict, texts, pairs, explain, points=points)
             offset = 0
             for i in group:
                 mine = predictions[offset : offset + len(jobs[i].texts)]
@@ -287,6 +373,7 @@ class AdapLeRService:
             "requests": len(jobs),
             "texts": sum(len(job.texts) for job in jobs),
             "tokens": batch_tokens(jobs),
+            "overloaded": overloaded,
             "seconds": round(time.perf_counter() - start, 4),
             "time": time.time(),
         })
@@ -307,6 +394,15 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     settings = ServeSettings(**args)
     return AdapLeRService.options(
         max_ongoing_requests=settings.max_ongoing_requests,
-        ray_actor_options={"num_cpus": settings.num_cpus},
+        ray_actor_options=replica_resources(settings),
         **options,
     ).bind(settings.model_dump())
+
+
+def replica_resources(settings: ServeSettings) -> dict[str, float]:
+    """What each replica asks Ray for: ``num_cpus``, and one GPU when its device is cuda (Ray then
+    places it on a node with a free GPU and makes that GPU the replica's ``cuda``)."""
+    resources = {"num_cpus": settings.num_cpus}
+    if settings.device.startswith("cuda"):
+        resources["num_gpus"] = 1
+    return resources

@@ -39,8 +39,9 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                         "Ctrl-C then shuts down Serve on that cluster")
     s.add_argument("--removal", default="packed", choices=["packed", "masked", "none"],
                    help="packed: AdapLeR (default); none: the plain backbone, as a baseline")
-    s.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
-                   help="torch: PyTorch eager (default); onnx: ONNX Runtime (exported on first load, then cached)")
+    s.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"],
+                   help="onnx: ONNX Runtime (exported on first load, then cached); torch: PyTorch eager; "
+                        "auto (default): onnx on CPU, torch on GPU or with --removal masked")
     s.add_argument("--replicas", type=int, help="a fixed number of replicas (default: autoscale)")
     s.add_argument("--min-replicas", type=int, default=1)
     s.add_argument("--max-replicas", type=int, default=2)
@@ -147,6 +148,8 @@ def run_serve(args: argparse.Namespace) -> None:
     import ray
     from ray import serve
 
+    from adapler.inference import resolve_runtime
+
     from adapler_deploy.app import build_app
 
     # Default: a private local Ray instance, so that Ctrl-C (serve.shutdown) can not take down the
@@ -164,7 +167,8 @@ def run_serve(args: argparse.Namespace) -> None:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(app_args), name="adapler", route_prefix="/", blocking=False)
         url = f"http://{args.host}:{args.port}"
-        print(f"adapler serve: {args.model} (removal={app_args['removal']}, runtime={app_args['runtime']}) at {url}/predict "
+        runtime = resolve_runtime(app_args["runtime"], app_args["device"], app_args["removal"])
+        print(f"adapler serve: {args.model} (removal={app_args['removal']}, runtime={runtime}) at {url}/predict "
               f"(also {url}/healthz, {url}/stats, {url}/docs); Ctrl-C to stop", flush=True)
         while True:
             time.sleep(1)

@@ -1,5 +1,6 @@
 """HTTP load client for the Serve application: bounded concurrency and duration, every request's
-fate counted, throughput and latency percentiles, JSON out.
+fate counted, throughput and latency percentiles, JSON out. Closed loop (``--concurrency``
+clients) or open loop (``--arrival-rate``: a fixed rate of requests whatever the answers).
 
 Against running services (the first target is the model, the second the baseline):
 
@@ -17,6 +18,9 @@ under load, a proxy restarting) is retried up to ``--retries`` times after a sho
 ``/predict`` is idempotent, so a retry is safe, and the request's fate is that of its last try;
 ``retries`` counts the extra tries and ``recovered`` the requests that a retry turned into ok. Latency percentiles are over the ok requests.
 Throughput is ok requests (and texts) per second of the measured window (after ``--warmup``).
+Each record also has ``share_per_point`` (ok requests by the operating point that ran),
+``implied_accuracy`` (those points' dev accuracy, averaged over the texts) and, for a labelled
+data set, ``accuracy`` (the labels the service returned, checked).
 The JSON has one record per target and, with two targets, ``throughput_ratio`` (first / second)
 and ``ratio_over_flops_speedup`` (that ratio divided by the first target's mean FLOPs speedup).
 """
@@ -47,6 +51,10 @@ class Tally:
     speedups: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # first words of non-ok fates, for the report
+    requests_per_point: dict[str, int] = field(default_factory=dict)  # ok requests by the point they ran at
+    point_accuracies: list[float] = field(default_factory=list)  # per ok text: its point's dev accuracy, if known
+    correct: int = 0  # ok texts whose label matches (labelled texts only)
+    labelled: int = 0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -58,33 +66,49 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def load_texts(data: str, split: str = "test", limit: int | None = None) -> list[str]:
-    """A text file (one text per line) or a data set name known to adapler.data (packaged offline:
-    rotten_tomatoes, bbc_news)."""
+def load_labelled(data: str, split: str = "test", limit: int | None = None) -> tuple[list[str], list[str] | None]:
+    """Texts and, for a data set, their label names: a text file (one text per line, no labels) or a
+    data set name known to adapler.data (packaged offline: rotten_tomatoes, bbc_news)."""
     path = Path(data)
     if path.is_file():
         texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        labels = None
     else:
         from adapler.data import load_splits
 
-        texts = [str(t) for t in load_splits(data).split(split)["text"].tolist() if str(t).strip()]
+        splits = load_splits(data)
+        rows = splits.split(split)
+        rows = rows[rows["text"].astype(str).str.strip() != ""]
+        texts = [str(t) for t in rows["text"].tolist()]
+        labels = [splits.label_names[int(i)] for i in rows["label"].tolist()]
     if limit:
-        texts = texts[:limit]
+        texts, labels = texts[:limit], (labels[:limit] if labels else None)
     if not texts:
         raise SystemExit(f"loadtest: no texts in {data}")
-    return texts
+    return texts, labels
 
 
 async def run_load(
     url: str, texts: list[str], *, concurrency: int = 8, duration_s: float = 30.0, warmup_s: float = 2.0,
     texts_per_request: int = 1, timeout_s: float = 30.0, max_requests: int | None = None, explain: bool = False,
-    retries: int = 2, backoff_s: float = 0.2,
+    retries: int = 2, backoff_s: float = 0.2, arrival_rate: float | None = None, labels: list[str] | None = None,
+    body: dict | None = None,
 ) -> dict:
-    """Closed-loop load: ``concurrency`` workers, each sending its next request when the last one
-    ends, for ``warmup_s + duration_s`` seconds (requests started in the warm-up are not counted)."""
+    """Closed loop (default): ``concurrency`` workers, each sending its next request when the last
+    one ends, for ``warmup_s + duration_s`` seconds (requests started in the warm-up are not counted).
+
+    Open loop (``arrival_rate`` requests/s): request i starts at i / arrival_rate whatever the
+    answers, until ``warmup_s + duration_s`` or ``max_requests``; then the requests in flight are
+    awaited. Its latency counts from the scheduled start, so a client that falls behind does not
+    hide the queue (``concurrency`` caps the open connections: set it above the expected backlog).
+
+    ``labels`` (one label name per text) adds the measured ``accuracy``; ``body`` adds fields to
+    every request (e.g. ``{"operating_point": "fast"}``). Every record counts the ok requests per
+    operating point that ran (``share_per_point``) and the mean dev accuracy of those points over
+    the texts (``implied_accuracy``, where the server knows it)."""
     endpoint = url.rstrip("/") + "/predict"
     tally = Tally()
-    chunks = itertools.cycle([texts[i : i + texts_per_request] for i in range(0, len(texts), texts_per_request)])
+    chunks = itertools.cycle([range(i, min(i + texts_per_request, len(texts))) for i in range(0, len(texts), texts_per_request)])
     started = retried = recovered = 0
     loop_start = time.perf_counter()
     measure_from = loop_start + warmup_s
@@ -100,7 +124,7 @@ async def run_load(
         """The request, retried on 5xx and connection errors; (last response or error, tries - 1)."""
         for attempt in range(retries + 1):
             try:
-                r = await client.post(endpoint, json={"texts": batch, "explain": explain})
+                r = await client.post(endpoint, json={"texts": batch, "explain": explain, **(body or {})})
             except httpx.TimeoutException as err:
                 return err, attempt  # not retried: the server may still be working on it
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
@@ -113,87 +137,125 @@ async def run_load(
                 await asyncio.sleep(backoff_s * 2**attempt)
         return r, retries
 
+    def record_ok(predictions: list[dict], indices: range) -> None:
+        tally.texts_ok += len(predictions)
+        tally.speedups.extend(float(p.get("flops_speedup", math.nan)) for p in predictions)
+        point = (predictions[0].get("operating_point") or {}) if predictions else {}
+        name = point.get("name", "none")
+        tally.requests_per_point[name] = tally.requests_per_point.get(name, 0) + 1
+        for i, p in zip(indices, predictions):
+            accuracy = (p.get("operating_point") or {}).get("dev_accuracy")
+            if accuracy is not None:
+                tally.point_accuracies.append(float(accuracy))
+            if labels is not None:
+                tally.labelled += 1
+                tally.correct += p.get("label") == labels[i]
+
+    async def one(client: httpx.AsyncClient, counted: bool, t0: float) -> None:
+        """One request, its fate counted if ``counted``; latency from ``t0``."""
+        nonlocal retried, recovered
+        indices = next(chunks)
+        r, extra_tries = await send(client, [texts[i] for i in indices])
+        latency_ms = (time.perf_counter() - t0) * 1000  # retries included: what the caller waits
+        if not counted:
+            return
+        retried += extra_tries
+        if isinstance(r, httpx.TimeoutException):
+            fate("timeout", type(r).__name__)
+            return
+        if isinstance(r, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+            fate("connection_error", type(r).__name__)
+            await asyncio.sleep(0.05)  # do not spin on a dead port
+            return
+        if isinstance(r, Exception):
+            fate("other_error", f"{type(r).__name__}: {r}")
+            return
+        tally.statuses[r.status_code] = tally.statuses.get(r.status_code, 0) + 1
+        if 200 <= r.status_code < 300:
+            try:
+                predictions = r.json()["predictions"]
+            except (ValueError, KeyError) as err:
+                fate("other_error", f"bad 2xx body: {err}")
+                return
+            fate("ok")
+            recovered += extra_tries > 0
+            tally.latencies_ms.append(latency_ms)
+            record_ok(predictions, indices)
+        elif 400 <= r.status_code < 500:
+            fate("http_4xx", f"{r.status_code} {r.text[:60]}")
+        elif r.status_code >= 500:
+            fate("http_5xx", f"{r.status_code} {r.text[:60]}")
+        else:
+            fate("other_error", f"status {r.status_code}")
+
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal started, retried, recovered
+        nonlocal started
         while True:
             now = time.perf_counter()
             if now >= stop_at or (max_requests is not None and started >= max_requests):
                 return
             counted = now >= measure_from
-            if counted:
-                started += 1
-            batch = next(chunks)
-            t0 = time.perf_counter()
-            r, extra_tries = await send(client, batch)
-            latency_ms = (time.perf_counter() - t0) * 1000  # retries included: what the caller waits
-            if not counted:
-                continue
-            retried += extra_tries
-            if isinstance(r, httpx.TimeoutException):
-                fate("timeout", type(r).__name__)
-                continue
-            if isinstance(r, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-                fate("connection_error", type(r).__name__)
-                await asyncio.sleep(0.05)  # do not spin on a dead port
-                continue
-            if isinstance(r, Exception):
-                fate("other_error", f"{type(r).__name__}: {r}")
-                continue
-            tally.statuses[r.status_code] = tally.statuses.get(r.status_code, 0) + 1
-            if 200 <= r.status_code < 300:
-                try:
-                    predictions = r.json()["predictions"]
-                except (ValueError, KeyError) as err:
-                    fate("other_error", f"bad 2xx body: {err}")
-                    continue
-                fate("ok")
-                recovered += extra_tries > 0
-                tally.latencies_ms.append(latency_ms)
-                tally.texts_ok += len(predictions)
-                tally.speedups.extend(float(p.get("flops_speedup", math.nan)) for p in predictions)
-            elif 400 <= r.status_code < 500:
-                fate("http_4xx", f"{r.status_code} {r.text[:60]}")
-            elif r.status_code >= 500:
-                fate("http_5xx", f"{r.status_code} {r.text[:60]}")
-            else:
-                fate("other_error", f"status {r.status_code}")
+            started += counted
+            await one(client, counted, now)
+
+    async def schedule(client: httpx.AsyncClient) -> None:
+        nonlocal started
+        in_flight = []
+        for i in itertools.count():
+            due = loop_start + i / arrival_rate
+            if due >= stop_at or (max_requests is not None and started >= max_requests):
+                break
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            counted = due >= measure_from
+            started += counted
+            in_flight.append(asyncio.create_task(one(client, counted, due)))
+        await asyncio.gather(*in_flight)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        if arrival_rate is not None:
+            await schedule(client)
+        else:
+            await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     elapsed = max(time.perf_counter() - measure_from, 1e-9)
     sent = sum(tally.counts.values())
     speedups = [s for s in tally.speedups if math.isfinite(s)]
+    ok = tally.counts["ok"]
     return {
         "url": url,
         "concurrency": concurrency,
+        "arrival_rate": arrival_rate,
         "duration_s": round(elapsed, 3),
         "texts_per_request": texts_per_request,
         "requests_sent": sent,
-        "requests_ok": tally.counts["ok"],
+        "requests_ok": ok,
         **{f"requests_{k}" if k.startswith("http") else k: v for k, v in tally.counts.items() if k != "ok"},
         "retries": retried,
         "recovered": recovered,
-        "requests_per_s": tally.counts["ok"] / elapsed,
+        "requests_per_s": ok / elapsed,
         "texts_per_s": tally.texts_ok / elapsed,
         "p50_ms": percentile(tally.latencies_ms, 50),
         "p95_ms": percentile(tally.latencies_ms, 95),
         "p99_ms": percentile(tally.latencies_ms, 99),
         "mean_ms": sum(tally.latencies_ms) / len(tally.latencies_ms) if tally.latencies_ms else math.nan,
         "flops_speedup": sum(speedups) / len(speedups) if speedups else math.nan,
+        "share_per_point": {k: v / ok for k, v in sorted(tally.requests_per_point.items())} if ok else {},
+        "implied_accuracy": (sum(tally.point_accuracies) / len(tally.point_accuracies)
+                             if tally.point_accuracies else math.nan),
+        "accuracy": tally.correct / tally.labelled if tally.labelled else math.nan,
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "errors": tally.errors,
     }
 
 
-def _finite(value):
+def finite(value):
     """NaN/inf -> None, so the output is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -210,30 +272,44 @@ def compare(records: list[dict]) -> dict:
     }
 
 
-def _start_serve(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """Serve on 127.0.0.1 with the model twice: packed removal at /adapler, none at /backbone."""
+def start_local_serve(port: int = 0) -> str:
+    """A private local Ray instance (not a `ray start` cluster that may run here: the shutdown at
+    the end must not take down anybody else's Serve) with Serve on 127.0.0.1:``port`` (0: a free
+    one). Returns the base URL; stop with :func:`stop_local_serve`."""
     import socket
 
     import ray
     from ray import serve
 
-    from adapler_deploy.app import build_app
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    port = args.port
     if not port:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+    ray.init(address="local", ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
+
+
+def stop_local_serve() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _start_serve(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Serve on 127.0.0.1 with the model twice: packed removal at /adapler, none at /backbone."""
+    from ray import serve
+
+    from adapler_deploy.app import build_app
+
     settings: dict = {"model": args.model, "num_replicas": args.replicas, "num_cpus": args.num_cpus}
     for item in args.set:
         key, _, value = item.partition("=")
         settings[key] = value
-    # A private local instance (not a `ray start` cluster that may run here): the shutdown at the
-    # end must not take down anybody else's Serve.
-    ray.init(address="local", ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
+    base = start_local_serve(args.port)
     targets = []
     for name, removal in (("adapler", "packed"), ("backbone", "none")):
         serve.run(build_app({**settings, "removal": removal}), name=name, route_prefix=f"/{name}")
@@ -251,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="rotten_tomatoes", help="rotten_tomatoes | bbc_news | a text file, one text per line")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, help="use the first N texts")
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="closed loop: clients; open loop (--arrival-rate): the most open connections")
+    p.add_argument("--arrival-rate", type=float, metavar="R",
+                   help="open loop: start R requests per second whatever the answers (default: closed loop)")
+    p.add_argument("--operating-point", metavar="NAME", help="send this operating point with every request")
     p.add_argument("--duration", type=float, default=30.0, help="measured seconds per target")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each measurement")
     p.add_argument("--texts-per-request", type=int, default=1)
@@ -268,8 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.concurrency < 1 or args.duration <= 0 or args.texts_per_request < 1:
         p.error("--concurrency and --texts-per-request must be >= 1, --duration > 0")
+    if args.arrival_rate is not None and not args.arrival_rate > 0:
+        p.error("--arrival-rate must be > 0")
 
-    texts = load_texts(args.data, args.split, args.limit)
+    texts, labels = load_labelled(args.data, args.split, args.limit)
+    body = {"operating_point": args.operating_point} if args.operating_point else None
     started_serve = False
     try:
         if args.model:
@@ -288,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                 url, texts, concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup,
                 texts_per_request=args.texts_per_request, timeout_s=args.timeout,
                 max_requests=args.max_requests, explain=args.explain, retries=args.retries,
+                arrival_rate=args.arrival_rate, labels=labels, body=body,
             ))
             record = {"dataset": Path(args.data).name, "model": name, **record}
             records.append(record)
@@ -300,18 +384,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"throughput ratio {targets[0][0]}/{targets[1][0]}: {summary['throughput_ratio']:.2f}x "
                   f"(FLOPs speedup {summary['flops_speedup']:.2f}x, ratio/speedup "
                   f"{summary['ratio_over_flops_speedup']:.2f})", file=sys.stderr)
-        out = json.dumps(_finite(summary), indent=2)
+        out = json.dumps(finite(summary), indent=2)
         print(out)
         if args.json_out:
             Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json_out).write_text(out + "\n")
     finally:
         if started_serve:
-            from ray import serve
-            import ray
-
-            serve.shutdown()
-            ray.shutdown()
+            stop_local_serve()
     lost = sum(r["requests_sent"] - r["requests_ok"] for r in records)
     return 0 if lost == 0 else 1
 

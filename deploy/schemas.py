@@ -12,13 +12,34 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from adapler.artifacts import is_model_uri, model_uri, parse_model_uri, registered_model_name
 
 # JSON's \ud800 escape gives a str that no tokenizer or UTF-8 response can take; valid pairs
 # (\ud83d\ude00) are joined by json.loads, so any surrogate left is a lone one.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class AdaptiveSettings(BaseModel):
+    """The load-adaptive policy (adapler_deploy.adaptive): under a backlog, requests that named no
+    operating point run at the fastest stored point within ``max_accuracy_drop`` (dev accuracy,
+    against the ``accurate`` point); requests that named one keep it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_accuracy_drop: float = Field(0.02, ge=0.0, le=1.0, description="dev accuracy the overload point may lose vs accurate")
+    backlog: Literal["requests", "tokens"] = Field(
+        "requests", description="what the water marks count in a replica: requests in it, or their tokens")
+    high_water: float = Field(..., gt=0, description="backlog from which the replica is overloaded")
+    low_water: float = Field(..., ge=0, description="backlog at or under which it returns to the default (after cooldown_s)")
+    cooldown_s: float = Field(1.0, ge=0.0, description="how long the backlog must stay at or under low_water")
+
+    @model_validator(mode="after")
+    def _marks(self) -> "AdaptiveSettings":
+        if self.low_water >= self.high_water:
+            raise ValueError(f"adaptive.low_water ({self.low_water:g}) must be < high_water ({self.high_water:g})")
+        return self
 
 
 class ServeSettings(BaseModel):
@@ -37,8 +58,9 @@ class ServeSettings(BaseModel):
     quantize: Literal["none", "int8"] = Field(
         "none", description="int8: dynamic int8 quantization of the linear layers (CPU only; composes with removal)"
     )
-    runtime: Literal["torch", "onnx"] = Field(
-        "torch", description="torch: PyTorch eager; onnx: ONNX Runtime graphs (exported on first load, then cached)"
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="onnx: ONNX Runtime graphs (exported on first load, then cached); torch: PyTorch eager; "
+        "auto: onnx on CPU (the faster, bench/runtime.py), torch on GPU or with removal masked"
     )
     device: str = "cpu"
     torch_threads: int = Field(1, ge=1, description="intra-op threads per replica, torch or ONNX Runtime (1 is fastest for small batches on few cores)")
@@ -55,6 +77,10 @@ class ServeSettings(BaseModel):
     predict_batch_size: int = Field(64, ge=1, description="texts per forward pass inside a batch (Predictor.batch_size)")
     max_ongoing_requests: int = Field(64, ge=1)
     stats_window: int = Field(256, ge=1, description="batches remembered by GET /stats")
+    # operating points (adapler.operating_points): the speed knob of each request
+    default_operating_point: str | None = Field(
+        None, description="the point of requests that name none (a stored name); default: the model as saved")
+    adaptive: AdaptiveSettings | None = Field(None, description="load-adaptive operating point; off when absent")
     num_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved per replica")
 
     @model_validator(mode="after")
@@ -68,6 +94,8 @@ class ServeSettings(BaseModel):
             )
         if is_model_uri(self.model):
             parse_model_uri(self.model)
+        if self.adaptive is not None and self.removal == "none":
+            raise ValueError("adaptive moves along the model's operating points: it needs removal packed or masked")
         return self
 
 
@@ -77,6 +105,11 @@ class PredictRequest(BaseModel):
     texts: list[StrictStr] = Field(..., min_length=1, description="texts to classify")
     text_pairs: list[StrictStr | None] | None = Field(None, description="second texts, for pair models (same length)")
     explain: StrictBool = Field(False, description="also return the tokens kept at each layer")
+    # At most one: the point to run at (the model's stored points; see GET /healthz).
+    operating_point: StrictStr | None = Field(None, description="a stored operating point: accurate, balanced, fast, default")
+    target_speedup: StrictFloat | StrictInt | None = Field(
+        None, description="the stored point with the smallest dev FLOPs speedup >= this")
+    factor: StrictFloat | StrictInt | None = Field(None, description="multiply every eta by this (> 0)")
 
     @model_validator(mode="after")
     def _check(self) -> "PredictRequest":
@@ -110,6 +143,13 @@ def check_limits(request: PredictRequest, settings: ServeSettings) -> None:
                 )
 
 
+class OperatingPointOut(BaseModel):
+    name: str
+    factor: float
+    dev_accuracy: float | None = None
+    dev_flops_speedup: float | None = None
+
+
 class PredictionOut(BaseModel):
     label: str
     label_id: int
@@ -118,6 +158,7 @@ class PredictionOut(BaseModel):
     flops_speedup: float
     kept_lengths: list[int]
     kept_tokens: list[list[str]] | None = None
+    operating_point: OperatingPointOut | None = None  # the point it ran at (None: removal none)
 
 
 class PredictResponse(BaseModel):

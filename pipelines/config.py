@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from adapler.config import ExperimentConfig
+from adapler.config import ConfigError, ExperimentConfig
+from adapler.operating_points import PointBudgets
 
 
 @dataclass
@@ -16,10 +17,16 @@ class RayConfig:
     # None: inside `ray job submit` ($RAY_ADDRESS set) join the job's cluster, else start a private
     # local Ray; "auto" or "host:port": join that cluster.
     address: str | None = None
-    num_workers: int = 1  # Ray Train workers (DDP); 1 on a laptop
+    # Ray Train workers (DDP); 1 on a laptop. stage1/stage2.batch_size stay the global batch:
+    # each worker takes batch_size / num_workers rows per step (worker_batch_size).
+    num_workers: int = 1
+    # Where the workers go: PACK fills a node first; SPREAD puts them on different nodes.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     cpus_per_worker: int = 2  # torch threads per worker; 2 = this project's CI machines
-    use_gpu: bool = False  # one GPU per worker when true
-    storage_path: str = "runs/ray"  # checkpoints and results: a local path or s3:// gs:// URI
+    use_gpu: bool = False  # one GPU per Train worker, Tune trial and saliency actor when true
+    # Checkpoints, Tune results and (for a URI) the saliency labels: a local path (one machine,
+    # or a directory every node mounts) or s3:// gs:// URI (pipelines/storage.py).
+    storage_path: str = "runs/ray"
     max_failures: int = 2  # a worker that dies is restarted from the last checkpoint this often
     saliency_actors: int = 1  # Ray Data actor pool size for the saliency labels
     fail_once_at_step: int = -1  # chaos drill: a worker raises once at this global step (-1: never)
@@ -49,6 +56,9 @@ class TuneConfig:
 class MlflowConfig:
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir
     experiment: str = "adapler"
+    # Where a new experiment keeps its artefacts (runs, registered models): "" = mlartifacts/
+    # next to a SQLite store, else the tracking server's default; or e.g. s3://bucket/adapler/mlflow.
+    artifact_location: str = ""
     registered_model: str = ""  # "" = "adapler-<run name>" (adapler.artifacts.registered_model_name)
     # When a run's new version becomes @champion (it always gets @challenger): "better" = at
     # least as accurate and as fast as the champion on the same test split; "always"; "never".
@@ -56,7 +66,35 @@ class MlflowConfig:
 
 
 @dataclass
+class OperatingPointsConfig:
+    enabled: bool = True
+    budgets: PointBudgets = field(default_factory=PointBudgets)  # accurate / balanced / fast, dev accuracy
+
+
+@dataclass
 class PipelineConfig(ExperimentConfig):
     ray: RayConfig = field(default_factory=RayConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    # Operating points of the registered model (adapler.operating_points), measured on dev after
+    # the selection; enabled=false skips them.
+    operating_points: OperatingPointsConfig = field(default_factory=OperatingPointsConfig)
+
+    def __post_init__(self) -> None:
+        for count in ("num_workers", "saliency_actors", "cpus_per_worker"):
+            if getattr(self.ray, count) < 1:
+                raise ConfigError(f"ray.{count} must be at least 1, got {getattr(self.ray, count)}")
+        for stage in ("stage1", "stage2"):
+            worker_batch_size(getattr(self, stage).batch_size, self.ray.num_workers, f"{stage}.batch_size")
+
+
+def worker_batch_size(global_batch: int, num_workers: int, key: str = "batch_size") -> int:
+    """Rows per worker and step: ``batch_size`` is the global batch, split evenly across the
+    data-parallel workers, so that adding workers never changes the recipe (steps per epoch,
+    learning-rate schedule). ConfigError when it does not split."""
+    if global_batch < 1 or global_batch % num_workers:
+        raise ConfigError(
+            f"{key}={global_batch} is the global batch and must split evenly across ray.num_workers="
+            f"{num_workers}: use a multiple of {num_workers}, or another number of workers"
+        )
+    return global_batch // num_workers

@@ -14,9 +14,13 @@ Input, one of:
     ``id`` (copied to the output, the join key); a one-column frame without ``text`` is read as
     the texts (MLflow turns a list into such a frame);
   - a dict of columns (``{"text": [...], "text_pair": [...]}``) or a list of row dicts.
+An ``operating_point`` column (a stored name per row; empty = the params' choice) runs each row
+at its point (:mod:`adapler.operating_points`); the params ``operating_point``,
+``target_speedup`` or ``factor`` (at most one) set it for every other row.
 Output: a DataFrame, one row per input in input order: ``id`` (when given), ``label``,
 ``label_id``, ``probabilities`` (dict label -> probability), ``input_tokens``, ``kept_tokens``
-(tokens entering the last layer) and ``flops_speedup`` (backbone FLOPs / AdapLeR FLOPs).
+(tokens entering the last layer), ``flops_speedup`` (backbone FLOPs / AdapLeR FLOPs),
+``operating_point`` (the name of the point it ran at) and ``eta_factor`` (its factor).
 
 Why the input type hint is ``pd.DataFrame`` and the signature has no input schema: an MLflow
 3.17 signature cannot accept both a list of str and a frame with ``text`` + ``text_pair``. The
@@ -37,7 +41,9 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-OUTPUT_COLUMNS = ["label", "label_id", "probabilities", "input_tokens", "kept_tokens", "flops_speedup"]
+OUTPUT_COLUMNS = ["label", "label_id", "probabilities", "input_tokens", "kept_tokens", "flops_speedup",
+                  "operating_point", "eta_factor"]
+POINT_PARAMS = ("operating_point", "target_speedup", "factor")  # the knob, as pyfunc params
 
 
 def _missing(value: Any) -> bool:
@@ -89,13 +95,19 @@ def to_frame(model_input: Any) -> pd.DataFrame:
         out["text_pair"] = pd.Series([None] * len(out), index=frame.index, dtype=object)
     if "id" in frame.columns:
         out["id"] = frame["id"].astype(str).tolist()
+    if "operating_point" in frame.columns:
+        names = [None if _missing(n) or n == "" else n for n in frame["operating_point"].tolist()]
+        bad = [i for i, n in enumerate(names) if n is not None and not isinstance(n, str)]
+        if bad:
+            raise ValueError(f"operating_point must be a stored point's name or empty; rows {bad[:5]} are not")
+        out["operating_point"] = pd.Series(names, index=frame.index, dtype=object)
     return out
 
 
 class AdapLeRPyfunc(PythonModel):
     """Loads the AdapLeR directory of ``context.artifacts["model_dir"]`` into a Predictor.
 
-    ``runtime`` ("torch" or "onnx") and ``quantize`` ("none" or "int8") come from the model
+    ``runtime`` ("auto", the default: ONNX Runtime on CPU; "torch" or "onnx") and ``quantize`` ("none" or "int8") come from the model
     config, settable at load time: ``mlflow.pyfunc.load_model(uri, model_config={"runtime": "onnx"})``."""
 
     def load_context(self, context) -> None:
@@ -103,7 +115,7 @@ class AdapLeRPyfunc(PythonModel):
 
         options = context.model_config or {}
         self.predictor = Predictor.from_directory(
-            context.artifacts["model_dir"], runtime=options.get("runtime", "torch"),
+            context.artifacts["model_dir"], runtime=options.get("runtime", "auto"),
             quantize=options.get("quantize", "none"),
         )
 
@@ -114,8 +126,13 @@ class AdapLeRPyfunc(PythonModel):
         if frame.empty:
             return pd.DataFrame(columns=(["id"] if "id" in frame.columns else []) + OUTPUT_COLUMNS)
         pairs = frame["text_pair"].tolist()
+        knob = {k: v for k, v in (params or {}).items() if k in POINT_PARAMS and v is not None}
+        default = self.predictor.resolve(**knob)  # OperatingPointError (a ValueError) names the stored points
+        names = frame["operating_point"].tolist() if "operating_point" in frame.columns else [None] * len(frame)
+        resolved = {name: self.predictor.resolve(operating_point=name) for name in set(names) - {None}}
         predictions = self.predictor.predict(
-            frame["text"].tolist(), pairs if any(p is not None for p in pairs) else None
+            frame["text"].tolist(), pairs if any(p is not None for p in pairs) else None,
+            points=[default if name is None else resolved[name] for name in names],
         )
         rows = [
             {
@@ -125,6 +142,8 @@ class AdapLeRPyfunc(PythonModel):
                 "input_tokens": p.input_tokens,
                 "kept_tokens": p.kept_lengths[-1],
                 "flops_speedup": p.flops_speedup,
+                "operating_point": p.operating_point.name if p.operating_point else None,
+                "eta_factor": p.operating_point.factor if p.operating_point else 1.0,
             }
             for p in predictions
         ]

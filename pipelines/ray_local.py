@@ -31,8 +31,8 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    pinned = {"worker_process_setup_hook": WORKER_SETUP_HOOK}
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        ray.init(address="local", include_dashboard=True, log_to_driver=True,
-                 runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK})
+        ray.init(address="local", include_dashboard=True, log_to_driver=True, runtime_env=pinned)
     else:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=pinned)

@@ -29,7 +29,7 @@ import pandas as pd
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types.schema import ColSpec, DataType, Map, Schema
+from mlflow.types.schema import ColSpec, DataType, Map, ParamSchema, ParamSpec, Schema
 
 from adapler.artifacts import (
     CHALLENGER,
@@ -43,6 +43,7 @@ from adapler_pipelines.tracking import (
     client_for,
     finite_metrics,
     log_config,
+    log_files,
     run_experiment,
     setup_mlflow,
     tracking_uri,
@@ -108,8 +109,9 @@ def _pip_requirements() -> list[str]:
 
 
 def _signature() -> ModelSignature:
-    """Output schema only: no MLflow 3.17 input schema takes both a list of str and a frame with
-    text + text_pair (see pipelines/pyfunc_model.py); the pyfunc checks its input itself."""
+    """Output schema and the params (the operating point) only: no MLflow 3.17 input schema takes
+    both a list of str and a frame with text + text_pair (see pipelines/pyfunc_model.py); the
+    pyfunc checks its input itself."""
     outputs = Schema([
         ColSpec(DataType.string, "label"),
         ColSpec(DataType.long, "label_id"),
@@ -117,8 +119,15 @@ def _signature() -> ModelSignature:
         ColSpec(DataType.long, "input_tokens"),
         ColSpec(DataType.long, "kept_tokens"),
         ColSpec(DataType.double, "flops_speedup"),
+        ColSpec(DataType.string, "operating_point"),
+        ColSpec(DataType.double, "eta_factor"),
     ])
-    return ModelSignature(inputs=None, outputs=outputs)
+    params = ParamSchema([  # the speed knob (adapler.operating_points): at most one
+        ParamSpec("operating_point", DataType.string, None),
+        ParamSpec("target_speedup", DataType.double, None),
+        ParamSpec("factor", DataType.double, None),
+    ])
+    return ModelSignature(inputs=None, outputs=outputs, params=params)
 
 
 INPUT_EXAMPLE = pd.DataFrame({
@@ -135,12 +144,14 @@ def register_model(
     alias: str | None = None,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
+    artifacts: Mapping[str, str | Path] | None = None,
 ) -> tuple[str, str]:
     """Log ``model_dir`` as a models-from-code pyfunc and register it as a new version of
     ``name`` ("" = :func:`model_name`); point ``alias`` at it if given. Returns ``(name, version)``.
 
     The registration run (stage tag ``register``) holds the config (params, config.json),
-    ``metrics`` and the model, nested under ``parent_run_id`` (or the caller's active run). The
+    ``metrics``, ``artifacts`` (``{artefact path: local file}``, e.g. the operating points' curve)
+    and the model, nested under ``parent_run_id`` (or the caller's active run). The
     version gets the tags dataset, backbone, dev_accuracy, test_accuracy, flops_speedup (those
     known), ``tags`` and a description.
     """
@@ -159,6 +170,7 @@ def register_model(
         log_config(client, run.info.run_id, config)
         if metrics:
             mlflow.log_metrics(finite_metrics(metrics))
+        log_files(client, run.info.run_id, artifacts or {})
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_MODEL_PATH),

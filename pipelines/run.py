@@ -1,5 +1,6 @@
 """The driver: stage 1 (Ray Train) -> saliency (Ray Data) -> stage 2 search (Ray Tune) ->
-registration (MLflow), then a summary of the backbone against the chosen model on test.
+registration (MLflow, with the chosen model's operating points measured on dev: accurate,
+balanced, fast), then a summary of the backbone against the chosen model on test.
 
 Runs the same on a laptop (a local Ray is started) and as a `ray job submit` entrypoint on a
 cluster (ray.init() joins the job's cluster). Every stage is an MLflow run nested under one
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from adapler.artifacts import RUN_MODEL_SUBDIR
 from adapler.batching import make_loader
@@ -24,13 +26,16 @@ from adapler.config import save_config
 from adapler.evaluate import evaluate, paired_throughput
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
-from adapler.calibration import apply_factor
+from adapler.calibration import apply_factor, measure_operating_points
+from adapler.operating_points import OperatingPoints
 from adapler.selection import Candidate, best_epochs, no_pruning_warning
+from adapler_pipelines.calibrate import points_tags, write_points_curve
 from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.ray_local import init_ray
 from adapler_pipelines.registry import PACKAGED_BACKBONE, TEST_SPLIT_TAG, model_name, promote, register_model
 from adapler_pipelines.report import chosen_model_pictures
 from adapler_pipelines.saliency import compute_saliency, rows_fingerprint
+from adapler_pipelines.storage import is_uri, join, local_copy
 from adapler_pipelines.tracking import client_for, log_stage_run, setup_mlflow, tracking_uri
 from adapler_pipelines.train import MODEL_SUBDIR, fit_stage
 from adapler_pipelines.tune import (
@@ -52,8 +57,8 @@ class Stage1Missing(FileNotFoundError):
 
 @dataclass
 class Stage1Outcome:
-    checkpoints: list[dict]  # {"path", "epoch", "dev_accuracy"}, best first
-    saliency_path: str
+    checkpoints: list[dict]  # {"path" (a location: local or URI), "epoch", "dev_accuracy"}, best first
+    saliency_path: str  # a location
 
     @property
     def reference(self) -> float:
@@ -61,7 +66,7 @@ class Stage1Outcome:
 
     @property
     def best_model_dir(self) -> str:
-        return str(Path(self.checkpoints[0]["path"]) / MODEL_SUBDIR)
+        return join(self.checkpoints[0]["path"], MODEL_SUBDIR)
 
 
 @dataclass
@@ -84,6 +89,7 @@ class PipelineSummary:
     model_dir: str  # <run_dir>/model: a copy of the chosen model
     chosen: dict
     wall_seconds: float
+    operating_points: dict | None = None  # the registered model's (OperatingPoints.to_dict), None if off
 
     def table(self) -> str:
         rows = [
@@ -106,15 +112,24 @@ def run_stage1(config: PipelineConfig, out: Path, parent_run_id: str) -> Stage1O
     print(f"[2/4] saliency labels on Ray Data from the {len(best)} best stage-1 epoch(s)", flush=True)
     data = load_data(config)
     saliency_path = compute_saliency(
-        data.train, [str(Path(c.path) / MODEL_SUBDIR) for c in best], config.data.max_length,
-        out / "saliency", num_actors=config.ray.saliency_actors, cpus_per_actor=config.ray.cpus_per_worker,
+        data.train, [join(c.path, MODEL_SUBDIR) for c in best], config.data.max_length,
+        saliency_location(config, out), num_actors=config.ray.saliency_actors,
+        cpus_per_actor=config.ray.cpus_per_worker, use_gpu=config.ray.use_gpu,
     )
     outcome = Stage1Outcome(
         [{"path": c.path, "epoch": c.epoch, "dev_accuracy": c.metrics["dev_accuracy"]} for c in best],
-        str(saliency_path),
+        saliency_path,
     )
     (out / STAGE1_MANIFEST).write_text(json.dumps(asdict(outcome), indent=2))
     return outcome
+
+
+def saliency_location(config: PipelineConfig, out: Path) -> str:
+    """<run dir>/saliency; with ray.storage_path in object storage, <storage>/<name>/saliency, where
+    the Tune trials and Train workers of every node can read it."""
+    if is_uri(config.ray.storage_path):
+        return join(config.ray.storage_path, config.name, "saliency")
+    return str(out / "saliency")
 
 
 def load_stage1(out: Path) -> Stage1Outcome:
@@ -152,9 +167,33 @@ def keep_chosen_model(chosen: Candidate, out: Path) -> Path:
     target = out / RUN_MODEL_SUBDIR
     if target.exists():
         shutil.rmtree(target)
-    model = AdapLeRForSequenceClassification.from_pretrained(chosen.model_dir)
+    model = AdapLeRForSequenceClassification.from_pretrained(local_copy(chosen.model_dir))
     apply_factor(model, chosen.factor).save_pretrained(target)  # config.json records the factor
     return target
+
+
+def store_operating_points(config: PipelineConfig, model_dir: Path, dev: pd.DataFrame, data_name: str,
+                           report_dir: Path) -> tuple[OperatingPoints | None, dict[str, Path]]:
+    """Measure the operating points of the model in ``model_dir`` on ``dev`` (accurate, balanced,
+    fast and the curve: adapler.operating_points), store them in its config.json and write the
+    curve to <report_dir>/operating_points/curve.{csv,png}. Returns the points and the curve files
+    as registration artefacts; (None, {}) when ``operating_points.enabled`` is false."""
+    if not config.operating_points.enabled:
+        return None, {}
+    print("      operating points of the chosen model on dev (accurate / balanced / fast)", flush=True)
+    model = AdapLeRForSequenceClassification.from_pretrained(model_dir)
+    loader = make_loader(dev, model.tokenizer, 32, config.data.max_length)
+
+    def progress(point) -> None:
+        print(f"        etas x {point.factor:.3g} -> dev accuracy {point.accuracy:.4f}, "
+              f"{point.flops_speedup:.2f}x FLOPs", flush=True)
+
+    model.operating_points = measure_operating_points(
+        model, loader, config.operating_points.budgets, data=f"{data_name} dev ({len(dev)} examples)", on_point=progress)
+    model.save_pretrained(model_dir)
+    print(f"      operating points: {model.operating_points.describe()}", flush=True)
+    files = write_points_curve(model.operating_points, report_dir / "operating_points")
+    return model.operating_points, {"operating_points/curve.csv": files["csv"], "operating_points/curve.png": files["png"]}
 
 
 def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome, out: Path,
@@ -162,8 +201,9 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
     print("[4/4] test set: backbone vs chosen model; registering the chosen model in MLflow", flush=True)
     chosen = outcome.selection.chosen
     data = load_data(config)
-    backbone = AdapLeRForSequenceClassification.from_pretrained(stage1.best_model_dir)
+    backbone = AdapLeRForSequenceClassification.from_pretrained(local_copy(stage1.best_model_dir))
     model_dir = keep_chosen_model(chosen, out)
+    points, curve_files = store_operating_points(config, model_dir, data.dev, data.name, out / "report")
     model = AdapLeRForSequenceClassification.from_pretrained(model_dir)
     test = make_loader(data.test, model.tokenizer, 32, config.data.max_length)
     base = evaluate(backbone, test, removal="none", progress=True, desc="test (backbone)")
@@ -184,8 +224,10 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
     if warning:
         print(f"      warning: {warning}", flush=True)
     mlflow.log_metrics(metrics, run_id=parent_run_id)
+    tags = {TEST_SPLIT_TAG: rows_fingerprint(data.test), "eta_factor": f"{chosen.factor:.6g}",
+            **(points_tags(points) if points else {})}
     name, version = register_model(model_dir, config, metrics, model_name(config), parent_run_id=parent_run_id,
-                                   tags={TEST_SPLIT_TAG: rows_fingerprint(data.test), "eta_factor": f"{chosen.factor:.6g}"})
+                                   tags=tags, artifacts=curve_files)
     promotion = promote(name, version, config)
     print(f"      {name}: {promotion.reason}", flush=True)
     client = client_for(config.mlflow.tracking_uri)
@@ -201,7 +243,7 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
         backbone_examples_per_s=base_speed, adapler_examples_per_s=our_speed,
         registered_model=name, version=version, no_pruning=bool(warning), warning=warning,
         alias=promotion.alias, promotion=promotion.reason, run_dir=str(out), model_dir=str(model_dir), chosen=asdict(chosen),
-        wall_seconds=time.perf_counter() - start,
+        wall_seconds=time.perf_counter() - start, operating_points=points.to_dict() if points else None,
     )
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

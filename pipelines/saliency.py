@@ -6,9 +6,12 @@ checkpoint and averaging them. The result is a Parquet directory keyed by exampl
 ``id: string``, ``saliency: list<float32>``, one value per unpadded token), never by position.
 
 Resumable: the output directory is named after a fingerprint of its inputs (rows, checkpoint
-weights, max_length), is written to a temporary directory and renamed into place, and carries a
-``_SUCCESS`` marker and a ``manifest.json``. A second run with the same inputs finds the marker and
-reuses the result. Local paths only (the atomic rename is a local filesystem operation).
+weights, max_length) and carries a ``_SUCCESS`` marker and a ``manifest.json``. A second run
+with the same inputs finds the marker and reuses the result. Checkpoints and output are
+locations (pipelines/storage.py): a local output is written to a temporary directory and renamed
+into place; object storage (``s3://...``), which has no rename, is written in place with the
+marker last (readers trust a directory only with its marker). The actors read the checkpoints
+from their location, so they may run on any node.
 
 :func:`load_saliency` reads a result back and checks it against the rows it is meant for: every
 row's id present exactly once, with one value per token under the given tokenizer and max_length;
@@ -33,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adapler.batching import SaliencyMismatch, token_counts
+from adapler_pipelines import storage
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class SaliencyLabeler:
     """
 
     def __init__(self, checkpoint_dirs: list[str], max_length: int, batch_size: int = 32, device: str = "cpu"):
+        """checkpoint_dirs: locations (local or URI) of AdapLeR model directories."""
         import torch
 
         from adapler.modeling import AdapLeRForSequenceClassification
@@ -84,7 +89,7 @@ class SaliencyLabeler:
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
         self.models = [
-            AdapLeRForSequenceClassification.from_pretrained(directory).to(device).eval()
+            AdapLeRForSequenceClassification.from_pretrained(storage.local_copy(directory)).to(device).eval()
             for directory in checkpoint_dirs
         ]
 
@@ -185,7 +190,7 @@ def rows_fingerprint(rows: pd.DataFrame) -> str:
 
 def fingerprint(rows: pd.DataFrame, checkpoint_dirs: Sequence[str | Path], max_length: int) -> str:
     """sha256 over the rows (sorted by id: row order does not matter), the checkpoints' weight
-    files (contents, not paths) and max_length."""
+    files (contents, not paths; checkpoints are local directories) and max_length."""
     h = hashlib.sha256()
     _update(h, _FORMAT_VERSION)
     _hash_rows(h, rows)
@@ -220,9 +225,11 @@ def compute_saliency(
     num_actors: int = 1,
     batch_size: int = 32,
     cpus_per_actor: float = 1,
-) -> Path:
+    use_gpu: bool = False,
+) -> str:
     """Saliency labels for ``rows`` averaged over ``checkpoint_dirs``, as a Parquet directory
-    ``<output_dir>/saliency-<fingerprint[:16]>``; reused when it is already complete."""
+    ``<output_dir>/saliency-<fingerprint[:16]>`` (its location); reused when it is already
+    complete. Checkpoints and output are locations: local paths or URIs. use_gpu: one GPU per actor."""
     import ray.data
 
     num_actors, batch_size = int(num_actors), int(batch_size)
@@ -230,19 +237,24 @@ def compute_saliency(
         raise ValueError(f"num_actors and batch_size must be positive, got {num_actors} and {batch_size}")
     if not checkpoint_dirs:
         raise ValueError("compute_saliency needs at least one checkpoint directory")
-    checkpoint_dirs = [str(Path(d).resolve()) for d in checkpoint_dirs]
+    checkpoint_dirs = [str(d) if storage.is_uri(d) else str(Path(d).resolve()) for d in checkpoint_dirs]
     frame = _normalise_rows(rows)
     if frame.empty:
         raise ValueError("compute_saliency got no rows")
-    digest = fingerprint(frame, checkpoint_dirs, max_length)
-    output_dir = Path(output_dir)
-    target = output_dir / f"saliency-{digest[:16]}"
-    if (target / SUCCESS_MARKER).is_file():
+    digest = fingerprint(frame, [storage.local_copy(d) for d in checkpoint_dirs], max_length)
+    remote = storage.is_uri(output_dir)
+    output_dir = str(output_dir) if remote else str(Path(output_dir).resolve())
+    target = storage.join(output_dir, f"saliency-{digest[:16]}")
+    if storage.exists(storage.join(target, SUCCESS_MARKER)):
         log.info("reusing saliency labels at %s (fingerprint %s, %d rows)", target, digest[:16], len(frame))
         return target
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    temporary = output_dir / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    if remote:  # no rename in object storage: write in place, the marker last
+        storage.remove_tree(target)  # an incomplete earlier attempt
+        staging = target
+    else:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        staging = storage.join(output_dir, f".saliency-{digest[:16]}.tmp-{uuid.uuid4().hex[:8]}")
     log.info(
         "computing saliency labels for %d rows with %d checkpoint(s) on %d actor(s) -> %s",
         len(frame), len(checkpoint_dirs), num_actors, target,
@@ -252,17 +264,18 @@ def compute_saliency(
             SaliencyLabeler,
             fn_constructor_kwargs={
                 "checkpoint_dirs": checkpoint_dirs, "max_length": int(max_length), "batch_size": int(batch_size),
+                "device": "cuda" if use_gpu else "cpu",
             },
             batch_size=int(batch_size),
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=int(num_actors)),
             num_cpus=cpus_per_actor,
+            num_gpus=1 if use_gpu else 0,
         )
-        dataset.write_parquet(str(temporary), schema=SCHEMA)
-        files = _parquet_files(temporary)
-        written = pq.read_table(files, columns=["id"]).num_rows if files else 0
+        dataset.write_parquet(staging, schema=SCHEMA)
+        written = _count_rows(staging)
         if written != len(frame):
-            raise RuntimeError(f"saliency stage wrote {written} rows for {len(frame)} examples into {temporary}")
+            raise RuntimeError(f"saliency stage wrote {written} rows for {len(frame)} examples into {staging}")
         manifest = {
             "fingerprint": digest,
             "checkpoint_dirs": checkpoint_dirs,
@@ -270,20 +283,34 @@ def compute_saliency(
             "num_rows": len(frame),
             "format": _FORMAT_VERSION,
         }
-        (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        (temporary / SUCCESS_MARKER).write_text("")
-        try:
-            if target.exists() and not (target / SUCCESS_MARKER).is_file():
-                shutil.rmtree(target)  # incomplete leftover, not ours to keep
-            os.rename(temporary, target)  # atomic: the target appears complete or not at all
-        except OSError:
-            if not (target / SUCCESS_MARKER).is_file():
-                raise
-            log.info("another run finished %s first; reusing it", target)
+        storage.write_text(storage.join(staging, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+        storage.write_text(storage.join(staging, SUCCESS_MARKER), "")
+        if not remote:
+            _rename_into_place(Path(staging), Path(target))
     finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
+        if not remote and Path(staging).exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _count_rows(location: str) -> int:
+    files = storage.list_files(location, ".parquet")
+    if not files:
+        return 0
+    handle, _ = storage.filesystem(location)
+    return pq.read_table([storage.filesystem(f)[1] for f in files], columns=["id"], filesystem=handle).num_rows
+
+
+def _rename_into_place(temporary: Path, target: Path) -> None:
+    """Atomic: the target appears complete or not at all; another run's complete one is kept."""
+    try:
+        if target.exists() and not (target / SUCCESS_MARKER).is_file():
+            shutil.rmtree(target)  # incomplete leftover, not ours to keep
+        os.rename(temporary, target)
+    except OSError:
+        if not (target / SUCCESS_MARKER).is_file():
+            raise
+        log.info("another run finished %s first; reusing it", target)
 
 
 # ---------------------------------------------------------------------------------- load / check
@@ -308,14 +335,15 @@ def _first(items: list, n: int = 5) -> str:
 
 
 def load_saliency(path: str | Path, rows: pd.DataFrame, tokenizer, max_length: int) -> dict[str, np.ndarray]:
-    """The saliency labels at ``path`` for ``rows``: ``{id: float32 array}``, one per row.
+    """The saliency labels at ``path`` (a location: local, or a URI read through a local copy)
+    for ``rows``: ``{id: float32 array}``, one per row.
 
     Raises :class:`SaliencyMismatch` (naming ``path`` and the first offending ids) when an id of
     the rows is missing from the file, an id appears twice in it, or a vector's length differs
     from the example's token count under ``tokenizer`` and ``max_length``. Ids in the file that
     the rows do not have are ignored.
     """
-    path = Path(path)
+    path = Path(storage.local_copy(path)) if storage.is_uri(path) else Path(path)
     files = _parquet_files(path) if path.is_dir() else [str(path)]
     if not files or not all(Path(f).is_file() for f in files):
         raise SaliencyMismatch(f"no saliency Parquet files at {path}")

@@ -82,16 +82,17 @@ def client_for(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The experiment ``name`` (restored if deleted, created with its artefacts next to a SQLite
-    database if missing)."""
+def experiment_id(client: MlflowClient, name: str, uri: str, artifact_location: str = "") -> str:
+    """The experiment ``name`` (restored if deleted; created if missing, with its artefacts at
+    ``artifact_location`` (mlflow.artifact_location), else next to a SQLite database). An
+    existing experiment keeps the artefact location it was created with."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri))
+        return client.create_experiment(name, artifact_location=artifact_location or _artifact_location(uri))
     except MlflowException:  # created by another process in between
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -102,7 +103,7 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 def run_experiment(client: MlflowClient, section: MlflowConfig, uri: str, parent_run_id: str | None) -> str:
     """The experiment of a new run: its parent's, else the configured one (created if missing)."""
     if not parent_run_id:
-        return experiment_id(client, section.experiment, uri)
+        return experiment_id(client, section.experiment, uri, section.artifact_location)
     try:
         return client.get_run(parent_run_id).info.experiment_id
     except MlflowException as err:
@@ -115,7 +116,7 @@ def setup_mlflow(section: MlflowConfig) -> str:
     uri = tracking_uri(section)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    experiment_id(client_for(uri), section.experiment, uri)
+    experiment_id(client_for(uri), section.experiment, uri, section.artifact_location)
     mlflow.set_experiment(section.experiment)
     return uri
 
@@ -186,7 +187,7 @@ def log_config(client: MlflowClient, run_id: str, config: Any) -> None:
     client.log_text(run_id, json.dumps(_config_dict(config), indent=2, default=str), CONFIG_ARTIFACT)
 
 
-def _log_files(client: MlflowClient, run_id: str, artifacts: Mapping[str, str | Path]) -> None:
+def log_files(client: MlflowClient, run_id: str, artifacts: Mapping[str, str | Path]) -> None:
     """``{artefact path: local path}``: a file is stored under exactly that path, a directory's
     contents under that folder."""
     for name, local in artifacts.items():
@@ -233,7 +234,7 @@ class StageRun:
             self.client.log_batch(self.run_id, metrics=entries[start : start + 1000])
 
     def log_files(self, artifacts: Mapping[str, str | Path]) -> None:
-        _log_files(self.client, self.run_id, artifacts)
+        log_files(self.client, self.run_id, artifacts)
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)

@@ -1,8 +1,12 @@
 """Stage 1 and stage 2 on Ray Train: the loops of adapler.training, run per worker.
 
-This file adds only the Ray context: the worker's rank and device, a DistributedSampler shard of
-the training rows, DDP (``prepare_model``), a checkpoint + dev metrics reported per epoch, and
-resuming from the last checkpoint when a worker fails (``FailureConfig``).
+This file adds only the Ray context: the worker's rank and device, its share of the rows (a
+DistributedSampler shard of train with ``batch_size / num_workers`` rows per step, so that
+``batch_size`` stays the global batch; every num_workers-th dev row), DDP (``prepare_model``), a
+checkpoint (written by rank 0 alone) + dev metrics of the whole dev split reported per epoch,
+and resuming from the last checkpoint when a worker fails (``FailureConfig``). Checkpoints stay
+where Ray stored them (``ray.storage_path``, local or a URI): :class:`EpochCheckpoint` names
+their location, which any node can read (pipelines/storage.py).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,19 +25,22 @@ from adapler.config import config_from_dict, config_to_dict
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data, new_model
 from adapler.training import EpochReport, train_stage1, train_stage2
-from adapler_pipelines.config import PipelineConfig
+from adapler_pipelines.config import PipelineConfig, worker_batch_size
+from adapler_pipelines.storage import local_copy, location_of
 
 MODEL_SUBDIR = "model"  # inside every checkpoint: an HF-style AdapLeR directory
 STATE_FILE = "state.json"  # inside every checkpoint: epoch and metrics
+WORKER_NODES = "worker_nodes"  # reported to Ray with each epoch: the Ray node id of each worker, by rank
 
 Reporter = Callable[[dict, "str | None"], None]  # (metrics, checkpoint dir or None)
 
 
 @dataclass
 class EpochCheckpoint:
-    path: str  # a local directory holding MODEL_SUBDIR and STATE_FILE
+    path: str  # location (local dir or URI) holding MODEL_SUBDIR and STATE_FILE
     epoch: int
     metrics: dict
+    nodes: list[str] = field(default_factory=list)  # the Ray node id of each worker, by rank
 
 
 def storage_path(config: PipelineConfig) -> str:
@@ -43,8 +50,9 @@ def storage_path(config: PipelineConfig) -> str:
 
 
 class _FailOnce:
-    """Chaos drill (ray.fail_once_at_step): the loader raises once at a given global step, so a
-    test can watch Ray restart the worker from its last checkpoint. A marker file makes it once."""
+    """Chaos drill (ray.fail_once_at_step): the loader of the last worker raises once at a given
+    global step, so a test can watch Ray restart the workers from their last checkpoint. A
+    marker file makes it once (all workers of the drill share a machine)."""
 
     def __init__(self, loader, step: int, marker: Path, start_epoch: int):
         self.loader, self.step, self.marker = loader, step, marker
@@ -70,7 +78,7 @@ def run_stage(
     *,
     rank: int = 0,
     world_size: int = 1,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     resume_dir: str | None = None,
     init_dir: str | None = None,
     saliency_path: str | None = None,
@@ -80,35 +88,38 @@ def run_stage(
 ) -> None:
     """One worker's share of a stage: the same loop whether Ray Train or Ray Tune calls it.
 
-    resume_dir: a checkpoint to continue from (its epoch + 1); init_dir: stage 2's starting
-    weights when they are the fine-tuned ones; saliency_path: stage 2's labels (parquet).
+    resume_dir: a local checkpoint to continue from (its epoch + 1); init_dir: stage 2's
+    starting weights when they are the fine-tuned ones; saliency_path: stage 2's labels
+    (parquet); both locations (local or URI). device: None = cuda with ray.use_gpu, else
+    config.device.
     """
     from adapler_pipelines.saliency import load_saliency
 
     data = load_data(config)
+    stage_config = config.stage1 if stage == "stage1" else config.stage2
+    torch.manual_seed(stage_config.seed)  # a new head and CPs start alike whatever the number of workers
     start_epoch = 0
     if resume_dir:
         model = AdapLeRForSequenceClassification.from_pretrained(Path(resume_dir) / MODEL_SUBDIR)
         start_epoch = json.loads((Path(resume_dir) / STATE_FILE).read_text())["epoch"] + 1
     elif init_dir:
-        model = AdapLeRForSequenceClassification.from_pretrained(init_dir)
+        model = AdapLeRForSequenceClassification.from_pretrained(local_copy(init_dir))
     else:
         model = new_model(config, data)
-    model = model.to(device)
+    model = model.to(device or ("cuda" if config.ray.use_gpu else config.device))
     tokenizer, max_length = model.tokenizer, config.data.max_length
-    stage_config = config.stage1 if stage == "stage1" else config.stage2
+    batch_size = worker_batch_size(stage_config.batch_size, world_size, f"{stage}.batch_size")
     saliency = None
     if stage == "stage2":
         saliency = load_saliency(saliency_path, data.train, tokenizer, max_length)
     sampler = DistributedSampler(
         RowsDataset(data.train), num_replicas=world_size, rank=rank, shuffle=True, seed=stage_config.seed
     )
-    train_loader = make_loader(
-        data.train, tokenizer, stage_config.batch_size, max_length, saliency=saliency, sampler=sampler
-    )
-    if config.ray.fail_once_at_step >= 0 and fail_marker is not None:
+    train_loader = make_loader(data.train, tokenizer, batch_size, max_length, saliency=saliency, sampler=sampler)
+    if config.ray.fail_once_at_step >= 0 and fail_marker is not None and rank == world_size - 1:
         train_loader = _FailOnce(train_loader, config.ray.fail_once_at_step, fail_marker, start_epoch)
-    dev_loader = make_loader(data.dev, tokenizer, stage_config.batch_size, max_length)
+    # every world_size-th dev row: the workers' shares, joined by the loop, are the dev split once
+    dev_loader = make_loader(data.dev.iloc[rank::world_size], tokenizer, batch_size, max_length)
     model = wrap_model(model)
 
     def on_epoch(epoch_report: EpochReport) -> None:
@@ -140,9 +151,14 @@ def stage_worker(loop_config: dict) -> None:
     torch.set_num_threads(config.ray.cpus_per_worker)
     context = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if context.get_world_size() > 1:
+        nodes = [None] * context.get_world_size()
+        torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
 
     def report(metrics: dict, directory: str | None) -> None:
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory) if directory else None)
+        ray.train.report({**metrics, WORKER_NODES: nodes},
+                         checkpoint=Checkpoint.from_directory(directory) if directory else None)
 
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
         # Stage 1 never runs the CPs: DDP must not wait for their gradients.
@@ -167,7 +183,8 @@ def stage_worker(loop_config: dict) -> None:
 
 
 def fit_stage(config: PipelineConfig, stage: str, run_name: str, **extra) -> list[EpochCheckpoint]:
-    """Run a stage on Ray Train; returns every epoch's checkpoint (local dirs) with its metrics."""
+    """Run a stage on Ray Train; returns every epoch's checkpoint (its location in
+    ``ray.storage_path``) with its metrics, and prints the nodes its workers ran on."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -181,6 +198,7 @@ def fit_stage(config: PipelineConfig, stage: str, run_name: str, **extra) -> lis
             num_workers=config.ray.num_workers,
             use_gpu=config.ray.use_gpu,
             resources_per_worker={"CPU": config.ray.cpus_per_worker},
+            placement_strategy=config.ray.placement_strategy,
         ),
         run_config=RunConfig(
             name=run_name,
@@ -192,15 +210,18 @@ def fit_stage(config: PipelineConfig, stage: str, run_name: str, **extra) -> lis
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"{stage} failed on Ray Train: {result.error}")
-    checkpoints = [
-        EpochCheckpoint(_local_path(checkpoint), int(metrics["epoch"]), metrics)
+    checkpoints = sorted((
+        EpochCheckpoint(location_of(checkpoint.path, checkpoint.filesystem), int(metrics["epoch"]),
+                        {k: v for k, v in metrics.items() if k != WORKER_NODES}, list(metrics.get(WORKER_NODES, [])))
         for checkpoint, metrics in (result.best_checkpoints or [])
-    ]
-    return sorted(checkpoints, key=lambda c: c.epoch)
+    ), key=lambda c: c.epoch)
+    if checkpoints:
+        print(f"      {stage} on {describe_nodes(checkpoints[-1].nodes)}", flush=True)
+    return checkpoints
 
 
-def _local_path(checkpoint) -> str:
-    """A local directory for a checkpoint: itself on local storage, a download from a URI."""
-    if checkpoint.filesystem.type_name == "local":
-        return checkpoint.path
-    return checkpoint.to_directory()
+def describe_nodes(nodes: list[str]) -> str:
+    """'2 worker(s) on 2 node(s): rank 0 on node 1f0e9a2c, rank 1 on node 77ab30d1' (node ids
+    shortened as the Ray dashboard and `ray list nodes` show them)."""
+    ranks = ", ".join(f"rank {rank} on node {node[:8]}" for rank, node in enumerate(nodes))
+    return f"{len(nodes)} worker(s) on {len(set(nodes))} node(s): {ranks}"

@@ -26,6 +26,7 @@ from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
 from adapler.selection import Candidate, Selection, early_stopping_score, select
 from adapler_pipelines.config import PipelineConfig, TuneConfig
+from adapler_pipelines.storage import join, local_copy, location_of
 from adapler_pipelines.tracking import StageRun, end_open_runs, tracking_uri
 from adapler_pipelines.train import MODEL_SUBDIR, EpochCheckpoint, run_stage, storage_path
 
@@ -140,7 +141,7 @@ def search(config: PipelineConfig, stage1_dir: str, saliency_path: str, referenc
                 trial=str(metrics.get("trial_id", Path(result.path).name)), epoch=int(metrics["epoch"]),
                 dev_accuracy=metrics["dev_accuracy"], dev_flops_speedup=metrics["dev_flops_speedup"],
                 params={**searched_values(config), **result.config},
-                model_dir=str(Path(checkpoint.path) / MODEL_SUBDIR),
+                model_dir=join(location_of(checkpoint.path, checkpoint.filesystem), MODEL_SUBDIR),
             ))
     if not candidates:
         raise RuntimeError("the search finished without a single reported epoch")
@@ -152,7 +153,7 @@ def without_search(config: PipelineConfig, epochs: list[EpochCheckpoint], refere
     params = searched_values(config)
     candidates = [
         Candidate("stage2", c.epoch, c.metrics["dev_accuracy"], c.metrics["dev_flops_speedup"], params,
-                  str(Path(c.path) / MODEL_SUBDIR))
+                  join(c.path, MODEL_SUBDIR))
         for c in epochs
     ]
     return SearchOutcome(candidates, select(candidates, reference, config.stage2.selection_tolerance))
@@ -171,7 +172,7 @@ def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: f
     data = load_data(config)
     candidates = list(outcome.candidates)
     for candidate in eligible:
-        model = AdapLeRForSequenceClassification.from_pretrained(candidate.model_dir)
+        model = AdapLeRForSequenceClassification.from_pretrained(local_copy(candidate.model_dir))
         dev = make_loader(data.dev, model.tokenizer, config.stage2.batch_size, config.data.max_length)
         # At most one tolerance below its own accuracy, never under the floor: the bisection walks
         # to the edge of what dev allows, and a small dev split's noise is of that size too.

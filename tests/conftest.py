@@ -104,6 +104,12 @@ def save_review_model():
 
 
 @pytest.fixture(scope="session")
+def spread_cps():
+    """:func:`spread_predictors`, for test modules (they do not import conftest)."""
+    return spread_predictors
+
+
+@pytest.fixture(scope="session")
 def tiny_model_factory(tokenizer):
     return lambda seed=0, **kw: make_tiny_model(tokenizer, seed=seed, **kw)
 

@@ -357,6 +357,67 @@ def test_threshold_is_eta_over_n(tiny_model, tokenizer):
         assert out.kept_lengths[:, 0].tolist() == [4, 4]
 
 
+# --------------------------------------------------------------------------- per-example eta factors
+
+MIXED_LENGTHS = [3, 20, 60, 1, 37, 8, 45]
+MIXED_FACTORS = [0.5, 1.0, 2.0, 1.0, 1.3, 0.8, 3.0]
+
+
+@pytest.mark.parametrize("removal", ["packed", "masked"])
+def test_mixed_eta_factors_in_one_batch_equal_each_example_alone(tiny_model, tokenizer, removal):
+    """Requests at different operating points share a batch: each example's kept tokens and logits
+    are what it gets alone (batch of one: packed's no-grid path) at its own factor."""
+    set_etas(tiny_model, [0.5, 0.7, 0.9])
+    sharpen_predictors(tiny_model, 20.0)
+    batch = token_batch(tokenizer, MIXED_LENGTHS, seed=4)
+    factors = torch.tensor(MIXED_FACTORS)
+    with torch.no_grad():
+        together = tiny_model(**batch, removal=removal, eta_factors=factors)
+    for i, n in enumerate(MIXED_LENGTHS):
+        single = {k: v[i : i + 1, :n] for k, v in batch.items()}
+        with torch.no_grad():
+            alone = tiny_model(**single, removal="packed", eta_factors=factors[i : i + 1])
+        assert torch.equal(alone.kept_mask[0], together.kept_mask[i, :, :n]), i
+        assert not together.kept_mask[i, :, n:].any()
+        torch.testing.assert_close(alone.logits[0], together.logits[i], atol=1e-5, rtol=0)
+    # The factors really act: at one factor for all, the batch keeps other tokens than mixed.
+    uniform = run(tiny_model, batch, removal)
+    differ = [i for i, f in enumerate(MIXED_FACTORS) if f != 1.0]
+    assert all(torch.equal(uniform.kept_mask[i], together.kept_mask[i]) for i, f in enumerate(MIXED_FACTORS) if f == 1.0)
+    assert any(not torch.equal(uniform.kept_mask[i], together.kept_mask[i]) for i in differ)
+    n0 = batch["attention_mask"].sum(-1)
+    assert bool((together.kept_lengths[:, -1] < n0).any()), "no removal happened: the test would prove nothing"
+
+
+def test_eta_factor_scales_the_threshold_like_scaled_etas(tiny_model, tokenizer):
+    """eta_factors = f for every example is the model with every eta multiplied by f."""
+    set_etas(tiny_model, [0.5, 0.7, 0.9])
+    sharpen_predictors(tiny_model, 20.0)
+    batch = token_batch(tokenizer, MIXED_LENGTHS, seed=5)
+    with torch.no_grad():
+        factored = tiny_model(**batch, eta_factors=torch.full((len(MIXED_LENGTHS),), 1.7))
+    set_etas(tiny_model, torch.tensor([0.5, 0.7, 0.9]) * 1.7)
+    scaled = run(tiny_model, batch, "packed")
+    assert torch.equal(factored.kept_mask, scaled.kept_mask)
+    torch.testing.assert_close(factored.logits, scaled.logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "factors, removal, message",
+    [
+        (torch.tensor([1.0, -0.5, 1.0, 1.0, 1.0]), "packed", "finite and > 0"),
+        (torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0]), "packed", "finite and > 0"),
+        (torch.tensor([1.0, 2.0]), "packed", "shape"),
+        (torch.ones(5, dtype=torch.long), "masked", "float tensor"),
+        (torch.ones(5), "none", "hard removal"),
+        (torch.ones(5), "soft", "hard removal"),
+    ],
+)
+def test_bad_eta_factors_are_refused(tiny_model, sentence_batch, factors, removal, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(**sentence_batch, removal=removal, eta_factors=factors)
+
+
 def test_invalid_removal_mode(tiny_model, sentence_batch):
     with pytest.raises(ValueError, match="removal"):
         tiny_model(**sentence_batch, removal="hard")

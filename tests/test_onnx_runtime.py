@@ -15,9 +15,8 @@ from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.onnx_export import (
     MANIFEST, ONNX_SUBDIR, UnsupportedExport, check_exportable, ensure_export, export_model_dir,
 )
-from adapler.onnx_runtime import OnnxAdapLeR, RuntimeUnavailable, hard_keep, providers_for
+from adapler.onnx_runtime import OnnxAdapLeR, RuntimeUnavailable, providers_for
 from adapler.quantization import quantize_int8
-from conftest import SENTENCES, spread_predictors
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +45,8 @@ def assert_same(torch_out, onnx_out, atol=1e-4):
 
 
 @pytest.mark.parametrize("removal", ["packed", "none"])
-def test_same_kept_masks_and_logits_as_torch(pruning_model, onnx_model, tokenizer, removal):
-    batch = encode(tokenizer, SENTENCES)
+def test_same_kept_masks_and_logits_as_torch(pruning_model, onnx_model, tokenizer, removal, sentences):
+    batch = encode(tokenizer, sentences)
     with torch.no_grad():
         expected = pruning_model(**batch, removal=removal)
     got = onnx_model(**batch, removal=removal)
@@ -57,9 +56,9 @@ def test_same_kept_masks_and_logits_as_torch(pruning_model, onnx_model, tokenize
         assert (lengths < batch["attention_mask"].sum(-1)).all() and len(set(lengths.tolist())) > 1
 
 
-def test_an_example_in_a_mixed_batch_equals_itself_alone(onnx_model, tokenizer):
-    batch = onnx_model(**encode(tokenizer, SENTENCES))
-    for row, sentence in enumerate(SENTENCES):
+def test_an_example_in_a_mixed_batch_equals_itself_alone(onnx_model, tokenizer, sentences):
+    batch = onnx_model(**encode(tokenizer, sentences))
+    for row, sentence in enumerate(sentences):
         alone = onnx_model(**encode(tokenizer, [sentence]))
         n = alone.kept_mask.shape[-1]
         assert torch.equal(batch.kept_mask[row, :, :n], alone.kept_mask[0])
@@ -67,11 +66,11 @@ def test_an_example_in_a_mixed_batch_equals_itself_alone(onnx_model, tokenizer):
         assert torch.allclose(batch.logits[row], alone.logits[0], atol=1e-5)
 
 
-def test_per_example_factors_equal_scaled_etas_alone(onnx_model, tokenizer):
+def test_per_example_factors_equal_scaled_etas_alone(onnx_model, tokenizer, sentences):
     factors = torch.tensor([0.5, 1.0, 2.0, 1.5, 0.8])
-    batch = onnx_model(**encode(tokenizer, SENTENCES), eta_factors=factors)
+    batch = onnx_model(**encode(tokenizer, sentences), eta_factors=factors)
     etas = onnx_model.etas.detach().clone()
-    for row, sentence in enumerate(SENTENCES):
+    for row, sentence in enumerate(sentences):
         onnx_model.etas.data = etas * factors[row]
         try:
             alone = onnx_model(**encode(tokenizer, [sentence]))
@@ -80,20 +79,12 @@ def test_per_example_factors_equal_scaled_etas_alone(onnx_model, tokenizer):
         n = alone.kept_mask.shape[-1]
         assert torch.equal(batch.kept_mask[row, :, :n], alone.kept_mask[0])
         assert torch.allclose(batch.logits[row], alone.logits[0], atol=1e-5)
-    assert batch.kept_lengths[2, -1] <= onnx_model(**encode(tokenizer, [SENTENCES[2]])).kept_lengths[0, -1]
+    assert batch.kept_lengths[2, -1] <= onnx_model(**encode(tokenizer, [sentences[2]])).kept_lengths[0, -1]
 
 
-def test_hard_keep_is_the_spec_rule():
-    scores = np.log(np.array([[0.1, 0.5, 0.2, 0.2], [0.5, 0.25, 0.25, 1.0]], dtype=np.float32))
-    present = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=bool)
-    keep = hard_keep(scores, present, np.array([0.9, 1.0], dtype=np.float32))
-    # row 0: threshold 0.9/4 = 0.225 -> only 0.5 passes, [CLS] kept; row 1: 1/3 over 3 present tokens
-    assert keep.tolist() == [[True, True, False, False], [True, False, False, False]]
-
-
-def test_int8_keeps_within_one_token_of_fp32(model_dir, onnx_model, tokenizer):
+def test_int8_keeps_within_one_token_of_fp32(model_dir, onnx_model, tokenizer, sentences):
     int8 = OnnxAdapLeR.from_pretrained(model_dir, quantize="int8")
-    batch = encode(tokenizer, SENTENCES)
+    batch = encode(tokenizer, sentences)
     fp32, quantized = onnx_model(**batch), int8(**batch)
     assert (fp32.kept_lengths - quantized.kept_lengths).abs().max() <= 1
     assert torch.equal(fp32.logits.argmax(-1), quantized.logits.argmax(-1))
@@ -118,24 +109,24 @@ def test_export_is_cached_by_weights(model_dir, pruning_model, onnx_model, tmp_p
     assert ensure_export(tmp_path / "changed").directory != first.directory and exports == [1]
 
 
-def test_a_model_dir_carries_its_own_export(model_dir, tmp_path, tokenizer):
+def test_a_model_dir_carries_its_own_export(model_dir, tmp_path, tokenizer, sentences):
     output = tmp_path / "exported"
     export_model_dir(model_dir, output, quantize="int8")
-    assert (output / ONNX_SUBDIR / "layer_0.int8.onnx").is_file()
+    assert (output / ONNX_SUBDIR / "adapler.int8.onnx").is_file()
     assert ensure_export(output).directory == output / ONNX_SUBDIR
     loaded = OnnxAdapLeR.from_pretrained(output, quantize="int8")
     assert loaded.graphs.directory == output / ONNX_SUBDIR
-    assert loaded(**encode(tokenizer, SENTENCES[:2])).logits.shape == (2, 2)
+    assert loaded(**encode(tokenizer, sentences[:2])).logits.shape == (2, 2)
 
 
-def test_roberta_style_backbone_exports(tokenizer, tmp_path):
+def test_roberta_style_backbone_exports(tokenizer, tmp_path, sentences, spread_cps):
     torch.manual_seed(0)
     config = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                            intermediate_size=64, num_labels=2, pad_token_id=0, max_position_embeddings=80)
     model = AdapLeRForSequenceClassification(RobertaForSequenceClassification(config), tokenizer=tokenizer).eval()
-    spread_predictors(model)
+    spread_cps(model)
     model.save_pretrained(tmp_path / "roberta")
-    batch = encode(tokenizer, SENTENCES)
+    batch = encode(tokenizer, sentences)
     with torch.no_grad():
         expected = model(**batch)
     assert_same(expected, OnnxAdapLeR.from_pretrained(tmp_path / "roberta")(**batch))
@@ -158,15 +149,15 @@ def test_clear_errors(model_dir, tmp_path, pruning_model):
 
 
 @pytest.mark.slow
-def test_packaged_minilm_matches_torch(tokenizer, tmp_path):
+def test_packaged_minilm_matches_torch(tokenizer, tmp_path, sentences, spread_cps):
     from adapler.config import default_backbone
 
     torch.manual_seed(0)
     model = AdapLeRForSequenceClassification.from_backbone(default_backbone(), num_labels=2).eval()
-    spread_predictors(model)
+    spread_cps(model)
     model.etas.data.fill_(1.0)
     model.save_pretrained(tmp_path / "minilm")
-    batch = encode(tokenizer, SENTENCES)
+    batch = encode(tokenizer, sentences)
     with torch.no_grad():
         expected = {removal: model(**batch, removal=removal) for removal in ("packed", "none")}
     onnx_model = OnnxAdapLeR.from_pretrained(tmp_path / "minilm")

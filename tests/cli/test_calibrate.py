@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from adapler.batching import make_loader
+from adapler.calibration import apply_factor
 from adapler.data import load_splits
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
@@ -68,6 +69,29 @@ def test_max_drop_without_output_only_prints(model_dir, capsys):
     assert "factor 1: dev accuracy" in captured.err  # progress, one line per factor
 
 
+def test_points_store_named_operating_points_with_the_model(model_dir, tmp_path, capsys):
+    output = tmp_path / "with-points"
+    assert main(["calibrate", "--model", model_dir, *DATA, "--points", "--fast-drop", "0.1",
+                 "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    curve = curve_rows(out)
+    for name in ("accurate", "balanced", "fast"):
+        assert sum(f"<- {name}" in line for line in curve) == 1, name
+    assert "stored points: accurate (factor" in out and f"saved: {output}" in out
+
+    source = AdapLeRForSequenceClassification.from_pretrained(model_dir)
+    stored = AdapLeRForSequenceClassification.from_pretrained(output)
+    assert torch.equal(stored.etas, source.etas) and source.operating_points is None  # only the points added
+    points = stored.operating_points
+    assert points.budgets.fast == 0.1 and points.data == "rotten_tomatoes dev (20 examples)"
+    assert len(points.curve) == len(curve) and set(points.named) == {"accurate", "balanced", "fast"}
+    fast = points.point("fast")
+    model = apply_factor(source, fast.factor)  # measured again: the stored figures hold
+    loader = make_loader(load_splits("rotten_tomatoes", limit=20).dev, model.tokenizer, 32, 64)
+    check = evaluate(model, loader)
+    assert check.accuracy == pytest.approx(fast.dev_accuracy) and check.flops_speedup == pytest.approx(fast.dev_flops_speedup)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -79,6 +103,8 @@ def test_max_drop_without_output_only_prints(model_dir, capsys):
          "--set-alias needs a registered model"),
         (["--model", "{model}", *DATA, "--max-drop", "0.01", "--output", "{model}"], "--output must differ"),
         (["--model", "{model}", *DATA, "--max-drop", "2"], "--max-drop must be in [0, 1]"),
+        (["--model", "{model}", *DATA, "--max-drop", "0.01", "--fast-drop", "0.05"], "--fast-drop goes with --points"),
+        (["--model", "{model}", *DATA, "--points", "--fast-drop", "-1"], "--fast-drop must be in [0, 1]"),
         (["--model", "models:/no-alias", *DATA, "--max-drop", "0.01"], "is not models:/<name>@<alias>"),
     ],
 )
@@ -95,3 +121,16 @@ def test_exactly_one_goal(model_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["calibrate", "--model", model_dir, "--target-speedup", "2", "--max-drop", "0.01"])
     assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_calibrate_on_onnx_runtime_saves_the_factor_torch_finds(model_dir, tmp_path, capsys):
+    etas = {}
+    for runtime in ("torch", "onnx"):
+        output = tmp_path / f"calibrated-{runtime}"
+        argv = ["calibrate", "--model", model_dir, *DATA, "--target-speedup", "3", "--runtime", runtime,
+                "--output", str(output)]
+        assert main(argv) == 0
+        capsys.readouterr()
+        etas[runtime] = AdapLeRForSequenceClassification.from_pretrained(output).etas.detach()
+    assert torch.allclose(etas["onnx"], etas["torch"])  # same curve on both runtimes, same factor saved
+    assert not torch.allclose(etas["onnx"], AdapLeRForSequenceClassification.from_pretrained(model_dir).etas.detach())

@@ -61,7 +61,7 @@ def test_user_errors_are_one_line_and_exit_2(model_dir, capsys, argv, message):
 def test_evaluate_and_predict_with_int8(model_dir, capsys):
     argv = ["evaluate", "--model", model_dir, "--set", "limit=20", "--quantize", "int8"]
     assert main(argv) == 0
-    assert "removal=packed, runtime=torch, int8" in capsys.readouterr().out
+    assert "removal=packed, runtime=onnx, int8" in capsys.readouterr().out  # auto: ONNX Runtime on CPU
     assert main(["predict", "--model", model_dir, "--quantize", "int8", "--json", "Dull."]) == 0
     assert json.loads(capsys.readouterr().out)[0]["label"] in ("rotten", "fresh")
     assert main(["predict", "--model", model_dir, "--quantize", "int8", "--device", "cuda", "Dull."]) == 2
@@ -106,3 +106,41 @@ def test_runtime_errors_are_one_line(model_dir, tmp_path, capsys, argv, message)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "adapler: error:" in err and message in err and "Traceback" not in err
+
+
+def test_predict_at_an_operating_point(tiny_model_factory, save_review_model, model_dir, tmp_path, capsys):
+    """--operating-point / --target-speedup / --factor run the texts at that point and say which;
+    a point the model does not have is one line naming the stored ones."""
+    import torch
+
+    from adapler.operating_points import CurvePoint, OperatingPoints, PointBudgets
+
+    model = tiny_model_factory(num_labels=2)
+    with torch.no_grad():
+        model.etas.copy_(torch.tensor([0.2, 0.3, 0.4]))
+        for predictor in model.predictors:
+            predictor.net[2].weight.mul_(6.0)
+    curve = [CurvePoint(1.0, 0.80, 1.5, 100.0), CurvePoint(2.0, 0.79, 2.5, 150.0), CurvePoint(4.0, 0.78, 4.0, 200.0)]
+    model.operating_points = OperatingPoints.from_curve(curve, PointBudgets(), "dev")
+    directory = save_review_model(model, tmp_path / "with-points")
+    text = "The plot wanders for two hours, and the dialogue is stiff."
+
+    assert main(["predict", "--model", directory, "--json", text]) == 0
+    default = json.loads(capsys.readouterr().out)[0]
+    assert default["operating_point"] == {"name": "default", "factor": 1.0, "dev_accuracy": 0.8, "dev_flops_speedup": 1.5}
+    assert main(["predict", "--model", directory, "--json", "--operating-point", "fast", text]) == 0
+    fast = json.loads(capsys.readouterr().out)[0]
+    assert fast["operating_point"]["name"] == "fast" and fast["operating_point"]["factor"] == 4.0
+    assert sum(fast["kept_lengths"]) < sum(default["kept_lengths"])
+    assert main(["predict", "--model", directory, "--target-speedup", "2", text]) == 0
+    assert "operating point: balanced (factor 2, dev accuracy 0.7900, 2.50x)" in capsys.readouterr().out
+
+    for argv, message in (
+        ([directory, "--operating-point", "turbo"], "unknown operating point 'turbo'; stored points: accurate"),
+        ([directory, "--target-speedup", "9"], "beyond the stored curve"),
+        ([directory, "--factor", "-1"], "factor must be a finite number > 0"),
+        ([model_dir, "--operating-point", "fast"], "no stored operating points"),
+    ):
+        assert main(["predict", "--model", *argv, text]) == 2
+        err = capsys.readouterr().err
+        assert err.count("adapler: error:") == 1 and message in err and "Traceback" not in err, err

@@ -108,14 +108,14 @@ def test_runtime_onnx_serves_the_labels_of_the_torch_runtime(server, model_dir):
 
     from adapler_deploy.app import build_app
 
-    serve.run(build_app({"model": model_dir, **SETTINGS, "runtime": "onnx"}), name="onnx", route_prefix="/onnx")
+    serve.run(build_app({"model": model_dir, **SETTINGS, "runtime": "torch"}), name="torch", route_prefix="/torch")
     try:
-        health = httpx.get(server + "/onnx/healthz", timeout=10).json()
-        assert health["runtime"] == "onnx"
-        torch_side = _post(server, json={"texts": TEXTS}).json()["predictions"]
-        onnx_side = _post(server + "/onnx", json={"texts": TEXTS}).json()["predictions"]
+        assert httpx.get(server + "/healthz", timeout=10).json()["runtime"] == "onnx"  # "auto" on CPU
+        assert httpx.get(server + "/torch/healthz", timeout=10).json()["runtime"] == "torch"
+        torch_side = _post(server + "/torch", json={"texts": TEXTS}).json()["predictions"]
+        onnx_side = _post(server, json={"texts": TEXTS}).json()["predictions"]
     finally:
-        serve.delete("onnx")
+        serve.delete("torch")
     assert [p["label"] for p in onnx_side] == [p["label"] for p in torch_side]
     assert [p["kept_lengths"] for p in onnx_side] == [p["kept_lengths"] for p in torch_side]
     for o, t in zip(onnx_side, torch_side):
@@ -284,6 +284,22 @@ def test_loadtest_counts_every_request(server):
     assert bad["requests_ok"] == 0 and bad["requests_sent"] == bad["connection_error"] > 0
 
 
+def test_open_loop_load_keeps_its_rate_and_checks_the_labels(server, model_dir):
+    from adapler.inference import Predictor
+    from adapler_deploy.loadtest import run_load
+
+    texts = TEXTS * 3
+    labels = [p.label for p in Predictor.from_directory(model_dir).predict(texts)]
+    record = asyncio.run(run_load(server, texts, arrival_rate=8, duration_s=5, warmup_s=0, max_requests=12,
+                                  texts_per_request=2, labels=labels, concurrency=64))
+    assert record["requests_sent"] == record["requests_ok"] == 12, record  # bounded by count before time
+    assert record["arrival_rate"] == 8 and record["duration_s"] >= 11 / 8  # the 12th starts at 1.375 s
+    assert record["accuracy"] == 1.0 and record["share_per_point"] == {"default": 1.0}
+    wrong = [{"neg": "pos", "pos": "neg"}[label] for label in labels]
+    record = asyncio.run(run_load(server, texts, arrival_rate=20, duration_s=0.5, warmup_s=0, labels=wrong))
+    assert record["requests_sent"] == record["requests_ok"] == 10 and record["accuracy"] == 0.0
+
+
 def test_serve_command_checks_its_arguments(model_dir, tmp_path):
     import argparse
 
@@ -447,3 +463,120 @@ def test_a_replica_killed_under_load_loses_no_request(server, model_dir):
         assert _running_replicas("fragile", SCALING_STATES) == 2
     finally:
         serve.delete("fragile")
+
+
+# ------------------------------------------------------------------ operating points
+# factor, dev accuracy, dev FLOPs speedup (made up): accurate = 1, balanced = 2, fast = 4; the
+# fastest within 0.02 of accurate (the adaptive policy's overload point) is fast.
+POINTS_CURVE = [(1.0, 0.80, 1.0), (2.0, 0.795, 1.5), (4.0, 0.78, 3.0), (8.0, 0.70, 10.0)]
+
+
+@pytest.fixture(scope="module")
+def points_model_dir(model_dir, tmp_path_factory) -> str:
+    """The module's model with stored operating points."""
+    from adapler.modeling import AdapLeRForSequenceClassification
+    from adapler.operating_points import CurvePoint, OperatingPoints, PointBudgets
+
+    model = AdapLeRForSequenceClassification.from_pretrained(model_dir)
+    curve = [CurvePoint(f, a, s, 100.0) for f, a, s in POINTS_CURVE]
+    model.operating_points = OperatingPoints.from_curve(curve, PointBudgets(), "made up")
+    assert dict(model.operating_points.named) == {"accurate": 1.0, "balanced": 2.0, "fast": 4.0}
+    out = tmp_path_factory.mktemp("points-model")
+    model.save_pretrained(out)
+    return str(out)
+
+
+def test_each_request_runs_at_the_point_it_names(server, points_model_dir):
+    from ray import serve
+
+    from adapler.inference import Predictor
+    from adapler_deploy.app import build_app
+
+    serve.run(build_app({**SETTINGS, "model": points_model_dir}), name="points", route_prefix="/points")
+    try:
+        url = server + "/points"
+        predictor = Predictor.from_directory(points_model_dir)
+        stored = {"accurate": (1.0, 0.80, 1.0), "balanced": (2.0, 0.795, 1.5), "fast": (4.0, 0.78, 3.0),
+                  "default": (1.0, 0.80, 1.0), "factor=8": (8.0, 0.70, 10.0), "factor=3": (3.0, None, None)}
+        kept = {}
+        for knob, name in (({}, "default"), ({"operating_point": "accurate"}, "accurate"),
+                           ({"operating_point": "balanced"}, "balanced"), ({"operating_point": "fast"}, "fast"),
+                           ({"target_speedup": 2}, "fast"), ({"factor": 8}, "factor=8"), ({"factor": 3.0}, "factor=3")):
+            r = _post(url, json={"texts": TEXTS, **knob})
+            assert r.status_code == 200, (knob, r.text)
+            got = r.json()["predictions"]
+            factor, accuracy, speedup = stored[name]
+            want_point = {"name": name, "factor": factor, "dev_accuracy": accuracy, "dev_flops_speedup": speedup}
+            assert all(p["operating_point"] == {k: v for k, v in want_point.items() if v is not None} for p in got), got
+            want = predictor.predict(TEXTS, **knob)  # the same point through the library
+            assert [p["kept_lengths"] for p in got] == [p.kept_lengths for p in want], knob
+            assert all(abs(g["probabilities"][k] - w.probabilities[k]) < 1e-5 for g, w in zip(got, want) for k in w.probabilities)
+            kept[name] = sum(sum(p["kept_lengths"]) for p in got)
+        assert kept["factor=8"] < kept["default"]  # the points really differ
+
+        async def mixed() -> tuple[list, list]:  # requests at different points, in the same batches
+            names = ["fast", None, "balanced", None, "fast", "accurate"]
+            async with httpx.AsyncClient(timeout=60) as client:
+                bodies = [{"texts": TEXTS[:2], **({"operating_point": n} if n else {})} for n in names]
+                responses = await asyncio.gather(*(client.post(url + "/predict", json=b) for b in bodies))
+            return names, [r.json()["predictions"] for r in responses]
+
+        names, answers = asyncio.run(mixed())
+        for name, predictions in zip(names, answers):
+            assert {p["operating_point"]["name"] for p in predictions} == {name or "default"}
+
+        for body, message in (
+            ({"operating_point": "turbo"}, "unknown operating point 'turbo'; stored points: accurate (factor 1"),
+            ({"factor": -1}, "factor must be a finite number > 0"),
+            ({"target_speedup": 50}, "target_speedup 50 is beyond the stored curve (at most 10.00x); stored points"),
+            ({"target_speedup": 0}, "target_speedup must be a finite number > 0"),
+            ({"operating_point": "fast", "factor": 2}, "at most one of"),
+            ({"factor": "fast"}, "factor"),
+        ):
+            r = _post(url, json={"texts": TEXTS[:1], **body})
+            assert r.status_code == 422 and message in r.json()["error"], (body, r.status_code, r.text)
+        stats = httpx.get(url + "/stats", timeout=10).json()
+        assert stats["requests_per_point"]["fast"] == 4 and stats["requests_per_point"]["default"] == 3, stats
+        assert "balanced (factor 2, dev accuracy 0.7950, 1.50x)" in httpx.get(url + "/healthz", timeout=10).json()["operating_points"]
+    finally:
+        serve.delete("points")
+    r = _post(server, json={"texts": TEXTS[:1], "operating_point": "fast"})  # a model without points
+    assert r.status_code == 422 and "no stored operating points" in r.json()["error"], r.text
+
+
+def test_adaptive_policy_speeds_up_unasked_requests_under_a_burst_and_switches_back(server, points_model_dir):
+    from ray import serve
+
+    from adapler_deploy.app import build_app
+
+    adaptive = {"high_water": 4, "low_water": 1, "cooldown_s": 0.5, "max_accuracy_drop": 0.02}
+    serve.run(build_app({**SETTINGS, "model": points_model_dir, "adaptive": adaptive}),
+              name="adaptive", route_prefix="/adaptive")
+    try:
+        url = server + "/adaptive"
+
+        async def burst() -> tuple[list[str], list[str]]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                unasked = [client.post(url + "/predict", json={"texts": [LONG]}) for _ in range(16)]
+                asked = [client.post(url + "/predict", json={"texts": [LONG], "operating_point": "accurate"})
+                         for _ in range(4)]
+                responses = await asyncio.gather(*unasked, *asked)
+            names = [r.json()["predictions"][0]["operating_point"]["name"] for r in responses]
+            return names[:16], names[16:]
+
+        unasked, asked = asyncio.run(burst())
+        assert "fast" in unasked, unasked  # the backlog of 20 requests passed high_water
+        assert set(unasked) <= {"fast", "default"}
+        assert asked == ["accurate"] * 4  # a request that named its point keeps it
+        time.sleep(1.5)  # drained: calm for more than cooldown_s
+        r = _post(url, json={"texts": TEXTS[:1]})
+        assert r.json()["predictions"][0]["operating_point"]["name"] == "default"
+        stats = httpx.get(url + "/stats", timeout=10).json()
+        assert [s["overloaded"] for s in stats["adaptive"]["switches"]] == [True, False], stats["adaptive"]
+        assert stats["adaptive"]["overload_point"] == "fast" and not stats["adaptive"]["overloaded"]
+        counts = stats["requests_per_point"]
+        assert counts["accurate"] == 4 and counts["fast"] == unasked.count("fast")
+        assert counts["default"] == unasked.count("default") + 1
+        assert any(b["overloaded"] for b in stats["batches"]) and not stats["batches"][-1]["overloaded"]
+    finally:
+        serve.delete("adaptive")

@@ -1,5 +1,6 @@
 """Fixtures for the Ray stages: a tiny random BERT saved as a backbone directory (with the real
-MiniLM tokenizer), one local Ray cluster per test module, a throwaway SQLite MLflow store."""
+MiniLM tokenizer), one local Ray cluster per test module (or a cluster of two nodes on this
+machine), a throwaway SQLite MLflow store."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone_dir(tmp_path_factory) -> str:
-    """A 2-layer, hidden-32 BERT with the packaged MiniLM tokenizer: a backbone that trains in seconds."""
+def save_tiny_backbone(directory: Path, **settings) -> str:
+    """A 2-layer, hidden-32 BERT (seeded; ``settings`` override its BertConfig) with the packaged
+    MiniLM tokenizer, saved in ``directory``."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -27,12 +28,24 @@ def tiny_backbone_dir(tmp_path_factory) -> str:
     tokenizer = AutoTokenizer.from_pretrained(default_backbone())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128,
+        intermediate_size=64, max_position_embeddings=128, **settings,
     )
-    directory = tmp_path_factory.mktemp("tiny-backbone")
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory) -> str:
+    """A tiny BERT with the packaged MiniLM tokenizer: a backbone that trains in seconds."""
+    return save_tiny_backbone(tmp_path_factory.mktemp("tiny-backbone"))
+
+
+@pytest.fixture(scope="session")
+def still_backbone_dir(tmp_path_factory) -> str:
+    """The tiny BERT with dropout off: two runs of the same recipe differ only by float rounding."""
+    return save_tiny_backbone(tmp_path_factory.mktemp("still-backbone"), hidden_dropout_prob=0.0,
+                              attention_probs_dropout_prob=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +56,32 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster_env() -> dict:
+    """Extra environment for every node of `two_node_cluster` (a module overrides this fixture,
+    e.g. with S3 credentials, which the nodes' workers then read as on a real cluster)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(cluster_env):
+    """Two Ray nodes on this machine, 2 CPUs each, for the scale-out tests of a module (~20 s):
+    adapler_pipelines.local_cluster (`ray start --head` and `ray start --address`, own temp dirs
+    and ports, stopped by process group), this process their driver."""
+    import logging
+
+    from adapler_pipelines.local_cluster import RAY_CLI, local_cluster
+
+    # Ray Data's usage poller (a daemon thread of the driver, polling every 10 s once a dataset
+    # ran) logs each failed Prometheus query at debug level with a traceback; after pytest has
+    # closed its streams that logging fails loudly at exit. Its debug lines say nothing here.
+    logging.getLogger("ray.data._internal.usage").setLevel(logging.INFO)
+    if not RAY_CLI.exists():
+        pytest.skip("needs the `ray` command beside this Python")
+    with local_cluster(nodes=2, cpus_per_node=2, env=cluster_env) as nodes:
+        yield nodes
 
 
 @contextlib.contextmanager

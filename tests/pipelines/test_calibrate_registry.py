@@ -89,3 +89,49 @@ def test_unknown_registered_model_is_one_line_exit_2(mlflow_uri, capsys):
                  *DATA, "--max-drop", "0.01"]) == 2
     err = capsys.readouterr().err
     assert "adapler: error: no registered model 'no-such-model'" in err and "Traceback" not in err
+
+
+def test_points_round_trip_through_the_registry(registered, tmp_path, capsys):
+    """`calibrate --points` on a registered model: a new version with the same etas and the points
+    in its config.json, the curve in MLflow, the points as tags; the pyfunc takes a point."""
+    uri = registered["uri"]
+    assert main(["calibrate", "--model", f"models:/{NAME}@champion", "--tracking-uri", uri, *DATA, "--points",
+                 "--set-alias", "points"]) == 0
+    assert f"registered: {NAME} version 2 (alias points)" in capsys.readouterr().out
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version(NAME, "2")
+    directory = registry.download_model_dir(NAME, "points", dst_path=tmp_path / "dl", uri=uri)
+    model = AdapLeRForSequenceClassification.from_pretrained(directory)
+    torch.testing.assert_close(model.etas.detach(), registered["etas"])  # the weights as they were
+    points = model.operating_points
+    assert set(points.named) == {"accurate", "balanced", "fast"}
+    for name, factor in points.named.items():
+        assert float(version.tags[f"point.{name}.factor"]) == pytest.approx(factor, rel=1e-5)
+    assert version.tags["operating_points"].startswith("accurate (factor ")
+    assert "operating points added from version 1" in version.description
+
+    calibrate_run = client.get_run(client.get_run(version.run_id).data.tags["mlflow.parentRunId"])
+    assert {a.path for a in client.list_artifacts(calibrate_run.info.run_id, "operating_points")} == {
+        "operating_points/curve.csv", "operating_points/curve.png"}
+    curve = pd.read_csv(client.download_artifacts(calibrate_run.info.run_id, "operating_points/curve.csv",
+                                                  str(tmp_path)), keep_default_na=False)
+    assert curve.factor.tolist() == pytest.approx([p.factor for p in points.curve])
+    named = {name: f for names, f in zip(curve.point, curve.factor) if names for name in names.split("/")}
+    assert named == pytest.approx(dict(points.named))
+
+    # The registered pyfunc takes the point as a param or as a column, and says which ran.
+    texts = ["A gripping, beautifully acted film.", "Dull, and far too long.", "Not bad at all, really."]
+    pyfunc = registry.load_champion(NAME, "points", uri)
+    default = pyfunc.predict(texts)
+    assert list(default.operating_point) == ["default"] * 3 and list(default.eta_factor) == [1.0] * 3
+    fast = pyfunc.predict(texts, params={"operating_point": "fast"})
+    assert list(fast.operating_point) == ["fast"] * 3
+    assert list(fast.eta_factor) == pytest.approx([points.named["fast"]] * 3)
+    assert fast.kept_tokens.sum() < default.kept_tokens.sum()
+    mixed = pyfunc.predict(pd.DataFrame({"text": texts, "operating_point": ["fast", None, "accurate"]}),
+                           params={"factor": 1.0})
+    assert list(mixed.operating_point) == ["fast", "factor=1", "accurate"]
+    assert mixed.kept_tokens[0] == fast.kept_tokens[0] and mixed.kept_tokens[1] == default.kept_tokens[1]
+    with pytest.raises(ValueError, match="unknown operating point 'turbo'; stored points: accurate"):
+        pyfunc.predict(texts, params={"operating_point": "turbo"})

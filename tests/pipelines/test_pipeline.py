@@ -35,6 +35,10 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
     check_model_dir(out / "model")  # the chosen model, where `adapler predict --model runs/<name>/model` looks
     saved = json.loads((out / "model" / "config.json").read_text())["adapler"]
     assert saved["eta_factor"] == pytest.approx(summary.chosen["factor"])  # calibration in the loop, recorded
+    # the registered model's operating points, measured on dev, in its config.json and the summary
+    assert set(saved["operating_points"]["named"]) == {"accurate", "balanced", "fast"}
+    assert summary.operating_points == saved["operating_points"] and len(saved["operating_points"]["curve"]) >= 3
+    assert (out / "report" / "operating_points" / "curve.png").is_file()
     assert "factor" in pd.read_csv(out / "report" / "pareto.csv").columns
 
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
@@ -57,6 +61,9 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
     assert {"report/retention.png", "report/highlight.html", "report/pareto.png"} <= logged, logged
     version = client.get_model_version_by_alias("adapler-tiny", "champion")
     assert str(version.version) == summary.version
+    assert version.tags["operating_points"].startswith("accurate (factor ")  # and the version's run has the curve
+    assert {a.path for a in client.list_artifacts(version.run_id, "operating_points")} == {
+        "operating_points/curve.csv", "operating_points/curve.png"}
 
     model = mlflow.pyfunc.load_model("models:/adapler-tiny@champion")
     predictions = model.predict(["a gripping, beautifully made film", "dull and far too long"])

@@ -163,7 +163,8 @@ def test_registry_holds_code_and_safetensors_not_pickles(registered, tmp_path):
 def test_load_champion_and_download_model_dir(registered, tmp_path):
     name, uri = registered["name"], registered["uri"]
     out = registry.load_champion(name, uri=uri).predict(pd.DataFrame({"text": TEXTS[:2]}))
-    assert list(out.columns) == ["label", "label_id", "probabilities", "input_tokens", "kept_tokens", "flops_speedup"]
+    assert list(out.columns) == ["label", "label_id", "probabilities", "input_tokens", "kept_tokens", "flops_speedup",
+                                 "operating_point", "eta_factor"]
 
     directory = registry.download_model_dir(name, "champion", dst_path=tmp_path / "dl", uri=uri)
     assert Path(directory).is_relative_to(tmp_path / "dl")

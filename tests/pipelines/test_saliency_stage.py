@@ -83,7 +83,7 @@ def computed(ray_local, checkpoints, rows, tmp_path_factory) -> Path:
     # One actor: a second one costs ~10 s of start-up on a 2-core machine. The rows still go
     # out as 5 blocks, processed and written in whatever order Ray picks.
     shuffled = rows.sample(frac=1.0, random_state=1).reset_index(drop=True)
-    return compute_saliency(shuffled, checkpoints, MAX_LENGTH, output_dir, num_actors=1, batch_size=8)
+    return Path(compute_saliency(shuffled, checkpoints, MAX_LENGTH, output_dir, num_actors=1, batch_size=8))
 
 
 def test_labeler_without_ray(checkpoints, rows, direct):
@@ -116,7 +116,7 @@ def test_second_run_reuses_result(computed, checkpoints, rows, caplog):
     reordered = rows.iloc[::-1].reset_index(drop=True)
     with caplog.at_level(logging.INFO, logger="adapler_pipelines.saliency"):
         again = compute_saliency(reordered, list(reversed(checkpoints)), MAX_LENGTH, computed.parent, num_actors=2)
-    assert again == computed
+    assert Path(again) == computed
     assert {p.name: p.stat().st_mtime_ns for p in computed.iterdir()} == mtimes
     assert any("reusing" in record.getMessage() for record in caplog.records)
     assert not [p for p in computed.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
