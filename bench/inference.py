@@ -169,12 +169,17 @@ def bench_model(dataset: str, model, precision: str, batch_sizes: list[int], rep
     return records
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-rotten-tomatoes", help="AdapLeR model trained on rotten_tomatoes")
-    parser.add_argument("--model-bbc-news", help="AdapLeR model trained on bbc_news")
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The models, data sets and batch sizes of an inference benchmark (this one and bench/runtime.py)."""
+    parser.add_argument("--model-rotten-tomatoes", help="AdapLeR model for rotten_tomatoes (default: the bench model)")
+    parser.add_argument("--model-bbc-news", help="AdapLeR model for bbc_news (default: the bench model)")
     parser.add_argument("--datasets", nargs="+", default=["rotten_tomatoes", "bbc_news"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_arguments(parser)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per mode (median is kept)")
     parser.add_argument("--quantize", nargs="+", default=["none"], choices=["none", "int8"],
                         help="precisions to run, each against its own plain backbone (default: none)")

@@ -42,7 +42,7 @@ from adapler.flops import EncoderSize, flops_speedup
 from adapler.inference import load_for_inference
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
-from inference import TEXTS_PER_SET, trained_model  # bench/inference.py: the cached bench models
+from inference import TEXTS_PER_SET, add_dataset_arguments, trained_model  # bench/inference.py: the bench models
 
 HERE = Path(__file__).resolve().parent
 TARGET_SPEEDUP = {"rotten_tomatoes": 2.0, "bbc_news": 5.0}
@@ -143,10 +143,7 @@ def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-rotten-tomatoes", help="AdapLeR model for rotten_tomatoes (default: calibrated bench model)")
-    parser.add_argument("--model-bbc-news", help="AdapLeR model for bbc_news (default: calibrated bench model)")
-    parser.add_argument("--datasets", nargs="+", default=["rotten_tomatoes", "bbc_news"])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
+    add_dataset_arguments(parser)  # a given model is used as is; by default the bench model, calibrated
     parser.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=["none", "int8"])
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per engine (median is kept)")
     parser.add_argument("--threads", type=int, default=2)
