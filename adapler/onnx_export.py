@@ -301,12 +301,16 @@ def ensure_export(model_dir: str | Path, quantize: str = "none", model: AdapLeRF
     check_quantize(quantize)
     model_dir = Path(model_dir)
     key = export_key(model_dir)
-    for candidate in (model_dir / ONNX_SUBDIR, cache_root() / key):
+    own, cached = model_dir / ONNX_SUBDIR, cache_root() / key
+    for candidate in (own, cached):
         manifest = _read_manifest(candidate)
         if manifest and manifest.get("key") == key:
-            graphs = ExportedGraphs(candidate, manifest["num_layers"], "none")
-            return quantize_graphs(graphs) if quantize == "int8" else graphs
-    target = cache_root() / key
+            wanted = ExportedGraphs(candidate, manifest["num_layers"], quantize)
+            if all(wanted.path(name).is_file() for name in wanted.names):
+                return wanted
+            if candidate == cached:  # a model's own folder is never written to (it may be a store's)
+                return quantize_graphs(ExportedGraphs(candidate, manifest["num_layers"], "none"))
+    target = cached
     target.parent.mkdir(parents=True, exist_ok=True)
     model = model or AdapLeRForSequenceClassification.from_pretrained(model_dir)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{key}.") as scratch:

@@ -63,6 +63,9 @@ class MlflowConfig:
     # When a run's new version becomes @champion (it always gets @challenger): "better" = at
     # least as accurate and as fast as the champion on the same test split; "always"; "never".
     promote: Literal["better", "always", "never"] = "better"
+    # The registered version carries its ONNX Runtime graphs (adapler.onnx_export, under model/onnx/)
+    # so that runtime "onnx" loads it without exporting: "" = no, "fp32", or "int8" (fp32 and int8).
+    onnx_export: Literal["", "fp32", "int8"] = ""
 
 
 @dataclass

@@ -52,7 +52,8 @@ from adapler_pipelines.tracking import (
 PYFUNC_MODEL_PATH = Path(__file__).with_name("pyfunc_model.py")
 MODEL_ARTIFACT = "model_dir"  # key of the AdapLeR directory in the pyfunc's artefacts
 PACKAGED_BACKBONE = "all-MiniLM-L6-v2 (packaged)"
-RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pyyaml", "mlflow")
+RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pyyaml", "mlflow",
+                    "onnx", "onnxruntime", "onnxscript")  # the pyfunc's default runtime is ONNX Runtime on CPU
 TEST_SPLIT_TAG = "test_split"  # fingerprint of the rows test_accuracy was measured on
 
 

@@ -27,6 +27,7 @@ from adapler.evaluate import evaluate, paired_throughput
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
 from adapler.calibration import apply_factor, measure_operating_points
+from adapler.onnx_export import export_model_dir
 from adapler.operating_points import OperatingPoints
 from adapler.selection import Candidate, best_epochs, no_pruning_warning
 from adapler_pipelines.calibrate import points_tags, write_points_curve
@@ -204,6 +205,8 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
     backbone = AdapLeRForSequenceClassification.from_pretrained(local_copy(stage1.best_model_dir))
     model_dir = keep_chosen_model(chosen, out)
     points, curve_files = store_operating_points(config, model_dir, data.dev, data.name, out / "report")
+    if config.mlflow.onnx_export:  # after the points: they live in config.json, outside the graphs
+        export_model_dir(model_dir, model_dir, "int8" if config.mlflow.onnx_export == "int8" else "none")
     model = AdapLeRForSequenceClassification.from_pretrained(model_dir)
     test = make_loader(data.test, model.tokenizer, 32, config.data.max_length)
     base = evaluate(backbone, test, removal="none", progress=True, desc="test (backbone)")

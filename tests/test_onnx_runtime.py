@@ -116,6 +116,10 @@ def test_a_model_dir_carries_its_own_export(model_dir, tmp_path, tokenizer, sent
     assert ensure_export(output).directory == output / ONNX_SUBDIR
     loaded = OnnxAdapLeR.from_pretrained(output, quantize="int8")
     assert loaded.graphs.directory == output / ONNX_SUBDIR
+    fp32_only = tmp_path / "fp32-only"
+    export_model_dir(model_dir, fp32_only, quantize="none")
+    assert ensure_export(fp32_only, "int8").directory != fp32_only / ONNX_SUBDIR  # int8 made in the cache,
+    assert not list((fp32_only / ONNX_SUBDIR).glob("*.int8.onnx"))  # a model's own folder is not written to
     assert loaded(**encode(tokenizer, sentences[:2])).logits.shape == (2, 2)
 
 

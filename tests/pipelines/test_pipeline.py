@@ -20,7 +20,7 @@ from adapler_pipelines.train import fit_stage
 
 def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative output_dir, as in the presets: trials run elsewhere
-    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "e2e") + ["output_dir=runs"]
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "e2e") + ["output_dir=runs", "mlflow.onnx_export=int8"]
     config = load_config(None, overrides, cls=PipelineConfig)
     summary = run_pipeline(config)
 
@@ -68,6 +68,12 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
     model = mlflow.pyfunc.load_model("models:/adapler-tiny@champion")
     predictions = model.predict(["a gripping, beautifully made film", "dull and far too long"])
     assert len(predictions) == 2
+    # the version carries its ONNX graphs (mlflow.onnx_export): runtime onnx loads them, no export
+    from adapler.onnx_export import ensure_export
+    from adapler_pipelines.model_source import resolve_model
+
+    registered_dir = resolve_model("models:/adapler-tiny@champion", config.mlflow.tracking_uri)
+    assert ensure_export(registered_dir, "int8").directory == registered_dir / "onnx"
 
 
 def test_worker_failure_resumes_from_the_last_checkpoint(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path):
