@@ -35,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -309,9 +310,13 @@ def ensure_export(model_dir: str | Path, quantize: str = "none", model: AdapLeRF
             if all(wanted.path(name).is_file() for name in wanted.names):
                 return wanted
             if candidate == cached:  # a model's own folder is never written to (it may be a store's)
+                print(f"adapler: quantizing the cached ONNX graphs of {model_dir} to int8 (once)",
+                      file=sys.stderr, flush=True)
                 return quantize_graphs(ExportedGraphs(candidate, manifest["num_layers"], "none"))
     target = cached
     target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"adapler: exporting {model_dir} to ONNX ({'fp32 + int8' if quantize == 'int8' else 'fp32'}; once per "
+          f"weights, cached in {target})", file=sys.stderr, flush=True)  # tens of seconds: say why it waits
     model = model or AdapLeRForSequenceClassification.from_pretrained(model_dir)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{key}.") as scratch:
         write_export(model, Path(scratch) / "export", key, quantize)

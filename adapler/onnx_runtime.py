@@ -19,7 +19,7 @@ import onnxruntime
 import torch
 from torch import nn
 
-from adapler.artifacts import check_model_dir
+from adapler.artifacts import ADAPLER_WEIGHTS, check_model_dir
 from adapler.config import AdapLeRSettings
 from adapler.modeling import AdapLeROutput, _check_right_padded
 from adapler.onnx_export import ExportedGraphs, check_quantize, ensure_export
@@ -68,7 +68,6 @@ class OnnxAdapLeR(nn.Module):
         self.tokenizer = tokenizer
         self.num_layers = graphs.num_layers
         self.etas = nn.Parameter(etas.detach().float().cpu().clone(), requires_grad=False)
-        self.quantized = None if graphs.quantize == "none" else graphs.quantize
         self.operating_points = None  # set by from_pretrained: the per-request speed knob (adapler.operating_points)
         providers = providers_for(device)
         threads = threads or torch.get_num_threads()
@@ -89,7 +88,7 @@ class OnnxAdapLeR(nn.Module):
         providers_for(device)  # fail before a long export
         graphs = ensure_export(directory, quantize)
         settings, points = read_adapler_config(directory)
-        etas = load_file(str(directory / "adapler.safetensors"))["etas"]
+        etas = load_file(str(directory / ADAPLER_WEIGHTS))["etas"]
         model = cls(graphs, AutoConfig.from_pretrained(directory), settings, etas,
                     AutoTokenizer.from_pretrained(directory), device, threads)
         model.operating_points = points
