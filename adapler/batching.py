@@ -43,6 +43,18 @@ def token_counts(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | Non
     return [len(ids) for ids in enc["input_ids"]]
 
 
+def input_budgets(max_length: int, longest: int, smallest: int = 32) -> list[int]:
+    """The input budgets a search tries when none are given: powers of two from ``smallest``
+    that cut some text (below ``longest``, the most tokens any example has) and stay under
+    ``max_length``, then ``max_length`` itself. A budget at or above the longest text would be
+    the full input again."""
+    budgets, budget = [], smallest
+    while budget < min(max_length, longest):
+        budgets.append(budget)
+        budget *= 2
+    return [*budgets, max_length]
+
+
 def sorted_batches(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
                    batch_size: int = 32, max_length: int | None = None) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """The batches inference runs: examples sorted by token count (stable), ``batch_size`` per

@@ -30,6 +30,13 @@ Goals (exactly one):
   max_drop=D        the largest dev FLOPs speedup among the explored factors whose dev accuracy
                     is >= (dev accuracy at f = 1) - D. f = 1 always qualifies, so this always
                     succeeds; the walk goes up only.
+  min_accuracy=A    the largest dev FLOPs speedup among the explored factors whose dev accuracy
+                    is >= A. If f = 1 is under A, the walk goes down (down to ``min_factor``)
+                    until a factor meets it: a model trained to prune too hard gives accuracy
+                    back. If none does, the most accurate point is chosen.
+
+``flops_gain`` multiplies every measured speedup: a model at a shorter input budget than the
+backbone it is compared with (:func:`adapler.evaluate.budget_gain`).
 
 :func:`measure_operating_points` measures a curve for several budgets at once and names the
 model's operating points on it (:mod:`adapler.operating_points`): the per-request speed knob.
@@ -58,11 +65,14 @@ class Calibration:
     baseline: CurvePoint  # factor 1: the model as trained
     target_speedup: float | None  # the goal, as given to calibrate()
     max_drop: float | None
+    min_accuracy: float | None = None
 
     @property
     def goal(self) -> str:
         if self.target_speedup is not None:
             return f"target_speedup={self.target_speedup:g}"
+        if self.min_accuracy is not None:
+            return f"min_accuracy={self.min_accuracy:g}"
         return f"max_drop={self.max_drop:g}"
 
 
@@ -120,15 +130,17 @@ def calibrate(
     loader,
     target_speedup: float | None = None,
     max_drop: float | None = None,
+    min_accuracy: float | None = None,
     tolerance: float = 0.05,
     min_factor: float = 1 / 64,
     on_point: Callable[[CurvePoint], None] | None = None,
+    flops_gain: float = 1.0,
 ) -> Calibration:
     """Search one global eta factor on ``loader`` (the dev split) for the goal; see the module
     docstring. ``on_point`` is called with each point as it is measured (progress). The model's
     etas are restored afterwards; build the calibrated model with :func:`apply_factor`."""
-    if (target_speedup is None) == (max_drop is None):
-        raise ValueError("give exactly one of target_speedup and max_drop")
+    if sum(goal is not None for goal in (target_speedup, max_drop, min_accuracy)) != 1:
+        raise ValueError("give exactly one of target_speedup, max_drop and min_accuracy")
     if target_speedup is not None and not target_speedup > 0:
         raise ValueError(f"target_speedup must be > 0, got {target_speedup}")
     if max_drop is not None and not 0 <= max_drop <= 1:
@@ -136,11 +148,22 @@ def calibrate(
     if not tolerance > 0 or not 0 < min_factor < 1:
         raise ValueError("need tolerance > 0 and 0 < min_factor < 1")
 
-    measure = _Probe(model, loader, on_point)
+    measure = _Probe(model, loader, on_point, flops_gain)
     curve = measure.curve
     baseline = measure(1.0)
     ceiling = max(saturation_factor(model, _max_input_length(loader)), 1.0)  # <= 1: saturated as trained
-    if target_speedup is not None:
+    if min_accuracy is not None:
+        def meets(point: CurvePoint) -> bool:
+            return point.accuracy >= min_accuracy
+
+        upwards = meets(baseline)
+        flip = _walk(measure, meets, 2.0 if upwards else 0.5, ceiling if upwards else min_factor)
+        if flip is not None:
+            _bisect(*flip, measure, meets, tolerance)
+        qualified = [p for p in curve() if meets(p)]
+        chosen = (max(qualified, key=lambda p: (p.flops_speedup, -p.factor)) if qualified
+                  else max(curve(), key=lambda p: (p.accuracy, p.flops_speedup)))
+    elif target_speedup is not None:
         def meets(point: CurvePoint) -> bool:
             return point.flops_speedup >= target_speedup
 
@@ -161,7 +184,7 @@ def calibrate(
             _bisect(*flip, measure, meets, tolerance)
         # Accuracy need not fall monotonically: take the fastest of all points that qualify.
         chosen = max((p for p in curve() if meets(p)), key=lambda p: (p.flops_speedup, -p.factor))
-    return Calibration(curve(), chosen, baseline, target_speedup, max_drop)
+    return Calibration(curve(), chosen, baseline, target_speedup, max_drop, min_accuracy)
 
 
 class _Probe:
@@ -169,8 +192,8 @@ class _Probe:
     scaled (``on_point`` hears of each new point). The first call warms up on one batch: one-off
     costs (fused QKV cache, allocator) would slow the first row."""
 
-    def __init__(self, model, loader, on_point: Callable[[CurvePoint], None] | None):
-        self.model, self.loader, self.on_point = model, loader, on_point
+    def __init__(self, model, loader, on_point: Callable[[CurvePoint], None] | None, flops_gain: float = 1.0):
+        self.model, self.loader, self.on_point, self.flops_gain = model, loader, on_point, flops_gain
         self.measured: dict[float, CurvePoint] = {}
 
     def __call__(self, factor: float) -> CurvePoint:
@@ -179,7 +202,8 @@ class _Probe:
         if factor not in self.measured:
             with scaled_etas(self.model, factor):
                 result = evaluate(self.model, self.loader, removal="packed")
-            self.measured[factor] = CurvePoint(factor, result.accuracy, result.flops_speedup, result.examples_per_s)
+            self.measured[factor] = CurvePoint(
+                factor, result.accuracy, result.flops_speedup * self.flops_gain, result.examples_per_s)
             if self.on_point is not None:
                 self.on_point(self.measured[factor])
         return self.measured[factor]
@@ -199,6 +223,7 @@ def measure_operating_points(
     tolerance: float = 0.05,
     min_factor: float = 1 / 8,
     on_point: Callable[[CurvePoint], None] | None = None,
+    flops_gain: float = 1.0,
 ) -> OperatingPoints:
     """Measure the model's curve on ``loader`` (the dev split) and name its operating points
     (:mod:`adapler.operating_points`); the model's etas are left as they are.
@@ -208,12 +233,12 @@ def measure_operating_points(
     budget (up to saturation). Then, for accurate, balanced and fast in turn, bisect between the
     named point and the next factor measured above it (the one that left the budget), to within
     ``tolerance`` (relative). Accuracy need not be monotone in the factor: the names are always
-    given over every point measured."""
+    given over every point measured. ``flops_gain``: as in :func:`calibrate`."""
     budgets = budgets or PointBudgets()
-    measure = _Probe(model, loader, on_point)
+    measure = _Probe(model, loader, on_point, flops_gain)
     baseline = measure(1.0)
-    if baseline.flops_speedup > NOTHING_PRUNED:
-        _walk(measure, lambda p: p.flops_speedup > NOTHING_PRUNED, 0.5, min_factor)
+    if baseline.flops_speedup > NOTHING_PRUNED * flops_gain:
+        _walk(measure, lambda p: p.flops_speedup > NOTHING_PRUNED * flops_gain, 0.5, min_factor)
 
     def within(name: str) -> Callable[[CurvePoint], bool]:  # the budget's floor over the points measured so far
         return lambda point: point.accuracy >= budget_floor(name, measure.curve(), budgets)

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from adapler.batching import sorted_batches
-from adapler.flops import EncoderSize, flops_speedup, retention
+from adapler.batching import sorted_batches, token_counts
+from adapler.flops import EncoderSize, flops_speedup, input_budget_gain, retention
 from adapler.modeling import AdapLeRForSequenceClassification
 
 
@@ -136,10 +136,29 @@ def timed_throughput(model, batches: Sequence[dict[str, torch.Tensor]], removal:
     return examples / best if best > 0 else float("inf")
 
 
-def paired_throughput(backbone, model, rows, max_length: int, batch_size: int = 32, repeats: int = 1) -> tuple[float, float]:
-    """(backbone examples/s with removal "none", model examples/s with removal "packed"), both on
-    the same length-sorted batches of ``rows`` (tokenized once, before timing), as Predictor runs
-    them: the like-for-like throughput of a summary."""
-    batches = [batch for _, batch in sorted_batches(
-        model.tokenizer, rows["text"].tolist(), rows["text_pair"].tolist(), batch_size, max_length)]
-    return (timed_throughput(backbone, batches, "none", repeats), timed_throughput(model, batches, "packed", repeats))
+def paired_throughput(backbone, model, rows, batch_size: int = 32, repeats: int = 1) -> tuple[float, float]:
+    """(backbone examples/s with removal "none", model examples/s with removal "packed") on the
+    same texts in length-sorted batches (tokenized once, before timing), as Predictor runs them,
+    each model at its own input budget (``tokenizer.model_max_length``: the backbone's full one,
+    a model chosen at a shorter budget cuts the texts as it does in service): the like-for-like
+    throughput of a summary."""
+    texts, pairs = rows["text"].tolist(), rows["text_pair"].tolist()
+
+    base_batches, model_batches = (
+        [batch for _, batch in sorted_batches(m.tokenizer, texts, pairs, batch_size)] for m in (backbone, model))
+    return timed_throughput(backbone, base_batches, "none", repeats), timed_throughput(model, model_batches, "packed", repeats)
+
+
+def budget_gain(model, rows, full_max_length: int, budget: int | None = None) -> float:
+    """How many times fewer backbone FLOPs ``rows`` cost at an input budget (default ``model``'s
+    own, ``tokenizer.model_max_length``) than at ``full_max_length``
+    (:func:`adapler.flops.input_budget_gain`): 1.0 when the budget is the full length. A speedup
+    measured at the budget times this is the speedup against the full-length backbone."""
+    core = unwrap(model)
+    budget = budget or core.tokenizer.model_max_length
+    if budget >= full_max_length:
+        return 1.0
+    texts, pairs = rows["text"].tolist(), rows["text_pair"].tolist()
+    size = EncoderSize.from_config(core.config, core.settings.cp_hidden)
+    return input_budget_gain(token_counts(core.tokenizer, texts, pairs, full_max_length),
+                             token_counts(core.tokenizer, texts, pairs, budget), size)

@@ -67,6 +67,13 @@ def flops_speedup(input_lengths, kept_lengths, size: EncoderSize) -> float:
     return float(backbone_flops(input_lengths, size).sum() / adapler_flops(input_lengths, kept_lengths, size).sum())
 
 
+def input_budget_gain(full_lengths, budget_lengths, size: EncoderSize) -> float:
+    """Backbone FLOPs on the full inputs over backbone FLOPs on the same inputs cut to a shorter
+    budget (both (N,) token counts): the factor that turns a speedup measured at the budget into
+    one against the full-length backbone (the speedup of a ratio of sums: it multiplies)."""
+    return float(backbone_flops(full_lengths, size).sum() / backbone_flops(budget_lengths, size).sum())
+
+
 def retention(input_lengths, kept_lengths) -> np.ndarray:
     """Per layer, the fraction of input tokens entering it, averaged over examples: (L,)."""
     n0 = np.asarray(input_lengths, dtype=np.float64)

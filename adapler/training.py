@@ -158,13 +158,16 @@ def train_stage1(
 
 
 def stage2_loss(
-    out: AdapLeROutput, labels: torch.Tensor, saliency: torch.Tensor, gamma: float, phi: float
+    out: AdapLeROutput, labels: torch.Tensor, saliency: torch.Tensor, gamma: float, phi: float,
+    input_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """(CE + gamma * KL + phi * length, gamma * KL, parts for logging).
 
     KL = sum_l w_l KL(t_l || i~_l), w_l = L, L-1, ..., 1; t_l = saliency * m_{l-1} renormalised;
     each layer's KL is multiplied by the (stop-grad) largest non-[CLS] mask, so it vanishes once
-    all are gone. length = mean over the batch of sum_l n_l.
+    all are gone. length = mean over the batch of sum_l n_l: in absolute tokens (the paper's
+    unit) when ``input_lengths`` is None, else of sum_l n_l / n_0 with n_0 = ``input_lengths``
+    (B,), each example's unpadded input length (Stage2Config.length_unit "input").
     The forward routes the length term to the etas only and CE to everything. The KL still
     reaches the etas through the hidden states (eta_l biases layer l, whose output feeds the
     later CPs): train_stage2 removes that share with the returned KL term.
@@ -178,7 +181,10 @@ def stage2_loss(
         kl = (target * (torch.log(target.clamp_min(1e-12)) - torch.log(scores.clamp_min(1e-12)))).sum(-1)  # (B,)
         alive = mask[:, 1:].max(dim=-1).values.detach()  # (B,) largest non-[CLS] mask
         kl_total = kl_total + (num_layers - index) * (kl * alive).mean()
-    length = out.soft_lengths.sum(-1).mean()  # mean over batch of sum_l n_l (absolute tokens)
+    lengths = out.soft_lengths.sum(-1)  # (B,) sum_l n_l, absolute tokens
+    if input_lengths is not None:
+        lengths = lengths / input_lengths.to(lengths.dtype)
+    length = lengths.mean()
     kl_term = gamma * kl_total
     loss = ce + kl_term + phi * length
     return loss, kl_term, {"ce": ce.item(), "kl": kl_total.item(), "soft_length": length.item()}
@@ -225,7 +231,9 @@ def train_stage2(
             batch = _to_device(batch, device)
             temperature = FIRST_STEP_TEMPERATURE if step == 0 else temperature_for_epoch(epoch, config.epochs)
             out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, removal="soft", temperature=temperature)
-            loss, kl_term, parts = stage2_loss(out, batch["labels"], batch["saliency"], config.gamma, config.phi)
+            input_lengths = batch["attention_mask"].sum(-1) if config.length_unit == "input" else None
+            loss, kl_term, parts = stage2_loss(
+                out, batch["labels"], batch["saliency"], config.gamma, config.phi, input_lengths)
             model_optimizer.zero_grad(set_to_none=True)
             eta_optimizer.zero_grad(set_to_none=True)
             # Spec 4: the etas learn from CE + phi * length only. Take out the KL's share, which

@@ -42,12 +42,12 @@ BENCH_TRAINING = {
     "rotten_tomatoes": [
         "data.source=rotten_tomatoes", "data.max_length=64", "data.limit=2000",
         "stage1.epochs=1", "stage1.lr=5e-5", "stage2.epochs=2", "stage2.init=finetuned",
-        "stage2.phi=0.015", "stage2.predictor_lr=1e-3", "stage2.eta_lr=2e-2", "saliency_checkpoints=1",
+        "stage2.phi=0.015", "stage2.length_unit=tokens", "stage2.predictor_lr=1e-3", "stage2.eta_lr=2e-2", "saliency_checkpoints=1",
     ],
     "bbc_news": [
         "data.source=bbc_news", "data.max_length=512", "data.limit=240",
         "stage1.epochs=2", "stage1.lr=1e-4", "stage1.batch_size=16", "stage2.epochs=2",
-        "stage2.batch_size=16", "stage2.init=finetuned", "stage2.phi=0.005", "stage2.predictor_lr=1e-3",
+        "stage2.batch_size=16", "stage2.init=finetuned", "stage2.phi=0.005", "stage2.length_unit=tokens", "stage2.predictor_lr=1e-3",
         "stage2.eta_lr=5e-2", "saliency_checkpoints=1",
     ],
 }

@@ -34,7 +34,8 @@ def main() -> None:
     records = []
     for phi in args.phis:
         start = time.perf_counter()
-        overrides = ["output_dir=runs/sweep", "stage2.init=finetuned", *args.set, f"stage2.phi={phi}"]
+        overrides = ["output_dir=runs/sweep", "stage2.init=finetuned", "stage2.length_unit=tokens", *args.set,
+                     f"stage2.phi={phi}"]  # --phis in absolute tokens, as the records were measured
         result = run_recipe(load_config(resolve_preset(args.preset), overrides, cls=PipelineConfig), progress=False)
         record = {"preset": args.preset, "phi": phi, "overrides": args.set, **result.to_dict(),
                   "seconds": time.perf_counter() - start}

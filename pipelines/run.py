@@ -19,11 +19,12 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from transformers import AutoTokenizer
 
 from adapler.artifacts import RUN_MODEL_SUBDIR
 from adapler.batching import make_loader
 from adapler.config import save_config
-from adapler.evaluate import evaluate, paired_throughput
+from adapler.evaluate import budget_gain, evaluate, paired_throughput
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
 from adapler.calibration import apply_factor, measure_operating_points
@@ -41,9 +42,11 @@ from adapler_pipelines.tracking import client_for, log_stage_run, setup_mlflow, 
 from adapler_pipelines.train import MODEL_SUBDIR, fit_stage
 from adapler_pipelines.tune import (
     TRIAL_PREFIX,
+    BudgetInputs,
     SearchOutcome,
     calibrate_front,
     param_space,
+    resolve_budgets,
     search,
     without_search,
     write_pareto,
@@ -77,7 +80,9 @@ class PipelineSummary:
     stage1_dev_accuracy: float
     backbone_test_accuracy: float
     adapler_test_accuracy: float
-    flops_speedup: float
+    flops_speedup: float  # against the backbone at data.max_length
+    input_budget: int  # the chosen model's max_length (tokens); data.max_length or a searched shorter one
+    backbone_input_budget: int  # data.max_length
     backbone_examples_per_s: float
     adapler_examples_per_s: float
     registered_model: str
@@ -96,6 +101,7 @@ class PipelineSummary:
         rows = [
             ("", "backbone (stage 1)", "AdapLeR (chosen)"),
             ("test accuracy", f"{self.backbone_test_accuracy:.4f}", f"{self.adapler_test_accuracy:.4f}"),
+            ("input budget (tokens)", f"{self.backbone_input_budget}", f"{self.input_budget}"),
             ("FLOPs speedup", "1.00x", f"{self.flops_speedup:.2f}x"),
             ("eta factor (calibration)", "", f"{self.chosen['factor']:.3g}"),
             ("examples/s (sorted batches)", f"{self.backbone_examples_per_s:.1f}", f"{self.adapler_examples_per_s:.1f}"),
@@ -140,11 +146,32 @@ def load_stage1(out: Path) -> Stage1Outcome:
     return Stage1Outcome(**json.loads(manifest.read_text()))
 
 
+def prepare_budgets(config: PipelineConfig, stage1: Stage1Outcome, out: Path) -> dict[int, BudgetInputs]:
+    """Per input budget the search tries: saliency labels on the training texts cut to it (from
+    the same stage-1 checkpoints; the full length's are stage 1's own) and its dev FLOPs gain."""
+    data = load_data(config)
+    backbone = AdapLeRForSequenceClassification.from_pretrained(local_copy(stage1.best_model_dir))
+    budgets = {}
+    for budget in config.tune.max_lengths or [config.data.max_length]:
+        if budget == config.data.max_length:
+            path = stage1.saliency_path
+        else:
+            print(f"      saliency labels at an input budget of {budget} tokens", flush=True)
+            path = compute_saliency(
+                data.train, [join(c["path"], MODEL_SUBDIR) for c in stage1.checkpoints], budget,
+                saliency_location(config, out), num_actors=config.ray.saliency_actors,
+                cpus_per_actor=config.ray.cpus_per_worker, use_gpu=config.ray.use_gpu,
+            )
+        budgets[budget] = BudgetInputs(path, budget_gain(backbone, data.dev, config.data.max_length, budget))
+    return budgets
+
+
 def run_stage2(config: PipelineConfig, stage1: Stage1Outcome, out: Path, parent_run_id: str) -> SearchOutcome:
     if config.tune.num_samples > 0:
         print(f"[3/4] stage 2: Ray Tune search, {config.tune.num_samples} trial(s) x {config.stage2.epochs} "
-              f"epoch(s) over {', '.join(param_space(config.tune))}", flush=True)
-        outcome = search(config, stage1.best_model_dir, stage1.saliency_path, stage1.reference,
+              f"epoch(s) over {', '.join(param_space(config.tune))} (input budgets: "
+              f"{', '.join(map(str, config.tune.max_lengths or [config.data.max_length]))} tokens)", flush=True)
+        outcome = search(config, stage1.best_model_dir, prepare_budgets(config, stage1, out), stage1.reference,
                          f"{config.name}-tune", parent_run_id)
     else:
         print(f"[3/4] stage 2 on Ray Train ({config.stage2.epochs} epoch(s), no search)", flush=True)
@@ -183,14 +210,15 @@ def store_operating_points(config: PipelineConfig, model_dir: Path, dev: pd.Data
         return None, {}
     print("      operating points of the chosen model on dev (accurate / balanced / fast)", flush=True)
     model = AdapLeRForSequenceClassification.from_pretrained(model_dir)
-    loader = make_loader(dev, model.tokenizer, 32, config.data.max_length)
+    loader = make_loader(dev, model.tokenizer, 32, model.tokenizer.model_max_length)
 
     def progress(point) -> None:
         print(f"        etas x {point.factor:.3g} -> dev accuracy {point.accuracy:.4f}, "
               f"{point.flops_speedup:.2f}x FLOPs", flush=True)
 
     model.operating_points = measure_operating_points(
-        model, loader, config.operating_points.budgets, data=f"{data_name} dev ({len(dev)} examples)", on_point=progress)
+        model, loader, config.operating_points.budgets, data=f"{data_name} dev ({len(dev)} examples)", on_point=progress,
+        flops_gain=budget_gain(model, dev, config.data.max_length))
     model.save_pretrained(model_dir)
     print(f"      operating points: {model.operating_points.describe()}", flush=True)
     files = write_points_curve(model.operating_points, report_dir / "operating_points")
@@ -208,10 +236,13 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
     if config.mlflow.onnx_export:  # after the points: they live in config.json, outside the graphs
         export_model_dir(model_dir, model_dir, "int8" if config.mlflow.onnx_export == "int8" else "none")
     model = AdapLeRForSequenceClassification.from_pretrained(model_dir)
-    test = make_loader(data.test, model.tokenizer, 32, config.data.max_length)
-    base = evaluate(backbone, test, removal="none", progress=True, desc="test (backbone)")
-    ours = evaluate(model, test, removal="packed", progress=True, desc="test (AdapLeR)")
-    base_speed, our_speed = paired_throughput(backbone, model, data.test, config.data.max_length)
+    # Each at its own input budget (the chosen model's may be shorter); speedups against the backbone.
+    base = evaluate(backbone, make_loader(data.test, backbone.tokenizer, 32, config.data.max_length),
+                    removal="none", progress=True, desc="test (backbone)")
+    ours = evaluate(model, make_loader(data.test, model.tokenizer, 32, model.tokenizer.model_max_length),
+                    removal="packed", progress=True, desc="test (AdapLeR)")
+    flops_speedup = ours.flops_speedup * budget_gain(model, data.test, config.data.max_length)
+    base_speed, our_speed = paired_throughput(backbone, model, data.test)
     warning = no_pruning_warning(
         chosen.dev_flops_speedup,
         f"try `adapler tune --config {out / 'config.json'} --set stage2.epochs={config.stage2.epochs + 2} "
@@ -220,7 +251,8 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
     metrics = {
         "stage1_dev_accuracy": stage1.reference, "dev_accuracy": chosen.dev_accuracy,
         "backbone_test_accuracy": base.accuracy, "test_accuracy": ours.accuracy,
-        "flops_speedup": ours.flops_speedup, "dev_flops_speedup": chosen.dev_flops_speedup,
+        "flops_speedup": flops_speedup, "dev_flops_speedup": chosen.dev_flops_speedup,
+        "input_budget": model.tokenizer.model_max_length,
         "backbone_examples_per_s": base_speed, "adapler_examples_per_s": our_speed,
         "eta_factor": chosen.factor,
     }
@@ -242,7 +274,8 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
     summary = PipelineSummary(
         dataset=data.name, backbone=config.model.backbone or PACKAGED_BACKBONE,
         stage1_dev_accuracy=stage1.reference, backbone_test_accuracy=base.accuracy,
-        adapler_test_accuracy=ours.accuracy, flops_speedup=ours.flops_speedup,
+        adapler_test_accuracy=ours.accuracy, flops_speedup=flops_speedup, input_budget=model.tokenizer.model_max_length,
+        backbone_input_budget=config.data.max_length,
         backbone_examples_per_s=base_speed, adapler_examples_per_s=our_speed,
         registered_model=name, version=version, no_pruning=bool(warning), warning=warning,
         alias=promotion.alias, promotion=promotion.reason, run_dir=str(out), model_dir=str(model_dir), chosen=asdict(chosen),
@@ -272,6 +305,7 @@ def run_pipeline(config: PipelineConfig, stage1_only_from: Path | None = None) -
     start = time.perf_counter()
     config = absolute_paths(config)
     stage1 = load_stage1(stage1_only_from) if stage1_only_from is not None else None  # before Ray and MLflow
+    config = resolve_budgets(config, AutoTokenizer.from_pretrained(config.model.backbone_path()))
     out = Path(config.output_dir) / config.name
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.json")

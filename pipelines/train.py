@@ -104,6 +104,7 @@ def run_stage(
         start_epoch = json.loads((Path(resume_dir) / STATE_FILE).read_text())["epoch"] + 1
     elif init_dir:
         model = AdapLeRForSequenceClassification.from_pretrained(local_copy(init_dir))
+        model.tokenizer.model_max_length = config.data.max_length  # a trial's input budget, saved with it
     else:
         model = new_model(config, data)
     model = model.to(device or ("cuda" if config.ray.use_gpu else config.device))

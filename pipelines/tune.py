@@ -5,9 +5,11 @@ The search space is :data:`SEARCHED`: one line per searched config key, its samp
 :func:`adapler.config.apply_overrides` (the ``--set`` code), trains with the real config it
 gets, and logs its own MLflow run from inside (params = that config, one step per epoch).
 Multi-objective (dev accuracy up, FLOPs speedup up) with Optuna; ASHA stops trials early on
-:func:`adapler.selection.early_stopping_score`. Every trial shares the stage-1 checkpoints and
-the saliency labels, computed once before the search. After it, :func:`calibrate_front` scales
-the etas of the front's eligible models on dev (calibration in the loop). The outcome is every
+:func:`adapler.selection.early_stopping_score`. Every trial shares the stage-1 checkpoints; the
+input budget (``data.max_length``) is searched too, each budget with saliency labels computed
+once before the search (:class:`BudgetInputs`), and every speedup is against the full-length
+backbone. After it, :func:`calibrate_front` scales the etas of each trial's best model on dev
+(calibration in the loop). The outcome is every
 (trial, epoch, eta factor) candidate and the spec's selection over them (:mod:`adapler.selection`).
 """
 
@@ -19,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from adapler.batching import make_loader
+from adapler.batching import input_budgets, make_loader, token_counts
 from adapler.calibration import calibrate
-from adapler.config import apply_overrides, config_from_dict, config_to_dict, get_dotted
+from adapler.config import ConfigError, apply_overrides, config_from_dict, config_to_dict, get_dotted
+from adapler.evaluate import budget_gain
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
 from adapler.selection import Candidate, Selection, early_stopping_score, select
@@ -41,6 +44,7 @@ SEARCHED: dict[str, tuple[str, tuple[str, ...]]] = {
     "stage2.init": ("choice", ("inits",)),
     "stage2.predictor_lr": ("choice", ("predictor_lrs",)),
     "stage2.eta_lr": ("choice", ("eta_lrs",)),
+    "data.max_length": ("choice", ("max_lengths",)),  # the input budget (resolved by resolve_budgets)
 }
 
 
@@ -68,9 +72,35 @@ def searched_values(config: PipelineConfig) -> dict:
     return {key: get_dotted(config, key) for key in SEARCHED}
 
 
-def stage2_trial(sampled: dict, base: dict, stage1_dir: str, saliency_path: str, reference: float,
+def resolve_budgets(config: PipelineConfig, tokenizer) -> PipelineConfig:
+    """``config`` with ``tune.max_lengths`` made explicit: the given budgets (each at most
+    data.max_length), or for None those of :func:`adapler.batching.input_budgets` over the
+    training texts. ConfigError for a budget above data.max_length or under 8 tokens."""
+    full = config.data.max_length
+    budgets = config.tune.max_lengths
+    if budgets is None:
+        data = load_data(config)
+        counts = token_counts(tokenizer, data.train["text"].tolist(), data.train["text_pair"].tolist(), full)
+        budgets = input_budgets(full, max(counts))
+    wrong = [b for b in budgets if not 8 <= b <= full]
+    if wrong:
+        raise ConfigError(f"tune.max_lengths {wrong}: each input budget must be between 8 and data.max_length={full}")
+    return apply_overrides(config, {"tune.max_lengths": sorted(set(budgets))})
+
+
+@dataclass(frozen=True)
+class BudgetInputs:
+    """What a trial at one input budget needs, prepared once before the search."""
+
+    saliency_path: str  # labels computed on the training texts cut to the budget
+    dev_gain: float  # adapler.evaluate.budget_gain on dev: budget speedup -> full-length speedup
+
+
+def stage2_trial(sampled: dict, base: dict, stage1_dir: str, budgets: dict[int, BudgetInputs], reference: float,
                  parent_run_id: str) -> None:
-    """A Tune function trainable: one stage-2 run with the sampled config keys."""
+    """A Tune function trainable: one stage-2 run with the sampled config keys. Its dev FLOPs
+    speedup is against the backbone at the run's full input length, also when the trial's budget
+    is shorter (``dev_flops_speedup_at_budget``: against the backbone at its own budget)."""
     from ray import tune
     from ray.tune import Checkpoint
 
@@ -78,9 +108,12 @@ def stage2_trial(sampled: dict, base: dict, stage1_dir: str, saliency_path: str,
     torch.set_num_threads(config.ray.cpus_per_worker)
     tolerance = config.stage2.selection_tolerance
     trial = tune.get_context().get_trial_id()
+    budget = budgets[config.data.max_length]
     with StageRun(config, f"{TRIAL_PREFIX}{trial}", parent_run_id) as run:
 
         def report(metrics: dict, directory: str | None) -> None:
+            metrics = {**metrics, "dev_flops_speedup_at_budget": metrics["dev_flops_speedup"],
+                       "dev_flops_speedup": metrics["dev_flops_speedup"] * budget.dev_gain}
             run.log_epoch(metrics, metrics["epoch"])  # before tune.report: a stopped trial does not return
             score = early_stopping_score(metrics["dev_accuracy"], metrics["dev_flops_speedup"], reference, tolerance)
             tune.report({**metrics, "objective": score},
@@ -89,16 +122,18 @@ def stage2_trial(sampled: dict, base: dict, stage1_dir: str, saliency_path: str,
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             init_dir = stage1_dir if config.stage2.init == "finetuned" else None
-            run_stage(config, "stage2", report, init_dir=init_dir, saliency_path=saliency_path,
+            run_stage(config, "stage2", report, init_dir=init_dir, saliency_path=budget.saliency_path,
                       reference_dev_score=reference)
         else:
             with checkpoint.as_directory() as directory:
-                run_stage(config, "stage2", report, resume_dir=directory, saliency_path=saliency_path,
+                run_stage(config, "stage2", report, resume_dir=directory, saliency_path=budget.saliency_path,
                           reference_dev_score=reference)
 
 
-def search(config: PipelineConfig, stage1_dir: str, saliency_path: str, reference: float, run_name: str,
-           parent_run_id: str) -> SearchOutcome:
+def search(config: PipelineConfig, stage1_dir: str, budgets: dict[int, BudgetInputs], reference: float,
+           run_name: str, parent_run_id: str) -> SearchOutcome:
+    """The search over :func:`param_space`; ``budgets``: the inputs of every input budget in
+    ``tune.max_lengths`` (resolved by :func:`resolve_budgets`)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -107,7 +142,7 @@ def search(config: PipelineConfig, stage1_dir: str, saliency_path: str, referenc
     trainable = tune.with_resources(
         tune.with_parameters(
             stage2_trial, base=config_to_dict(config), stage1_dir=stage1_dir,
-            saliency_path=saliency_path, reference=reference, parent_run_id=parent_run_id,
+            budgets=budgets, reference=reference, parent_run_id=parent_run_id,
         ),
         {"cpu": config.ray.cpus_per_worker, "gpu": 1 if config.ray.use_gpu else 0},
     )
@@ -160,33 +195,40 @@ def without_search(config: PipelineConfig, epochs: list[EpochCheckpoint], refere
 
 
 def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: float) -> SearchOutcome:
-    """Calibration in the loop: each candidate of the front that is within the tolerance is
-    calibrated on dev (:func:`adapler.calibration.calibrate`: the fastest global eta factor whose
-    dev accuracy stays within the tolerance of the candidate's own, and of the reference). Every
-    factor measured becomes a candidate of its own (same trial, epoch and model, another factor),
-    and the rule selects again over them all."""
-    floor = reference - config.stage2.selection_tolerance
-    eligible = [c for c in outcome.selection.front if c.factor == 1.0 and c.dev_accuracy >= floor]
-    if not eligible:
-        return outcome
+    """Calibration in the loop: from each trial, the epoch the rule picks among its own (within
+    the tolerance, else its most accurate) is calibrated on dev at its input budget
+    (:func:`adapler.calibration.calibrate`, goal ``min_accuracy``: the fastest global eta factor
+    whose dev accuracy stays within the tolerance of the reference and at most one tolerance below
+    its own; a trial that pruned too hard walks its factor down and gives accuracy back). Every
+    factor measured becomes a candidate of its own (same trial, epoch and model, another factor;
+    speedups against the full-length backbone), and the rule selects again over them all."""
+    tolerance = config.stage2.selection_tolerance
     data = load_data(config)
     candidates = list(outcome.candidates)
-    for candidate in eligible:
-        model = AdapLeRForSequenceClassification.from_pretrained(local_copy(candidate.model_dir))
-        dev = make_loader(data.dev, model.tokenizer, config.stage2.batch_size, config.data.max_length)
+    trials: dict[str, list[Candidate]] = {}
+    for candidate in outcome.candidates:
+        if candidate.factor == 1.0:
+            trials.setdefault(candidate.trial, []).append(candidate)
+    for epochs in trials.values():
+        pick = select(epochs, reference, tolerance).chosen
+        model = AdapLeRForSequenceClassification.from_pretrained(local_copy(pick.model_dir))
+        budget = model.tokenizer.model_max_length
+        dev = make_loader(data.dev, model.tokenizer, config.stage2.batch_size, budget)
         # At most one tolerance below its own accuracy, never under the floor: the bisection walks
         # to the edge of what dev allows, and a small dev split's noise is of that size too.
-        budget = min(config.stage2.selection_tolerance, candidate.dev_accuracy - floor)
-        def progress(point, c=candidate) -> None:
-            print(f"        trial {c.trial} epoch {c.epoch}: etas x {point.factor:.3g} -> dev accuracy "
-                  f"{point.accuracy:.4f}, {point.flops_speedup:.2f}x FLOPs", flush=True)
+        min_accuracy = max(reference - tolerance, pick.dev_accuracy - tolerance)
 
-        curve = calibrate(model, dev, max_drop=max(budget, 0.0), on_point=progress).points
+        def progress(point, c=pick, budget=budget) -> None:
+            print(f"        trial {c.trial} epoch {c.epoch} ({budget} tokens): etas x {point.factor:.3g} -> "
+                  f"dev accuracy {point.accuracy:.4f}, {point.flops_speedup:.2f}x FLOPs", flush=True)
+
+        curve = calibrate(model, dev, min_accuracy=min_accuracy, on_point=progress,
+                          flops_gain=budget_gain(model, data.dev, config.data.max_length)).points
         candidates += [
-            dataclasses.replace(candidate, dev_accuracy=p.accuracy, dev_flops_speedup=p.flops_speedup, factor=p.factor)
+            dataclasses.replace(pick, dev_accuracy=p.accuracy, dev_flops_speedup=p.flops_speedup, factor=p.factor)
             for p in curve if p.factor != 1.0
         ]
-    return SearchOutcome(candidates, select(candidates, reference, config.stage2.selection_tolerance))
+    return SearchOutcome(candidates, select(candidates, reference, tolerance))
 
 
 def write_pareto(candidates: list[Candidate], selection: Selection, directory: Path, reference: float) -> dict[str, Path]:

@@ -115,3 +115,16 @@ def test_unreachable_target_reports_the_best_reached(model, loader):
 def test_goal_must_be_one_valid_value(model, loader, goal):
     with pytest.raises(ValueError):
         calibrate(model, loader, **goal)
+
+
+def test_min_accuracy_walks_the_factor_down_for_a_model_that_prunes_too_hard(model, loader):
+    # A factor that prunes more than the labels (the unpruned model's own predictions) allow:
+    too_far = min(p.factor for p in calibrate(model, loader, max_drop=0.1).points if p.accuracy < 1.0)
+    harsh = apply_factor(model, too_far)
+    assert calibrate(harsh, loader, max_drop=0.0).baseline.accuracy < 1.0
+    result = calibrate(harsh, loader, min_accuracy=1.0)
+    assert result.chosen.accuracy == 1.0 and result.chosen.factor < 1.0  # gave accuracy back
+    assert max(p.factor for p in result.points) == 1.0  # never walked up
+    gained = calibrate(model, loader, min_accuracy=0.0, flops_gain=2.0)  # every factor meets it: walks up
+    assert max(p.factor for p in gained.points) > 1.0
+    assert gained.baseline.flops_speedup == pytest.approx(2.0 * calibrate(model, loader, max_drop=0.0).baseline.flops_speedup)

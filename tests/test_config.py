@@ -17,6 +17,7 @@ from adapler.config import (
     save_config,
 )
 from adapler_cli.main import resolve_preset
+from adapler_pipelines.config import PipelineConfig
 
 PRESET = textwrap.dedent(
     """
@@ -52,10 +53,13 @@ def test_defaults_follow_the_spec():
     assert config.stage2.lr == 3e-5
     # where the spec's short-budget rates differ from the paper's, the paper preset keeps them
     assert (config.stage2.predictor_lr, config.stage2.eta_lr) == (3e-2, 5e-3)
-    paper = load_config(resolve_preset("paper"))
+    paper = load_config(resolve_preset("paper"), cls=PipelineConfig)
     assert (paper.stage2.predictor_lr, paper.stage2.eta_lr, paper.stage2.lr) == (None, 5e-4, 3e-5)
     assert (paper.stage2.gamma, paper.stage2.phi, paper.stage2.epochs) == (0.005, 0.0005, 5)
-    assert config.stage2.gamma == 0.005 and config.stage2.phi == 0.0005 and config.stage2.init == "pretrained"
+    assert paper.stage2.length_unit == "tokens" and (paper.tune.phi_min, paper.tune.phi_max) == (1e-4, 1e-2)
+    # phi per input length by default: the spec's 0.0005 x ~25 tokens of SST-2 is about 0.013
+    assert (config.stage2.length_unit, config.stage2.phi) == ("input", 0.3)
+    assert config.stage2.gamma == 0.005 and config.stage2.init == "pretrained"
     assert config.model.adapler == AdapLeRSettings(cp_hidden=32, eta_init=0.25, eta_min=0.01, eta_max=1.0, beta=0.1)
 
 

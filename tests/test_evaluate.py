@@ -3,10 +3,13 @@ tokenized before the clock starts (adapler.evaluate.paired_throughput; no timed 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
-from adapler.batching import sorted_batches, token_counts
-from adapler.evaluate import paired_throughput
+from adapler.batching import input_budgets, sorted_batches, token_counts
+from adapler.evaluate import budget_gain, paired_throughput
+from adapler.flops import EncoderSize, backbone_flops
 
 
 class Recorder(torch.nn.Module):
@@ -47,7 +50,9 @@ def test_both_models_are_timed_on_the_same_sorted_batches_without_tokenizing(tin
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(type(model.tokenizer), "__call__", counting)
-    base, ours = paired_throughput(backbone, model, rows, max_length=32, batch_size=8, repeats=2)
+    for m in (backbone, model):
+        m.tokenizer.model_max_length = 32
+    base, ours = paired_throughput(backbone, model, rows, batch_size=8, repeats=2)
     assert base > 0 and ours > 0
 
     assert tokenizer_calls and max(tokenizer_calls) == 0  # all tokenization happened before any forward pass
@@ -59,3 +64,38 @@ def test_both_models_are_timed_on_the_same_sorted_batches_without_tokenizing(tin
         assert torch.equal(ids_a, ids_b) and torch.equal(mask_a, mask_b)
     lengths = [int(n) for _, _, mask in none[1:4] for n in mask.sum(-1)]
     assert lengths == sorted(lengths) and len(lengths) == len(rows)
+
+
+def test_a_model_at_a_shorter_input_budget_is_timed_on_the_texts_cut_to_it(tiny_model_factory, make_rows, sentences):
+    rows = make_rows(sentences * 2)
+    calls: list = []
+    backbone = Recorder(tiny_model_factory(eta_init=0.01), calls)
+    model = Recorder(tiny_model_factory(eta_init=1.0), calls)
+    model.tokenizer = copy.deepcopy(model.tokenizer)  # the factory's models share one tokenizer
+    backbone.tokenizer.model_max_length, model.tokenizer.model_max_length = 32, 6
+    paired_throughput(backbone, model, rows, batch_size=4)
+    longest = {removal: max(int(mask.sum(-1).max()) for r, _, mask in calls if r == removal) for removal in ("none", "packed")}
+    assert longest["packed"] == 6 < longest["none"]
+
+
+def test_budget_gain_is_the_backbone_flops_ratio_of_full_to_cut_inputs(tiny_model_factory, make_rows, sentences):
+    rows = make_rows(sentences)
+    model = tiny_model_factory()
+    tokenizer = model.tokenizer
+    full = token_counts(tokenizer, rows["text"].tolist(), None, 32)
+    cut = token_counts(tokenizer, rows["text"].tolist(), None, 6)
+    assert max(full) > 6  # some text is cut
+    size = EncoderSize.from_config(model.config, model.settings.cp_hidden)
+    expected = backbone_flops(full, size).sum() / backbone_flops(cut, size).sum()
+    assert budget_gain(model, rows, 32, budget=6) > 1
+    assert budget_gain(model, rows, 32, budget=6) == expected
+    model.tokenizer.model_max_length = 6  # default: the model's own budget
+    assert budget_gain(model, rows, 32) == expected
+    assert budget_gain(model, rows, 6) == 1.0
+
+
+def test_input_budgets_are_powers_of_two_that_cut_some_text_then_the_full_length():
+    assert input_budgets(512, longest=900) == [32, 64, 128, 256, 512]
+    assert input_budgets(512, longest=100) == [32, 64, 512]  # 128 and 256 would cut no text
+    assert input_budgets(64, longest=60) == [32, 64]
+    assert input_budgets(128, longest=25) == [128]  # short texts: nothing to search

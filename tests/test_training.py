@@ -258,6 +258,9 @@ def test_stage2_loss_by_hand():
     # pieces alone
     assert stage2_loss(out, labels, saliency, gamma=0.0, phi=0.0)[0].item() == pytest.approx(ce, rel=1e-6)
     assert stage2_loss(out, labels, saliency, gamma=1.0, phi=0.0)[0].item() == pytest.approx(ce + kl, rel=1e-5)
+    # length_unit "input": each example's sum_l n_l over its own input length (here 4 and 2 tokens)
+    _, _, per_input = stage2_loss(out, labels, saliency, gamma=0.0, phi=1.0, input_lengths=torch.tensor([4, 2]))
+    assert per_input["soft_length"] == pytest.approx(((2.5 + 1.5) / 4 + (2.0 + 1.0) / 2) / 2, rel=1e-6)
 
 
 def test_stage2_loss_kl_vanishes_when_only_cls_is_left():

@@ -20,7 +20,8 @@ from adapler_pipelines.train import fit_stage
 
 def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative output_dir, as in the presets: trials run elsewhere
-    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "e2e") + ["output_dir=runs", "mlflow.onnx_export=int8"]
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "e2e") + [
+        "output_dir=runs", "mlflow.onnx_export=int8", "tune.max_lengths=[16, 32]"]
     config = load_config(None, overrides, cls=PipelineConfig)
     summary = run_pipeline(config)
 
@@ -56,6 +57,15 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
         for key in ("stage2.gamma", "stage2.phi"):
             assert float(trial.data.params[key]) == pytest.approx(float(sampled[key])), key
     assert trials[0].data.params["stage2.phi"] != trials[1].data.params["stage2.phi"]
+    # the input budget is searched: a trial at 16 tokens reports its speedup against the 32-token backbone
+    budgets = {trial.data.params["data.max_length"] for trial in trials}
+    assert budgets <= {"16", "32"} and "16" in budgets
+    for trial in trials:
+        at_budget, full = (trial.data.metrics[k] for k in ("dev_flops_speedup_at_budget", "dev_flops_speedup"))
+        assert full > at_budget if trial.data.params["data.max_length"] == "16" else full == at_budget
+    assert len(list((out / "saliency").glob("saliency-*"))) == 2  # labels for each budget
+    tokenizer_config = json.loads((out / "model" / "tokenizer_config.json").read_text())
+    assert summary.input_budget == tokenizer_config["model_max_length"] == summary.chosen["params"]["data.max_length"]
     parent = next(run for run in runs if run.info.run_name == "e2e")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/retention.png", "report/highlight.html", "report/pareto.png"} <= logged, logged
