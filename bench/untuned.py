@@ -101,7 +101,8 @@ def bench_dataset(dataset: str, extra: list[str]) -> list[dict]:
          "flops_speedup": 1.0, "max_length": config.data.max_length},
         {"dataset": dataset, "variant": "adapler", "test_accuracy": summary.adapler_test_accuracy,
          "flops_speedup": summary.flops_speedup, "dev_flops_speedup": summary.chosen["dev_flops_speedup"],
-         "eta_factor": summary.chosen["factor"], "trials": trials, "trials_that_pruned": pruned,
+         "eta_factor": summary.chosen["factor"], "input_budget": summary.input_budget,
+         "trials": trials, "trials_that_pruned": pruned,
          "no_pruning": summary.no_pruning, "params": summary.chosen["params"],
          "wall_seconds": summary.wall_seconds},
     ]

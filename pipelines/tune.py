@@ -200,8 +200,9 @@ def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: f
     (:func:`adapler.calibration.calibrate`, goal ``min_accuracy``: the fastest global eta factor
     whose dev accuracy stays within the tolerance of the reference and at most one tolerance below
     its own; a trial that pruned too hard walks its factor down and gives accuracy back). Every
-    factor measured becomes a candidate of its own (same trial, epoch and model, another factor;
-    speedups against the full-length backbone), and the rule selects again over them all."""
+    factor measured that meets that goal becomes a candidate of its own (same trial, epoch and
+    model, another factor; speedups against the full-length backbone), and the rule selects again
+    over them all."""
     tolerance = config.stage2.selection_tolerance
     data = load_data(config)
     candidates = list(outcome.candidates)
@@ -224,9 +225,9 @@ def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: f
 
         curve = calibrate(model, dev, min_accuracy=min_accuracy, on_point=progress,
                           flops_gain=budget_gain(model, data.dev, config.data.max_length)).points
-        candidates += [
+        candidates += [  # only the factors that meet its goal: probes past the edge are not candidates
             dataclasses.replace(pick, dev_accuracy=p.accuracy, dev_flops_speedup=p.flops_speedup, factor=p.factor)
-            for p in curve if p.factor != 1.0
+            for p in curve if p.factor != 1.0 and p.accuracy >= min_accuracy
         ]
     return SearchOutcome(candidates, select(candidates, reference, tolerance))
 

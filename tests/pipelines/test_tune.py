@@ -1,10 +1,20 @@
-"""The search space is config keys: built in one loop from TuneConfig, applied like --set."""
+"""The search space is config keys: built in one loop from TuneConfig, applied like --set; calibration
+in the loop."""
 
 from __future__ import annotations
 
+import copy
+
+import pytest
+
+from adapler.batching import make_loader
+from adapler.calibration import apply_factor
 from adapler.config import apply_overrides, load_config
+from adapler.evaluate import budget_gain, evaluate
+from adapler.recipe import load_data
+from adapler.selection import Candidate, select
 from adapler_pipelines.config import PipelineConfig
-from adapler_pipelines.tune import SEARCHED, param_space, searched_values
+from adapler_pipelines.tune import SEARCHED, SearchOutcome, calibrate_front, param_space, searched_values
 
 
 def test_search_space_is_dotted_config_keys_applied_like_set():
@@ -24,3 +34,27 @@ def test_one_line_adds_a_searched_parameter():
     assert {"stage2.predictor_lr", "stage2.eta_lr"} <= set(space)
     trial = apply_overrides(config, {key: domain.sample() for key, domain in space.items()})
     assert trial.stage2.predictor_lr in (0.01, 0.03) and trial.stage2.eta_lr == 0.005
+
+
+def test_calibration_in_the_loop_adds_only_factors_within_the_goal_against_the_full_length(
+        tiny_model_factory, tmp_path):
+    config = load_config(None, ["data.source=rotten_tomatoes", "data.limit=24", "data.max_length=32",
+                                "stage2.batch_size=8"], cls=PipelineConfig)
+    model = tiny_model_factory(eta_init=0.5)
+    model.tokenizer = copy.deepcopy(model.tokenizer)
+    model.tokenizer.model_max_length = 16  # a trial at a 16-token budget
+    model.save_pretrained(tmp_path / "model")
+    dev = load_data(config).dev
+    loader = make_loader(dev, model.tokenizer, 8, 16)
+    own = evaluate(model, loader)
+    trained = Candidate("a", 0, own.accuracy, own.flops_speedup, {"data.max_length": 16}, str(tmp_path / "model"))
+    outcome = calibrate_front(SearchOutcome([trained], select([trained], own.accuracy, 0.01)), config, own.accuracy)
+
+    added = [c for c in outcome.candidates if c.factor != 1.0]
+    assert added and all(c.dev_accuracy >= own.accuracy - 0.01 for c in added)  # probes past the edge left out
+    gain = budget_gain(model, dev, 32)
+    assert gain > 1
+    for c in added:  # each factor's speedup at the budget, times the budget's gain: against the 32-token backbone
+        measured = evaluate(apply_factor(model, c.factor), loader)
+        assert c.dev_flops_speedup == pytest.approx(measured.flops_speedup * gain)
+        assert c.dev_accuracy == pytest.approx(measured.accuracy)
