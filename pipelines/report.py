@@ -78,14 +78,15 @@ def highlight_examples(predictor: Predictor, rows: pd.DataFrame, label_names: li
 def model_pictures(model: AdapLeRForSequenceClassification, config: PipelineConfig, directory: Path,
                    examples: int = HIGHLIGHT_EXAMPLES) -> list[Path]:
     """retention.png (dev and test) and highlight.html (the first ``examples`` test rows) of
-    ``model`` on the data of ``config``, written to ``directory``."""
+    ``model`` on the data of ``config``, written to ``directory``; texts cut to the model's own
+    input budget (``tokenizer.model_max_length``), as it runs in service."""
     data = load_data(config)
     curves = {}
     for split in ("dev", "test"):
-        loader = make_loader(data.split(split), model.tokenizer, 32, config.data.max_length)
+        loader = make_loader(data.split(split), model.tokenizer, 32, model.tokenizer.model_max_length)
         curves[f"{data.name} {split}"] = evaluate(model, loader, removal="packed").retention
     retention = retention_plot(curves, directory / RETENTION_PNG, title=f"tokens kept per layer ({config.name})")
-    predictor = Predictor(model, max_length=config.data.max_length)
+    predictor = Predictor(model)
     page = highlight_html(
         highlight_examples(predictor, data.test.head(examples), data.label_names), model.num_layers,
         title=f"Kept tokens: {config.name}, {data.name} test",
