@@ -50,8 +50,9 @@ def test_both_models_are_timed_on_the_same_sorted_batches_without_tokenizing(tin
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(type(model.tokenizer), "__call__", counting)
-    for m in (backbone, model):
-        m.tokenizer.model_max_length = 32
+    tokenizer = copy.deepcopy(model.tokenizer)  # the session's tokenizer stays as it is
+    tokenizer.model_max_length = 32
+    backbone.tokenizer = model.tokenizer = tokenizer
     base, ours = paired_throughput(backbone, model, rows, batch_size=8, repeats=2)
     assert base > 0 and ours > 0
 
@@ -71,7 +72,7 @@ def test_a_model_at_a_shorter_input_budget_is_timed_on_the_texts_cut_to_it(tiny_
     calls: list = []
     backbone = Recorder(tiny_model_factory(eta_init=0.01), calls)
     model = Recorder(tiny_model_factory(eta_init=1.0), calls)
-    model.tokenizer = copy.deepcopy(model.tokenizer)  # the factory's models share one tokenizer
+    backbone.tokenizer, model.tokenizer = (copy.deepcopy(model.tokenizer) for _ in range(2))  # one each, not the session's
     backbone.tokenizer.model_max_length, model.tokenizer.model_max_length = 32, 6
     paired_throughput(backbone, model, rows, batch_size=4)
     longest = {removal: max(int(mask.sum(-1).max()) for r, _, mask in calls if r == removal) for removal in ("none", "packed")}
@@ -81,7 +82,7 @@ def test_a_model_at_a_shorter_input_budget_is_timed_on_the_texts_cut_to_it(tiny_
 def test_budget_gain_is_the_backbone_flops_ratio_of_full_to_cut_inputs(tiny_model_factory, make_rows, sentences):
     rows = make_rows(sentences)
     model = tiny_model_factory()
-    tokenizer = model.tokenizer
+    model.tokenizer = tokenizer = copy.deepcopy(model.tokenizer)  # not the session's: its budget changes below
     full = token_counts(tokenizer, rows["text"].tolist(), None, 32)
     cut = token_counts(tokenizer, rows["text"].tolist(), None, 6)
     assert max(full) > 6  # some text is cut
