@@ -11,6 +11,7 @@ their location, which any node can read (pipelines/storage.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from collections.abc import Callable
@@ -185,13 +186,18 @@ def stage_worker(loop_config: dict) -> None:
 
 def fit_stage(config: PipelineConfig, stage: str, run_name: str, **extra) -> list[EpochCheckpoint]:
     """Run a stage on Ray Train; returns every epoch's checkpoint (its location in
-    ``ray.storage_path``) with its metrics, and prints the nodes its workers ran on."""
+    ``ray.storage_path``, under ``<run_name>-<digest of the config>``) with its metrics, and
+    prints the nodes its workers ran on."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     loop_config = {"config": config_to_dict(config), "stage": stage, **extra}
     if config.ray.fail_once_at_step >= 0:
         loop_config["fail_marker"] = str(Path(tempfile.gettempdir()) / f"adapler-fail-once-{run_name}")
+    # Ray Train resumes a run from the checkpoints it finds under storage_path/<name>: the name
+    # carries a digest of everything the run trains on, so that the same run resumes (a restarted
+    # job) and a run with another config or data never starts from an earlier one's weights.
+    digest = hashlib.sha256(json.dumps(loop_config, sort_keys=True, default=str).encode()).hexdigest()[:8]
     trainer = TorchTrainer(
         stage_worker,
         train_loop_config=loop_config,
@@ -202,7 +208,7 @@ def fit_stage(config: PipelineConfig, stage: str, run_name: str, **extra) -> lis
             placement_strategy=config.ray.placement_strategy,
         ),
         run_config=RunConfig(
-            name=run_name,
+            name=f"{run_name}-{digest}",
             storage_path=storage_path(config),
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),

@@ -100,6 +100,18 @@ def test_worker_failure_resumes_from_the_last_checkpoint(ray_local, tiny_backbon
     marker.unlink()
 
 
+def test_a_rerun_with_another_config_does_not_resume_the_first_runs_checkpoints(
+        ray_local, tiny_backbone_dir, tiny_overrides, tmp_path):
+    # Ray Train resumes from a snapshot under storage_path/<name>: a second `adapler run` of the same
+    # name with other data once got the first run's stage-1 weights back, untrained on its data.
+    first = fit_stage(load_config(None, tiny_overrides(tiny_backbone_dir, tmp_path, "rerun"), cls=PipelineConfig),
+                      "stage1", "rerun-stage1")
+    other = load_config(None, tiny_overrides(tiny_backbone_dir, tmp_path, "rerun") + ["stage1.lr=3e-4"], cls=PipelineConfig)
+    second = fit_stage(other, "stage1", "rerun-stage1")
+    assert {c.path for c in first}.isdisjoint(c.path for c in second)
+    assert second[0].metrics["train_loss"] != first[0].metrics["train_loss"]  # trained again, at its own rate
+
+
 # Etas pinned at 1e-4: a token leaves only if its score is under 1e-4 of the uniform 1/n, which
 # near-uniform fresh CPs never give, so no token is removed.
 NOTHING_REMOVED = ["model.adapler.eta_init=1e-4", "model.adapler.eta_min=1e-4", "model.adapler.eta_max=1e-4",

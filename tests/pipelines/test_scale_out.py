@@ -138,7 +138,7 @@ def test_stage1_on_two_nodes_agrees_with_one_worker(stage1_two_workers, scale_co
     # one checkpoint per epoch, written by rank 0 alone: the model and the state, nothing else
     for checkpoint in epochs:
         assert sorted(p.name for p in Path(checkpoint.path).iterdir()) == [MODEL_SUBDIR, STATE_FILE]
-    assert len(list(Path(scale_config.ray.storage_path, "scale-stage1").rglob(STATE_FILE))) == 2
+    assert len(list(Path(scale_config.ray.storage_path).glob(f"scale-stage1-*/**/{STATE_FILE}"))) == 2
     # dev metrics are those of the whole dev split, computed once: the checkpoint evaluated here agrees
     data = load_data(scale_config)
     model = AdapLeRForSequenceClassification.from_pretrained(Path(epochs[-1].path) / MODEL_SUBDIR)
@@ -207,11 +207,11 @@ def test_pipeline_with_storage_in_s3_and_a_failing_worker(two_node_cluster, tiny
     assert marker.exists(), "the injected failure never fired"
     marker.unlink()
     keys = _bucket_keys("adapler/")
-    states = [k for k in keys if k.startswith("adapler/s3run-stage1/") and k.endswith(f"/{STATE_FILE}")]
+    states = [k for k in keys if k.startswith("adapler/s3run-stage1-") and k.endswith(f"/{STATE_FILE}")]
     # resumed from epoch 0's checkpoint in the bucket: epoch 0 was not trained (and saved) twice
     assert len(states) == 2, states
     stage1 = json.loads((Path(summary.run_dir) / "stage1.json").read_text())
-    assert stage1["checkpoints"][0]["path"].startswith(f"{storage}/s3run-stage1/")
+    assert stage1["checkpoints"][0]["path"].startswith(f"{storage}/s3run-stage1-")
     assert stage1["saliency_path"].startswith(f"{storage}/s3run/saliency/saliency-")
     saliency = stage1["saliency_path"].removeprefix(f"s3://{BUCKET}/")
     assert f"{saliency}/{SUCCESS_MARKER}" in keys and any(k.startswith(saliency) and k.endswith(".parquet") for k in keys)
@@ -225,7 +225,8 @@ def test_pipeline_with_storage_in_s3_and_a_failing_worker(two_node_cluster, tiny
     assert client.get_experiment_by_name("adapler-s3").artifact_location == f"{storage}/mlflow"
     directory = resolve_model("models:/adapler-tiny@champion", config.mlflow.tracking_uri)
     assert (directory / "model.safetensors").read_bytes() == Path(summary.model_dir, "model.safetensors").read_bytes()
-    assert local_copy(f"{storage}/s3run-stage1") != f"{storage}/s3run-stage1"
+    stage1_run = stage1["checkpoints"][0]["path"].rsplit("/", 1)[0]
+    assert local_copy(stage1_run) != stage1_run
 
 
 @pytest.mark.slow
