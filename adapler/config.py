@@ -50,6 +50,10 @@ class AdapLeRSettings:
     beta: float = 0.1  # slope of the soft-removal function above the threshold
     # Calibration (adapler.calibration.apply_factor) already applied to the saved etas: 1 = as trained.
     eta_factor: float = 1.0
+    # A model chosen at a shorter input budget than its backbone's (a searched data.max_length):
+    # the backbone's length, which its FLOPs speedups are reported against
+    # (adapler.evaluate.budget_gain). None: its own budget (tokenizer.model_max_length).
+    reference_max_length: int | None = None
 
     def __post_init__(self) -> None:
         # eta / n is the soft-removal threshold delta, and S divides by it: eta = 0 gives NaN weights.

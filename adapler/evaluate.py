@@ -149,13 +149,15 @@ def paired_throughput(backbone, model, rows, batch_size: int = 32, repeats: int 
     return timed_throughput(backbone, base_batches, "none", repeats), timed_throughput(model, model_batches, "packed", repeats)
 
 
-def budget_gain(model, rows, full_max_length: int, budget: int | None = None) -> float:
+def budget_gain(model, rows, full_max_length: int | None = None, budget: int | None = None) -> float:
     """How many times fewer backbone FLOPs ``rows`` cost at an input budget (default ``model``'s
-    own, ``tokenizer.model_max_length``) than at ``full_max_length``
-    (:func:`adapler.flops.input_budget_gain`): 1.0 when the budget is the full length. A speedup
-    measured at the budget times this is the speedup against the full-length backbone."""
+    own, ``tokenizer.model_max_length``) than at ``full_max_length`` (default the model's
+    ``settings.reference_max_length``) (:func:`adapler.flops.input_budget_gain`): 1.0 when the
+    budget is the full length. A speedup measured at the budget times this is the speedup against
+    the full-length backbone."""
     core = unwrap(model)
     budget = budget or core.tokenizer.model_max_length
+    full_max_length = full_max_length or core.settings.reference_max_length or budget
     if budget >= full_max_length:
         return 1.0
     texts, pairs = rows["text"].tolist(), rows["text_pair"].tolist()

@@ -140,8 +140,12 @@ def run_calibrate(args: argparse.Namespace) -> None:
     model = load_model(str(model_dir), args.device)  # torch: the model that is saved or registered
     runtime = resolve_runtime(args.runtime, args.device)
     engine = model if runtime == "torch" else load_model(str(model_dir), args.device, runtime=runtime)
-    loader, examples = split_loader(args.data, args.set, model, "dev", args.batch_size, args.max_length)
-    data_description = f"{args.data} dev ({examples} examples)"
+    from adapler.evaluate import budget_gain
+
+    loader, rows = split_loader(args.data, args.set, model, "dev", args.batch_size, args.max_length)
+    data_description = f"{args.data} dev ({len(rows)} examples)"
+    # speedups against the backbone at the length the model was chosen against (reference_max_length)
+    flops_gain = budget_gain(model, rows)
 
     print(f"calibrating {args.model} on {data_description}", file=sys.stderr)
 
@@ -150,7 +154,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
               file=sys.stderr, flush=True)
 
     search = _search_points if args.points else _search_factor
-    calibrated, register = search(model, engine, loader, args, data_description, progress)
+    calibrated, register = search(model, engine, loader, args, data_description, progress, flops_gain)
     if args.output:
         calibrated.save_pretrained(args.output)
         print(f"saved: {args.output}")
@@ -166,13 +170,15 @@ def run_calibrate(args: argparse.Namespace) -> None:
         print("not saved: give --output DIR to keep the calibrated model")
 
 
-def _search_factor(model, engine, loader, args: argparse.Namespace, data_description: str, progress):
+def _search_factor(model, engine, loader, args: argparse.Namespace, data_description: str, progress,
+                   flops_gain: float):
     """--target-speedup / --max-drop, measured on ``engine`` (``model`` on the chosen runtime):
     the calibrated model, and how to register it."""
     from adapler.calibration import TargetUnreachable, apply_factor, calibrate
 
     try:
-        result = calibrate(engine, loader, target_speedup=args.target_speedup, max_drop=args.max_drop, on_point=progress)
+        result = calibrate(engine, loader, target_speedup=args.target_speedup, max_drop=args.max_drop,
+                           on_point=progress, flops_gain=flops_gain)
     except TargetUnreachable as err:
         print(format_curve(err.points))
         raise UserError(str(err)) from None
@@ -194,14 +200,16 @@ def _search_factor(model, engine, loader, args: argparse.Namespace, data_descrip
     return apply_factor(model, chosen.factor), register
 
 
-def _search_points(model, engine, loader, args: argparse.Namespace, data_description: str, progress):
+def _search_points(model, engine, loader, args: argparse.Namespace, data_description: str, progress,
+                   flops_gain: float):
     """--points, measured on ``engine``: the model with its operating points (etas unchanged), and
     how to register it."""
     from adapler.calibration import measure_operating_points
     from adapler.operating_points import PointBudgets
 
     budgets = PointBudgets() if args.fast_drop is None else PointBudgets(fast=args.fast_drop)
-    points = measure_operating_points(engine, loader, budgets, data=data_description, on_point=progress)
+    points = measure_operating_points(engine, loader, budgets, data=data_description, on_point=progress,
+                                      flops_gain=flops_gain)
     print(format_curve(points.curve, names=points.named))
     print(points.listing())
     model.operating_points = points

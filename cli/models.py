@@ -50,7 +50,7 @@ def load_model(model: str, device: str = "cpu", quantize: str = "none", tracking
 
 def split_loader(data_name: str, overrides: list[str], model, split: str, batch_size: int, max_length: int | None):
     """A loader over one split of a data set, after checking that its labels are the model's.
-    Returns (loader, number of examples)."""
+    Returns (loader, the split's rows)."""
     from adapler.batching import make_loader
     from adapler.config import DataConfig, ExperimentConfig, load_config
     from adapler.recipe import load_data
@@ -63,4 +63,4 @@ def split_loader(data_name: str, overrides: list[str], model, split: str, batch_
     if rows.empty:
         raise UserError(f"the {split} split of {data.name} is empty")
     loader = make_loader(rows, model.tokenizer, batch_size, max_length or model.tokenizer.model_max_length)
-    return loader, len(rows)
+    return loader, rows

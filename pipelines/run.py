@@ -11,6 +11,7 @@ parent run; the stage-1 outcome is written to <output_dir>/<name>/stage1.json so
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import time
@@ -190,13 +191,18 @@ def run_stage2(config: PipelineConfig, stage1: Stage1Outcome, out: Path, parent_
     return outcome
 
 
-def keep_chosen_model(chosen: Candidate, out: Path) -> Path:
-    """The chosen model, at its eta factor, at <run dir>/model: the path the README and the CLI name."""
+def keep_chosen_model(chosen: Candidate, out: Path, full_max_length: int) -> Path:
+    """The chosen model, at its eta factor, at <run dir>/model: the path the README and the CLI
+    name. A model at a shorter input budget records ``full_max_length`` as the length its
+    speedups are against (``settings.reference_max_length``)."""
     target = out / RUN_MODEL_SUBDIR
     if target.exists():
         shutil.rmtree(target)
     model = AdapLeRForSequenceClassification.from_pretrained(local_copy(chosen.model_dir))
-    apply_factor(model, chosen.factor).save_pretrained(target)  # config.json records the factor
+    model = apply_factor(model, chosen.factor)  # config.json records the factor
+    if model.tokenizer.model_max_length < full_max_length:  # a shorter searched budget: and the backbone's
+        model.settings = dataclasses.replace(model.settings, reference_max_length=full_max_length)
+    model.save_pretrained(target)
     return target
 
 
@@ -218,7 +224,7 @@ def store_operating_points(config: PipelineConfig, model_dir: Path, dev: pd.Data
 
     model.operating_points = measure_operating_points(
         model, loader, config.operating_points.budgets, data=f"{data_name} dev ({len(dev)} examples)", on_point=progress,
-        flops_gain=budget_gain(model, dev, config.data.max_length))
+        flops_gain=budget_gain(model, dev))
     model.save_pretrained(model_dir)
     print(f"      operating points: {model.operating_points.describe()}", flush=True)
     files = write_points_curve(model.operating_points, report_dir / "operating_points")
@@ -231,7 +237,7 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
     chosen = outcome.selection.chosen
     data = load_data(config)
     backbone = AdapLeRForSequenceClassification.from_pretrained(local_copy(stage1.best_model_dir))
-    model_dir = keep_chosen_model(chosen, out)
+    model_dir = keep_chosen_model(chosen, out, config.data.max_length)
     points, curve_files = store_operating_points(config, model_dir, data.dev, data.name, out / "report")
     if config.mlflow.onnx_export:  # after the points: they live in config.json, outside the graphs
         export_model_dir(model_dir, model_dir, "int8" if config.mlflow.onnx_export == "int8" else "none")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import pytest
@@ -144,3 +146,20 @@ def test_predict_at_an_operating_point(tiny_model_factory, save_review_model, mo
         assert main(["predict", "--model", *argv, text]) == 2
         err = capsys.readouterr().err
         assert err.count("adapler: error:") == 1 and message in err and "Traceback" not in err, err
+
+
+def test_a_model_at_a_shorter_budget_reports_its_speedup_against_its_reference(
+        tmp_path, tiny_model_factory, save_review_model, capsys):
+    model = tiny_model_factory(num_labels=2)
+    model.tokenizer = copy.deepcopy(model.tokenizer)
+    save_review_model(model, tmp_path / "short")
+    model.tokenizer.model_max_length = 12  # chosen at a 12-token budget, against a 64-token backbone
+    model.settings = dataclasses.replace(model.settings, reference_max_length=64)
+    model.save_pretrained(tmp_path / "short")
+    directory = str(tmp_path / "short")
+    assert main(["evaluate", "--model", directory, "--set", "limit=20", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["input_budget"] == 12
+    assert summary["flops_speedup"] > summary["flops_speedup_at_budget"] > 0  # reviews are longer than 12 tokens
+    assert main(["evaluate", "--model", directory, "--set", "limit=20"]) == 0
+    assert "against the backbone at 64 tokens" in capsys.readouterr().out

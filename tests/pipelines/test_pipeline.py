@@ -66,6 +66,7 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
     assert len(list((out / "saliency").glob("saliency-*"))) == 2  # labels for each budget
     tokenizer_config = json.loads((out / "model" / "tokenizer_config.json").read_text())
     assert summary.input_budget == tokenizer_config["model_max_length"] == summary.chosen["params"]["data.max_length"]
+    assert saved["reference_max_length"] == (32 if summary.input_budget == 16 else None)  # what its speedups are against
     parent = next(run for run in runs if run.info.run_name == "e2e")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/retention.png", "report/highlight.html", "report/pareto.png"} <= logged, logged
