@@ -143,12 +143,18 @@ class Predictor:
         elif len(points) != len(texts) or any(v is not None for v in (operating_point, target_speedup, factor)):
             raise ValueError("points: one per text, instead of operating_point, target_speedup and factor")
         results: list[Prediction | None] = [None] * len(texts)
+        # A model chosen at a shorter input budget: each text's speedup is against the backbone on
+        # the text at the length the model was chosen against (settings.reference_max_length).
+        reference = self.model.settings.reference_max_length
+        full = (np.asarray(token_counts(self.model.tokenizer, texts, text_pairs, reference))
+                if reference and reference > self.max_length else None)
         # similar lengths share a batch
         for chunk, batch in sorted_batches(self.model.tokenizer, texts, text_pairs, self.batch_size, self.max_length):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             mine = [points[i] for i in chunk]
             out = self.model(**batch, removal=self.removal, eta_factors=self._eta_factors(mine))
-            for row, prediction in enumerate(self._unbatch(batch, out, explain, mine)):
+            full_lengths = None if full is None else full[chunk]
+            for row, prediction in enumerate(self._unbatch(batch, out, explain, mine, full_lengths)):
                 results[chunk[row]] = prediction
         return results  # type: ignore[return-value]
 
@@ -159,13 +165,16 @@ class Predictor:
             return None
         return torch.tensor(factors, dtype=torch.float32, device=self.device)
 
-    def _unbatch(self, batch: dict, out, explain: bool, points: Sequence[OperatingPoint | None]) -> list[Prediction]:
+    def _unbatch(self, batch: dict, out, explain: bool, points: Sequence[OperatingPoint | None],
+                 full_lengths: np.ndarray | None = None) -> list[Prediction]:
+        """full_lengths: (B,) tokens of each text at the model's reference length, or None."""
         probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()  # (B, C)
         lengths = batch["attention_mask"].sum(-1).cpu().numpy()  # (B,)
         kept = out.kept_lengths.cpu().numpy()  # (B, L)
-        speedups = backbone_flops(lengths, self.size) / adapler_flops(lengths, kept, self.size)
+        reference = lengths if full_lengths is None else full_lengths
+        speedups = backbone_flops(reference, self.size) / adapler_flops(lengths, kept, self.size)
         if self.removal == "none":
-            speedups = np.ones_like(speedups)
+            speedups = backbone_flops(reference, self.size) / backbone_flops(lengths, self.size)
         predictions = []
         for row in range(len(lengths)):
             label_id = int(probs[row].argmax())

@@ -163,3 +163,11 @@ def test_a_model_at_a_shorter_budget_reports_its_speedup_against_its_reference(
     assert summary["flops_speedup"] > summary["flops_speedup_at_budget"] > 0  # reviews are longer than 12 tokens
     assert main(["evaluate", "--model", directory, "--set", "limit=20"]) == 0
     assert "against the backbone at 64 tokens" in capsys.readouterr().out
+    # and each text's speedup in predict, against the backbone on the text at 64 tokens
+    text = "The plot wanders for two hours, the dialogue is stiff, and not even the score can save it."
+    at_reference = Predictor.from_directory(directory, runtime="torch").predict([text])[0]
+    model.settings = dataclasses.replace(model.settings, reference_max_length=None)
+    model.save_pretrained(tmp_path / "own")
+    at_budget = Predictor.from_directory(tmp_path / "own", runtime="torch").predict([text])[0]
+    assert at_reference.input_tokens == at_budget.input_tokens == 12
+    assert at_reference.flops_speedup > at_budget.flops_speedup
