@@ -45,10 +45,10 @@ class TuneConfig:
     phi_max: float = 2.0
     # Input budgets to search (data.max_length of a trial): None = powers of two from 32 up to
     # data.max_length that cut some training text, and data.max_length itself
-    # (adapler.batching.input_budgets); [] = not searched. A trial at budget T starts from the
-    # stage-1 model and learns on texts cut to T tokens, with saliency labels computed at T, so
-    # plain truncation is a point of the search; every speedup is against the backbone at
-    # data.max_length.
+    # (adapler.batching.input_budgets); [] = not searched. A trial at budget T starts as its
+    # stage2.init says (the stage-1 model, or the backbone) and learns on texts cut to T tokens,
+    # with saliency labels computed at T, so plain truncation is a point of the search; every
+    # speedup is against the backbone at data.max_length.
     max_lengths: list[int] | None = None
     lrs: list[float] = field(default_factory=lambda: [2e-5, 3e-5, 5e-5])
     inits: list[str] = field(default_factory=lambda: ["pretrained", "finetuned"])
