@@ -20,7 +20,6 @@ bench/results/untuned.json: one record per (dataset, variant), replacing the dat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from transformers import AutoModelForSequenceClassification
 from adapler.batching import make_loader, token_counts
 from adapler.config import load_config
 from adapler.evaluate import evaluate
-from adapler.flops import EncoderSize, backbone_flops
+from adapler.flops import EncoderSize, input_budget_gain
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data, new_model
 from adapler.selection import NO_PRUNING_FLOOR
@@ -50,10 +49,6 @@ def dataset_overrides(dataset: str) -> tuple[str, list[str]]:
         files = bbc_titles(HERE / ".cache" / "bbc_titles")
         return "files", ["name=bbc_titles", *(f"data.{split}_file={path}" for split, path in files.items())]
     return dataset, []
-
-
-def flops_ratio(full_lengths, size: EncoderSize, lengths, variant_size: EncoderSize) -> float:
-    return float(backbone_flops(full_lengths, size).sum() / backbone_flops(lengths, variant_size).sum())
 
 
 def static_variant(config: PipelineConfig, data, max_length: int, layers: int | None) -> tuple[float, object]:
@@ -109,11 +104,11 @@ def bench_dataset(dataset: str, extra: list[str]) -> list[dict]:
     for length in [t for t in TRUNCATIONS if t < max(full)]:  # a cut no test text reaches changes nothing
         accuracy, _ = static_variant(config, data, length, None)
         records.append({"dataset": dataset, "variant": f"truncate-{length}", "test_accuracy": accuracy,
-                        "flops_speedup": flops_ratio(full, size, token_counts(chosen.tokenizer, texts, pairs, length), size)})
+                        "flops_speedup": input_budget_gain(full, token_counts(chosen.tokenizer, texts, pairs, length), size)})
     half = size.num_layers // 2
     accuracy, _ = static_variant(config, data, config.data.max_length, half)
     records.append({"dataset": dataset, "variant": f"layers-{half}", "test_accuracy": accuracy,
-                    "flops_speedup": flops_ratio(full, size, full, dataclasses.replace(size, num_layers=half))})
+                    "flops_speedup": size.num_layers / half})  # every layer costs the same on the same tokens
     for record in records:
         record["overrides"] = extra
         print(f"{dataset:16s} {record['variant']:12s} test accuracy {record['test_accuracy']:.4f}  "

@@ -56,7 +56,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     # A model chosen at a shorter input budget: its speedup against the backbone at the length it was
     # chosen against (settings.reference_max_length), as its run's summary and operating points say.
     reference = model.settings.reference_max_length
-    gain = budget_gain(model, rows) if args.removal != "none" else 1.0
+    gain = budget_gain(model, rows)  # with removal "none": what the cut to its budget alone saves
     summary = {**result.summary(), "flops_speedup": result.flops_speedup * gain,
                "flops_speedup_at_budget": result.flops_speedup, "input_budget": model.tokenizer.model_max_length,
                "retention": result.retention, "num_examples": result.num_examples}
