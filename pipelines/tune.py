@@ -4,7 +4,8 @@ The search space is :data:`SEARCHED`: one line per searched config key, its samp
 ``tune`` fields that bound it. A trial applies its sampled values to the config with
 :func:`adapler.config.apply_overrides` (the ``--set`` code), trains with the real config it
 gets, and logs its own MLflow run from inside (params = that config, one step per epoch).
-Multi-objective (dev accuracy up, FLOPs speedup up) with Optuna; ASHA stops trials early on
+Multi-objective (dev accuracy up, FLOPs speedup up) with Optuna, whose first trials take each
+input budget in turn (:func:`budget_first_points`); ASHA stops trials early on
 :func:`adapler.selection.early_stopping_score`. Every trial shares the stage-1 checkpoints; the
 input budget (``data.max_length``) is searched too, each budget with saliency labels computed
 once before the search (:class:`BudgetInputs`), and every speedup is against the full-length
@@ -65,6 +66,27 @@ def param_space(tune_config: TuneConfig) -> dict:
             continue
         space[key] = samplers[sampler](*arguments)
     return space
+
+
+def budget_first_points(config: PipelineConfig) -> list[dict]:
+    """The search's first trials: one per input budget in ``tune.max_lengths``, shortest first
+    (the cheapest to train, and the ones truncation says matter most on long texts), each at the
+    config's own values of the other searched keys (clamped into their ranges). Random draws
+    follow them. Without this, 4 trials over 5 budgets can miss the short ones (BBC News: 256,
+    512, 128, 256). Empty when the budget is not searched."""
+    space = param_space(config.tune)
+    if "data.max_length" not in space:
+        return []
+    start = {}
+    for key, (sampler, fields) in SEARCHED.items():
+        if key not in space:
+            continue
+        value, bounds = get_dotted(config, key), [getattr(config.tune, name) for name in fields]
+        if sampler == "loguniform":
+            start[key] = min(max(value, bounds[0]), bounds[1])
+        else:
+            start[key] = value if value in bounds[0] else bounds[0][0]
+    return [{**start, "data.max_length": budget} for budget in sorted(config.tune.max_lengths)]
 
 
 def searched_values(config: PipelineConfig) -> dict:
@@ -150,7 +172,8 @@ def search(config: PipelineConfig, stage1_dir: str, budgets: dict[int, BudgetInp
         trainable,
         param_space=param_space(t),
         tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(metric=["dev_accuracy", "dev_flops_speedup"], mode=["max", "max"], seed=t.seed),
+            search_alg=OptunaSearch(metric=["dev_accuracy", "dev_flops_speedup"], mode=["max", "max"], seed=t.seed,
+                                    points_to_evaluate=budget_first_points(config) or None),
             scheduler=ASHAScheduler(
                 metric="objective", mode="max", time_attr="training_iteration",
                 grace_period=t.grace_period, max_t=config.stage2.epochs,
