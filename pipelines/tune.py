@@ -25,10 +25,10 @@ import torch
 from adapler.batching import input_budgets, make_loader, token_counts
 from adapler.calibration import calibrate
 from adapler.config import ConfigError, apply_overrides, config_from_dict, config_to_dict, get_dotted
-from adapler.evaluate import budget_gain
+from adapler.evaluate import budget_gain, evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
-from adapler.selection import Candidate, Selection, early_stopping_score, select
+from adapler.selection import Candidate, Selection, accuracy_floor, early_stopping_score, select
 from adapler_pipelines.config import PipelineConfig, TuneConfig
 from adapler_pipelines.storage import join, local_copy, location_of
 from adapler_pipelines.tracking import StageRun, end_open_runs, tracking_uri
@@ -218,29 +218,37 @@ def without_search(config: PipelineConfig, epochs: list[EpochCheckpoint], refere
 
 
 def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: float) -> SearchOutcome:
-    """Calibration in the loop: from each trial, the epoch the rule picks among its own (within
+    """Calibration in the loop. Every (trial, epoch) first gets its dev accuracy with removal off
+    (``unpruned_accuracy``: the rule lets pruning cost at most the tolerance, see
+    :mod:`adapler.selection`). From each trial, the epoch the rule picks among its own (within
     the tolerance, else its most accurate) is calibrated on dev at its input budget
-    (:func:`adapler.calibration.calibrate`, goal ``min_accuracy``: the fastest global eta factor
-    whose dev accuracy stays within the tolerance of the reference and at most one tolerance below
-    its own; a trial that pruned too hard walks its factor down and gives accuracy back). Every
-    factor measured that meets that goal becomes a candidate of its own (same trial, epoch and
-    model, another factor; speedups against the full-length backbone), and the rule selects again
-    over them all."""
+    (:func:`adapler.calibration.calibrate`, goal ``min_accuracy``: its
+    :func:`adapler.selection.accuracy_floor`; a trial that pruned too hard walks its factor down
+    and gives accuracy back). Every factor measured that meets that goal becomes a candidate of
+    its own (same trial, epoch and model, another factor; speedups against the full-length
+    backbone), and the rule selects again over them all."""
     tolerance = config.stage2.selection_tolerance
     data = load_data(config)
-    candidates = list(outcome.candidates)
-    trials: dict[str, list[Candidate]] = {}
+
+    def load(candidate: Candidate):
+        model = AdapLeRForSequenceClassification.from_pretrained(local_copy(candidate.model_dir))
+        budget = model.tokenizer.model_max_length
+        return model, budget, make_loader(data.dev, model.tokenizer, config.stage2.batch_size, budget)
+
+    candidates, trials = [], {}
     for candidate in outcome.candidates:
+        if candidate.factor == 1.0 and candidate.unpruned_accuracy is None:
+            model, budget, dev = load(candidate)
+            candidate = dataclasses.replace(candidate, unpruned_accuracy=evaluate(model, dev, removal="none").accuracy)
+            print(f"        trial {candidate.trial} epoch {candidate.epoch} ({budget} tokens): removal off -> "
+                  f"dev accuracy {candidate.unpruned_accuracy:.4f}", flush=True)
+        candidates.append(candidate)
         if candidate.factor == 1.0:
             trials.setdefault(candidate.trial, []).append(candidate)
     for epochs in trials.values():
         pick = select(epochs, reference, tolerance).chosen
-        model = AdapLeRForSequenceClassification.from_pretrained(local_copy(pick.model_dir))
-        budget = model.tokenizer.model_max_length
-        dev = make_loader(data.dev, model.tokenizer, config.stage2.batch_size, budget)
-        # At most one tolerance below its own accuracy, never under the floor: the bisection walks
-        # to the edge of what dev allows, and a small dev split's noise is of that size too.
-        min_accuracy = max(reference - tolerance, pick.dev_accuracy - tolerance)
+        model, budget, dev = load(pick)
+        min_accuracy = accuracy_floor(pick, reference, tolerance)
 
         def progress(point, c=pick, budget=budget) -> None:
             print(f"        trial {c.trial} epoch {c.epoch} ({budget} tokens): etas x {point.factor:.3g} -> "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapler.selection import Candidate, best_epochs, early_stopping_score, pareto_front, select
+from adapler.selection import Candidate, accuracy_floor, best_epochs, early_stopping_score, pareto_front, select
 
 
 def table(*rows: tuple[float, float], trial: str = "t") -> list[Candidate]:
@@ -98,3 +98,19 @@ def test_select_over_trial_epoch_and_factor_points():
     assert selection.chosen.model_dir == "/a0" and selection.eligible
     # the scaled a0 beats trained a1 and b0 on both axes: they leave the front
     assert [(c.trial, c.epoch, c.factor) for c in selection.front] == [("a", 0, 1.0), ("a", 0, 1.5), ("a", 0, 2.0), ("a", 0, 3.0)]
+
+
+def test_pruning_may_cost_at_most_the_tolerance_of_the_models_own_unpruned_accuracy():
+    """Stage 1 read 0.67; stage 2 trained its classifier on to 0.70 unpruned. Within a point of
+    stage 1 is not enough: 0.665 at 2.9x costs 3.5 points of what the same weights read unpruned."""
+    points = [
+        Candidate("short", 0, 0.665, 2.9, unpruned_accuracy=0.70),
+        Candidate("short", 0, 0.692, 1.6, unpruned_accuracy=0.70, factor=0.5),
+        Candidate("long", 0, 0.675, 2.2),  # unpruned not measured: the reference alone
+    ]
+    assert accuracy_floor(points[0], reference=0.67, tolerance=0.01) == pytest.approx(0.69)
+    assert accuracy_floor(points[2], reference=0.67, tolerance=0.01) == pytest.approx(0.66)
+    assert select(points, reference=0.67, tolerance=0.01).chosen is points[2]
+    assert select(points[:2], reference=0.67, tolerance=0.01).chosen is points[1]
+    # an unpruned accuracy under the reference does not lower the floor
+    assert accuracy_floor(Candidate("x", 0, 0.6, 2.0, unpruned_accuracy=0.5), 0.67, 0.01) == pytest.approx(0.66)

@@ -69,8 +69,12 @@ def test_calibration_in_the_loop_adds_only_factors_within_the_goal_against_the_f
     trained = Candidate("a", 0, own.accuracy, own.flops_speedup, {"data.max_length": 16}, str(tmp_path / "model"))
     outcome = calibrate_front(SearchOutcome([trained], select([trained], own.accuracy, 0.01)), config, own.accuracy)
 
+    unpruned = evaluate(model, loader, removal="none").accuracy
+    assert outcome.candidates[0].unpruned_accuracy == pytest.approx(unpruned)  # measured for each trained epoch
     added = [c for c in outcome.candidates if c.factor != 1.0]
-    assert added and all(c.dev_accuracy >= own.accuracy - 0.01 for c in added)  # probes past the edge left out
+    floor = max(own.accuracy, unpruned) - 0.01
+    assert added and all(c.dev_accuracy >= floor and c.unpruned_accuracy == pytest.approx(unpruned)
+                         for c in added)  # probes past the edge left out
     gain = budget_gain(model, dev, 32)
     assert gain > 1
     for c in added:  # each factor's speedup at the budget, times the budget's gain: against the 32-token backbone
