@@ -56,11 +56,14 @@ def input_budgets(max_length: int, longest: int, smallest: int = 32) -> list[int
 
 
 def sorted_batches(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
-                   batch_size: int = 32, max_length: int | None = None) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+                   batch_size: int = 32, max_length: int | None = None,
+                   counts: Sequence[int] | None = None) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """The batches inference runs: examples sorted by token count (stable), ``batch_size`` per
-    batch, each padded to its own longest. ``(indices into texts, batch)`` pairs."""
+    batch, each padded to its own longest. ``(indices into texts, batch)`` pairs. ``counts``:
+    the :func:`token_counts` at ``max_length`` where the caller has them already."""
     pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
-    order = np.argsort(token_counts(tokenizer, texts, pairs, max_length), kind="stable")
+    counts = token_counts(tokenizer, texts, pairs, max_length) if counts is None else counts
+    order = np.argsort(counts, kind="stable")
     chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     return [
         (chunk, encode(tokenizer, [texts[i] for i in chunk], [pairs[i] for i in chunk], max_length))

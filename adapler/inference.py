@@ -148,8 +148,11 @@ class Predictor:
         reference = self.model.settings.reference_max_length
         full = (np.asarray(token_counts(self.model.tokenizer, texts, text_pairs, reference))
                 if reference and reference > self.max_length else None)
+        # A cut keeps min(tokens, budget) (special tokens included): no second tokenization for the sort.
+        counts = None if full is None else np.minimum(full, self.max_length)
         # similar lengths share a batch
-        for chunk, batch in sorted_batches(self.model.tokenizer, texts, text_pairs, self.batch_size, self.max_length):
+        for chunk, batch in sorted_batches(self.model.tokenizer, texts, text_pairs, self.batch_size, self.max_length,
+                                           counts):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             mine = [points[i] for i in chunk]
             out = self.model(**batch, removal=self.removal, eta_factors=self._eta_factors(mine))
