@@ -6,9 +6,10 @@ Two graphs per model:
                   -> logits (B, C), kept (B, L, T) bool: token t of the input enters layer l.
                   Removal inside the graph, by the rule of the torch packed path (spec section 5):
                   at layer l, token i stays iff softmax(CP_l)_i >= thresholds[b, l] / n_b (n_b the
-                  tokens present), [CLS] always, no re-insertion; the kept tokens of each example
-                  are then moved to the front (in order) and the batch cut to its longest kept row,
-                  so every layer only computes over kept tokens (B, T_l, H).
+                  tokens present), [CLS] always, no re-insertion. The kept tokens are packed,
+                  (1, N_l, H) with no padding, for every dense layer (Q/K/V, attention output,
+                  FFN); only attention gathers them into the batch's grid (B, T_l), cut to the
+                  longest kept row, as the torch packed path does.
   backbone.onnx   (input_ids, attention_mask, token_type_ids) -> logits: the plain backbone, the
                   same layers in one graph (removal "none" and every benchmark's ONNX baseline).
 
@@ -18,8 +19,11 @@ session call per batch: no per-layer call overhead, one thread pool.
 
 Each layer is written out in the op pattern of the classic BERT export (Q/K/V MatMuls, scaled
 scores plus a (1 - mask) * -10000 bias, softmax), which ONNX Runtime's transformer optimizer
-fuses into its ``Attention``, ``SkipLayerNormalization`` and ``BiasGelu`` kernels; the backbone
-graph is built from the same layers, so both sides of a comparison get the same kernels.
+fuses into its ``Attention``, ``SkipLayerNormalization`` and ``BiasGelu`` kernels. The backbone
+graph gets all of them; the removal graph's packed layers get the GELU and most LayerNorm fusions
+but not ``Attention`` (its Q/K/V rows are gathered into the grid between the projection and the
+scores). Packing, measured with bench/runtime.py at batch 32, is what lets the removal graph turn
+the FLOPs it saves into time: re-padding every layer to its longest kept row lost a quarter of it.
 ``quantize="int8"`` is ONNX Runtime's dynamic quantization (int8 weights, one scale per output
 channel) of every MatMul/Attention except the Contribution Predictors, which stay float: they
 decide which tokens leave (as in :mod:`adapler.quantization`).
@@ -47,7 +51,7 @@ from torch import nn
 from adapler.artifacts import ADAPLER_WEIGHTS, BACKBONE_WEIGHTS
 from adapler.modeling import AdapLeRForSequenceClassification
 
-EXPORT_FORMAT = 2  # bump when the graphs change: cached exports of older formats are rebuilt
+EXPORT_FORMAT = 3  # bump when the graphs change: cached exports of older formats are rebuilt
 OPSET = 17
 ONNX_SUBDIR = "onnx"  # a model directory's own export: <model>/onnx/
 MANIFEST = "manifest.json"
@@ -104,6 +108,36 @@ class ClassicLayer(nn.Module):
         return self.layer.output(self.layer.intermediate(attended), attended)  # FFN + LayerNorm(+ residual)
 
 
+class PackedLayer(nn.Module):
+    """One encoder layer over packed token rows: the dense layers (Q/K/V, attention output, FFN)
+    see only the kept tokens (N, H); attention alone runs on the (B, T) grid of the batch."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+        attn = layer.attention.self
+        self.heads, self.head_dim = attn.num_attention_heads, attn.attention_head_size
+        width = self.heads * self.head_dim
+        self.qkv = nn.Linear(width, 3 * width)  # Q, K and V side by side: one MatMul, one gather
+        with torch.no_grad():
+            self.qkv.weight.copy_(torch.cat([attn.query.weight, attn.key.weight, attn.value.weight]))
+            self.qkv.bias.copy_(torch.cat([attn.query.bias, attn.key.bias, attn.value.bias]))
+
+    def forward(self, x: torch.Tensor, grid: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """x (1, N, H) the kept tokens; grid (B, T) the row of x in each slot (padding: any row);
+        bias (B, 1, 1, T) the additive key mask; rows (N,) the flat slot of each row of x.
+        x keeps a leading axis of 1 so that its Linears export as MatMul + Add, the pattern the
+        optimizer fuses (with the residual LayerNorm and GELU) as it does in the backbone."""
+        batch, seq = grid.shape[0], grid.shape[1]
+        qkv = self.qkv(x)[0][grid]  # (B, T, 3H)
+        qkv = qkv.view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, T, d)
+        scores = torch.matmul(qkv[0], qkv[1].transpose(-1, -2)) / math.sqrt(self.head_dim) + bias  # (B, heads, T, T)
+        context = torch.matmul(torch.softmax(scores, dim=-1), qkv[2])  # (B, heads, T, d)
+        context = context.permute(0, 2, 1, 3).reshape(1, batch * seq, self.heads * self.head_dim)[:, rows]  # (1, N, H)
+        attended = self.layer.attention.output(context, x)  # dense + LayerNorm(+ residual)
+        return self.layer.output(self.layer.intermediate(attended), attended)  # FFN + LayerNorm(+ residual)
+
+
 class Head(nn.Module):
     """The classifier over the final [CLS] state (the backbone's own head, eval mode)."""
 
@@ -111,8 +145,17 @@ class Head(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, C)
-        return self.model._classify(hidden[:, 0])
+    def forward(self, cls_hidden: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
+        return self.model._classify(cls_hidden)
+
+
+def _packing(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a (B, T) grid whose present slots come first in each row: (rows (N,) the flat slot of
+    each present token, row-major; grid (B, T) the packed row of each slot, 0 for padding)."""
+    flat = present.flatten()
+    rows = torch.nonzero(flat).squeeze(1)
+    grid = (torch.cumsum(flat.to(torch.int64), 0) - 1).clamp(min=0).view(present.shape[0], -1)
+    return rows, grid
 
 
 class RemovalGraph(nn.Module):
@@ -121,32 +164,38 @@ class RemovalGraph(nn.Module):
     def __init__(self, model: AdapLeRForSequenceClassification):
         super().__init__()
         self.embeddings = model.base_model.embeddings
-        self.layers = nn.ModuleList(ClassicLayer(layer) for layer in model.base_model.encoder.layer)
+        self.layers = nn.ModuleList(PackedLayer(layer) for layer in model.base_model.encoder.layer)
         self.predictors = model.predictors  # the name int8 quantization leaves float (PREDICTOR_SCOPE)
         self.head = Head(model)
 
     def forward(self, input_ids, attention_mask, token_type_ids, thresholds):
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
         batch, seq = input_ids.shape[0], input_ids.shape[1]
-        present = attention_mask > 0  # (B, T_l) the rows of the current grid that hold a token
-        position = torch.arange(seq)[None, :].expand(batch, -1)  # (B, T_l) input position of each row
+        present = attention_mask > 0  # (B, T_l) the slots of the current grid that hold a token
+        rows, grid = _packing(present)
+        x = hidden.reshape(1, batch * seq, -1)[:, rows]  # (1, N, H) the tokens, packed
+        position = torch.arange(seq)[None, :].expand(batch, -1)  # (B, T_l) input position of each slot
         kept = []
         for index, layer in enumerate(self.layers):
-            width = hidden.shape[1]
+            width = grid.shape[1]
             slots = torch.arange(width)  # (T_l,)
-            scores = torch.softmax(self.predictors[index](hidden).masked_fill(~present, float("-inf")), dim=-1)
+            z = self.predictors[index](x)[0][grid].masked_fill(~present, float("-inf"))  # (B, T_l)
+            scores = torch.softmax(z, dim=-1)
             tokens = present.sum(-1, keepdim=True).to(scores.dtype)  # (B, 1) n
             keep = ((scores >= thresholds[:, index: index + 1] / tokens) & present) | (slots == 0)[None, :]
-            # kept rows first, each group in input order: a sort key that TopK orders
+            # kept slots first, each group in input order: a sort key that TopK orders
             order = torch.topk(keep.to(torch.float32) * (2.0 * width) - slots.to(torch.float32), width, dim=-1).indices
             lengths = keep.sum(-1)  # (B,)
-            rows = order.index_select(1, torch.arange(lengths.max()))  # (B, T_{l+1}) the grid's new rows
-            hidden = torch.gather(hidden, 1, rows[:, :, None].expand(-1, -1, hidden.shape[2]))
-            position = torch.gather(position, 1, rows)
-            present = torch.arange(rows.shape[1])[None, :] < lengths[:, None]
+            chosen = order.index_select(1, torch.arange(lengths.max()))  # (B, T_{l+1}) old slots of the new grid
+            survivors = torch.gather(grid, 1, chosen)  # (B, T_{l+1}) their rows in x
+            position = torch.gather(position, 1, chosen)
+            present = torch.arange(chosen.shape[1])[None, :] < lengths[:, None]
+            rows, grid = _packing(present)
+            x = x[:, survivors.flatten()[rows]]  # (1, N_{l+1}, H)
             kept.append(torch.zeros(batch, seq, dtype=torch.bool).scatter(1, position, present))
-            hidden = layer(hidden, present.to(torch.int64))
-        return self.head(hidden), torch.stack(kept, dim=1)
+            bias = (1.0 - present[:, None, None, :].to(x.dtype)) * MASK_BIAS  # (B, 1, 1, T_{l+1})
+            x = layer(x, grid, bias, rows)
+        return self.head(x[0][grid[:, 0]]), torch.stack(kept, dim=1)  # [CLS] holds slot 0
 
 
 class BackboneGraph(nn.Module):
@@ -162,7 +211,7 @@ class BackboneGraph(nn.Module):
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         for layer in self.layers:
             hidden = layer(hidden, attention_mask)
-        return self.head(hidden)
+        return self.head(hidden[:, 0])
 
 
 # ---------------------------------------------------------------------------- export
