@@ -115,11 +115,9 @@ class OnnxAdapLeR(nn.Module):
         removal = removal or "packed"
         if removal not in ("packed", "none"):
             raise RuntimeUnavailable(f"runtime onnx runs removal 'packed' or 'none', got {removal!r}")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        _check_right_padded(attention_mask.bool())
         ids = input_ids.cpu().numpy().astype(np.int64)
-        mask = attention_mask.cpu().numpy().astype(np.int64)
+        mask = np.ones_like(ids) if attention_mask is None else attention_mask.cpu().numpy().astype(np.int64)
+        _check_right_padded(torch.from_numpy(mask > 0))
         types = np.zeros_like(ids) if token_type_ids is None else token_type_ids.cpu().numpy().astype(np.int64)
         present = mask.astype(bool)  # (B, T)
         if removal == "none":
@@ -139,5 +137,5 @@ class OnnxAdapLeR(nn.Module):
 
 
 def _output(logits: np.ndarray, kept_mask: np.ndarray) -> AdapLeROutput:
-    kept = torch.from_numpy(np.ascontiguousarray(kept_mask))
-    return AdapLeROutput(torch.from_numpy(logits), kept.sum(-1), kept)
+    kept = np.ascontiguousarray(kept_mask)
+    return AdapLeROutput(torch.from_numpy(logits), torch.from_numpy(kept.sum(-1)), torch.from_numpy(kept))
