@@ -115,6 +115,8 @@ class OnnxAdapLeR(nn.Module):
         removal = removal or "packed"
         if removal not in ("packed", "none"):
             raise RuntimeUnavailable(f"runtime onnx runs removal 'packed' or 'none', got {removal!r}")
+        # numpy around the session, not torch ops: a torch cast or reduction per batch wakes torch's
+        # OpenMP workers, whose spin-wait then competes with ONNX Runtime's threads (bench/runtime.py)
         ids = input_ids.cpu().numpy().astype(np.int64)
         mask = np.ones_like(ids) if attention_mask is None else attention_mask.cpu().numpy().astype(np.int64)
         _check_right_padded(torch.from_numpy(mask > 0))
