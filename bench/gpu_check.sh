@@ -2,7 +2,7 @@
 # GPU check (issue 15, item 6), under 10 minutes on one GPU:
 #   1. `adapler demo` with ray.use_gpu=true: stage 1 and stage 2 on Ray Train with one GPU per
 #      worker, the saliency actors and the Tune trials on the GPU, registration in a SQLite
-#      MLflow store (600 Rotten Tomatoes reviews per split, the demo preset);
+#      MLflow store (the demo preset on 600 Rotten Tomatoes reviews per split, 64 tokens);
 #   2. bench/inference.py --device cuda on the demo's chosen model (plain backbone, masked and
 #      packed removal, batch 1 and 32, 512 test reviews).
 #
@@ -57,6 +57,7 @@ GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 WORKERS=1; for n in 8 4 2; do if [ "$GPUS" -ge "$n" ]; then WORKERS=$n; break; fi; done
 timeout 420 "$PY" -c "import sys; from adapler_cli.main import main; sys.exit(main())" demo \
     --set ray.use_gpu=true --set device=cuda --set ray.num_workers="$WORKERS" --set ray.cpus_per_worker=2 \
+    --set data.source=rotten_tomatoes --set data.max_length=64 \
     --set name=gpu-demo --set output_dir="$OUT/runs" --set ray.storage_path="$OUT/ray" \
     --set mlflow.tracking_uri="sqlite:///$OUT/mlflow.db" --set mlflow.registered_model=adapler-gpu-check \
     > "$OUT/demo.log" 2>&1 || status=$?

@@ -5,8 +5,8 @@
 
 Starts two Ray nodes on this machine (adapler_pipelines.local_cluster: `ray start --head` and
 `ray start --address`), each declaring --cpus-per-node CPUs (1: one core of the two per node),
-and on the demo preset's Rotten Tomatoes slice (data.limit=300, max_length 64), one setting
-after the other in the same run:
+with the demo preset's settings on a Rotten Tomatoes slice (data.limit=300, max_length 64), one
+setting after the other in the same run:
 
 - stage 1, one epoch, 1 vs 2 Ray Train workers (SPREAD: one per node), the same global batch
   (stage1.batch_size=32: 16 rows per worker and step with 2): examples/s of the training loop
@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 # The benchmark's recipe: the demo preset, smaller (stage 1 and each trial one epoch, 1 CPU per
 # worker, trial and actor), then the caller's --set.
 BENCH_OVERRIDES = [
-    "data.limit=300", "stage1.epochs=1", "stage2.epochs=1", "tune.num_samples=2",
+    "data.source=rotten_tomatoes", "data.max_length=64", "data.limit=300", "stage1.epochs=1", "stage2.epochs=1", "tune.num_samples=2",
     "ray.cpus_per_worker=1", "ray.placement_strategy=SPREAD", "name=bench-scale",
 ]
 SETTINGS = (1, 2)  # workers, actors, concurrent trials

@@ -207,10 +207,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     args.config = "demo"
     config = _pipeline_config(args)
-    print(f"adapler demo: the whole pipeline on a slice of the packaged Rotten Tomatoes "
-          f"({config.data.limit} examples per split), {config.stage1.epochs} stage-1 epoch(s), "
-          f"{config.tune.num_samples} Tune trial(s) of {config.stage2.epochs} epoch(s); "
-          f"for the full data use `adapler run --config rotten_tomatoes`.")
+    print(f"adapler demo: the whole pipeline on a slice of the packaged {config.data.source} data "
+          f"({config.data.limit} examples per split, {config.data.max_length} tokens), {config.stage1.epochs} "
+          f"stage-1 epoch(s), {config.tune.num_samples} Tune trial(s) of {config.stage2.epochs} epoch(s); "
+          f"for the full data use `adapler run --config {config.data.source}`.")
     _print_summary(run_pipeline(config), config)
 
 

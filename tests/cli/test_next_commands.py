@@ -37,10 +37,10 @@ def test_demo_commands_use_the_registered_alias_the_model_dir_and_the_run_data(t
     assert commands["predict"][1].texts
     evaluate = commands["evaluate"][1]
     assert evaluate.model == "models:/adapler-demo@champion"
-    assert evaluate.data == "rotten_tomatoes" and evaluate.set == [f"limit={config.data.limit}"]
+    assert evaluate.data == "bbc_news" and evaluate.set == [f"limit={config.data.limit}"]
     calibrate = commands["calibrate"][1]
     assert calibrate.model == "runs/demo/model"  # relative to where the user is
-    assert calibrate.data == "rotten_tomatoes" and calibrate.set == [f"limit={config.data.limit}"]
+    assert calibrate.data == "bbc_news" and calibrate.set == [f"limit={config.data.limit}"]
     assert calibrate.output == "runs/demo/model-calibrated" and calibrate.max_drop == 0.01
     assert commands["serve"][1].model == "models:/adapler-demo@champion"
     assert all(args.tracking_uri == "" for _, args in commands.values() if hasattr(args, "tracking_uri"))
