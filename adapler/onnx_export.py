@@ -1,6 +1,6 @@
 """Export an AdapLeR model to ONNX graphs that ONNX Runtime runs with hard token removal.
 
-Two graphs per model:
+Three graphs per model:
 
   adapler.onnx    (input_ids, attention_mask, token_type_ids (B, T) int64, thresholds (B, L) float)
                   -> logits (B, C), kept (B, L, T) bool: token t of the input enters layer l.
@@ -10,6 +10,8 @@ Two graphs per model:
                   (1, N_l, H) with no padding, for every dense layer (Q/K/V, attention output,
                   FFN); only attention gathers them into the batch's grid (B, T_l), cut to the
                   longest kept row, as the torch packed path does.
+  adapler_single.onnx  the same for one example without padding (B = 1): no grid, no mask, no
+                  TopK (what batch 1 pays per layer otherwise); OnnxAdapLeR runs it for B = 1.
   backbone.onnx   (input_ids, attention_mask, token_type_ids) -> logits: the plain backbone, the
                   same layers in one graph (removal "none" and every benchmark's ONNX baseline).
 
@@ -52,7 +54,7 @@ from torch import nn
 from adapler.artifacts import ADAPLER_WEIGHTS, BACKBONE_WEIGHTS
 from adapler.modeling import AdapLeRForSequenceClassification
 
-EXPORT_FORMAT = 3  # bump when the graphs change: cached exports of older formats are rebuilt
+EXPORT_FORMAT = 4  # bump when the graphs change: cached exports of older formats are rebuilt
 OPSET = 17
 ONNX_SUBDIR = "onnx"  # a model directory's own export: <model>/onnx/
 MANIFEST = "manifest.json"
@@ -79,7 +81,7 @@ class ExportedGraphs:
 
     @property
     def names(self) -> list[str]:
-        return ["adapler", "backbone"]
+        return ["adapler", "adapler_single", "backbone"]
 
 
 # ---------------------------------------------------------------------------- graph modules
@@ -124,17 +126,25 @@ class PackedLayer(nn.Module):
             self.qkv.weight.copy_(torch.cat([attn.query.weight, attn.key.weight, attn.value.weight]))
             self.qkv.bias.copy_(torch.cat([attn.query.bias, attn.key.bias, attn.value.bias]))
 
-    def forward(self, x: torch.Tensor, grid: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         """x (1, N, H) the kept tokens; grid (B, T) the row of x in each slot (padding: any row);
-        bias (B, 1, 1, T) the additive key mask; rows (N,) the flat slot of each row of x.
+        bias (B, 1, 1, T) the additive key mask; rows (N,) the flat slot of each row of x. Without
+        grid, x is one example and its own grid (no gather, no mask).
         x keeps a leading axis of 1 so that its Linears export as MatMul + Add, the pattern the
         optimizer fuses (with the residual LayerNorm and GELU) as it does in the backbone."""
-        batch, seq = grid.shape[0], grid.shape[1]
-        qkv = self.qkv(x)[0][grid]  # (B, T, 3H)
+        qkv = self.qkv(x)  # (1, N, 3H)
+        if grid is not None:
+            qkv = qkv[0][grid]  # (B, T, 3H)
+        batch, seq = qkv.shape[0], qkv.shape[1]
         qkv = qkv.view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, T, d)
-        scores = torch.matmul(qkv[0], qkv[1].transpose(-1, -2)) / math.sqrt(self.head_dim) + bias  # (B, heads, T, T)
+        scores = torch.matmul(qkv[0], qkv[1].transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, heads, T, T)
+        if bias is not None:
+            scores = scores + bias
         context = torch.matmul(torch.softmax(scores, dim=-1), qkv[2])  # (B, heads, T, d)
-        context = context.permute(0, 2, 1, 3).reshape(1, batch * seq, self.heads * self.head_dim)[:, rows]  # (1, N, H)
+        context = context.permute(0, 2, 1, 3).reshape(1, batch * seq, self.heads * self.head_dim)  # (1, B*T, H)
+        if rows is not None:
+            context = context[:, rows]  # (1, N, H)
         attended = self.layer.attention.output(context, x)  # dense + LayerNorm(+ residual)
         return self.layer.output(self.layer.intermediate(attended), attended)  # FFN + LayerNorm(+ residual)
 
@@ -199,6 +209,36 @@ class RemovalGraph(nn.Module):
         return self.head(x[0][grid[:, 0]]), torch.stack(kept, dim=1)  # [CLS] holds slot 0
 
 
+class SingleRemovalGraph(nn.Module):
+    """The removal forward for one example (B = 1, no padding): no grid, no mask, no TopK, so the
+    bookkeeping that batch 1 would otherwise pay on every layer (about a sixth of a short text's
+    time) is gone. The same layers and cut as :class:`RemovalGraph`; :class:`OnnxAdapLeR` runs it
+    for single examples, as the torch path's ``_forward_single`` does."""
+
+    def __init__(self, model: AdapLeRForSequenceClassification):
+        super().__init__()
+        self.embeddings = model.base_model.embeddings
+        self.layers = nn.ModuleList(PackedLayer(layer) for layer in model.base_model.encoder.layer)
+        self.predictors = model.predictors  # the name int8 quantization leaves float (PREDICTOR_SCOPE)
+        self.head = Head(model)
+
+    def forward(self, input_ids, attention_mask, token_type_ids, thresholds):
+        """Inputs as RemovalGraph's with B = 1 and no padding (attention_mask all 1, unused)."""
+        x = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (1, n, H)
+        seq = input_ids.shape[1]
+        position = torch.arange(seq)  # (n_l,) input position of each row
+        kept = []
+        for index, layer in enumerate(self.layers):
+            scores = torch.softmax(self.predictors[index](x)[0], dim=-1)  # (n_l,)
+            first = torch.arange(scores.shape[0]) == 0  # [CLS]
+            keep = (scores >= thresholds[0, index] / scores.shape[0]) | first
+            rows = torch.nonzero(keep).squeeze(1)  # (n_{l+1},) in input order
+            x, position = x[:, rows], position[rows]
+            kept.append(torch.zeros(seq, dtype=torch.bool).scatter(0, position, torch.ones_like(position, dtype=torch.bool)))
+            x = layer(x)
+        return self.head(x[:, 0]), torch.stack(kept)[None]  # (1, C), (1, L, n)
+
+
 class BackboneGraph(nn.Module):
     """The plain backbone in one graph, from the same layer code as the removal path."""
 
@@ -246,11 +286,14 @@ def export_graphs(model: AdapLeRForSequenceClassification, directory: str | Path
     modules = {
         "adapler": (RemovalGraph(model), ("input_ids", "attention_mask", "token_type_ids", "thresholds"),
                     ("logits", "kept")),
+        "adapler_single": (SingleRemovalGraph(model), ("input_ids", "attention_mask", "token_type_ids", "thresholds"),
+                           ("logits", "kept")),
         "backbone": (BackboneGraph(model), ("input_ids", "attention_mask", "token_type_ids"), ("logits",)),
     }
     for name, (module, inputs, outputs) in modules.items():
         raw = directory / f"{name}.raw.onnx"
-        _export(module.eval(), tuple(example[k] for k in inputs), raw, inputs, outputs)
+        args = example if name != "adapler_single" else {k: v[:1] for k, v in example.items()}  # row 0: no padding
+        _export(module.eval(), tuple(args[k] for k in inputs), raw, inputs, outputs)
         _optimize(raw, fp32.path(name), config.num_attention_heads, config.hidden_size)
         raw.unlink()
     if quantize == "int8":

@@ -131,10 +131,11 @@ class OnnxAdapLeR(nn.Module):
 
     def _forward_packed(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray, factors: np.ndarray) -> AdapLeROutput:
         thresholds = self.etas.detach().numpy()[None, :] * factors[:, None]  # (B, L) eta_l times each factor
-        logits, kept = self._sessions["adapler"].run(None, {
-            "input_ids": ids, "attention_mask": mask, "token_type_ids": types,
-            "thresholds": np.ascontiguousarray(thresholds, dtype=np.float32),
-        })
+        single = len(ids) == 1 and bool(mask.all())  # one example, no padding: the graph without a grid
+        session = self._sessions["adapler_single" if single else "adapler"]
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
+                 "thresholds": np.ascontiguousarray(thresholds, dtype=np.float32)}
+        logits, kept = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
         return _output(logits, kept)
 
 

@@ -2,7 +2,11 @@
 
 One run, the same test texts (sorted by length, tokenized once), the same models, interleaved
 repeats, 2 threads. Every AdapLeR row is compared with the SAME engine's plain backbone at the
-same precision (torch vs torch, ONNX Runtime vs ONNX Runtime, int8 vs int8), on the same batches:
+same precision (torch vs torch, ONNX Runtime vs ONNX Runtime, int8 vs int8), on the same batches.
+Each runtime runs in a process of its own, as a deployment runs one: in one process, torch's
+OpenMP workers spin-wait after every torch op and take a core from ONNX Runtime's threads (an
+ONNX row then read 0.73-0.83 of what it reads alone, from run to run), and OMP_WAIT_POLICY=PASSIVE,
+which stops that, slows torch's own rows by up to a third.
 
   torch-backbone             the HF backbone in PyTorch eager (removal "none")
   torch-adapler              adapler's packed removal in PyTorch
@@ -29,6 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +54,7 @@ from inference import TEXTS_PER_SET, add_dataset_arguments, trained_model  # ben
 HERE = Path(__file__).resolve().parent
 TARGET_SPEEDUP = {"rotten_tomatoes": 2.0, "bbc_news": 5.0}
 ENGINES = ("backbone", "adapler", "adapler-no-pruning")  # x runtime x precision
+RUNTIMES = ("torch", "onnx")
 
 
 def operating_model(dataset: str, given: str | None, target: float) -> Path:
@@ -93,14 +101,10 @@ class Side:
 
 
 def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats: int, quantize: list[str],
-                  threads: int) -> list[dict]:
-    models = {
-        (runtime, precision): load_for_inference(model_dir, runtime, "cpu", precision, threads)
-        for runtime in ("torch", "onnx") for precision in quantize
-    }
-    sides = [Side(runtime, engine, precision, model)
-             for (runtime, precision), model in models.items() for engine in ENGINES]
-    reference = models[("torch", "none")] if ("torch", "none") in models else next(iter(models.values()))
+                  threads: int, runtime: str) -> list[dict]:
+    models = {precision: load_for_inference(model_dir, runtime, "cpu", precision, threads) for precision in quantize}
+    sides = [Side(runtime, engine, precision, model) for precision, model in models.items() for engine in ENGINES]
+    reference = next(iter(models.values()))
     tokenizer = reference.tokenizer
     rows = load_data(load_config(None, [f"data.source={dataset}"])).test.head(TEXTS_PER_SET[dataset])
     rows = rows.iloc[np.argsort(token_counts(tokenizer, rows["text"].tolist()), kind="stable")]
@@ -147,14 +151,29 @@ def main() -> None:
     parser.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=["none", "int8"])
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per engine (median is kept)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES,
+                        help="each in a process of its own (module docstring)")
     parser.add_argument("--output", default=str(HERE / "results" / "runtime.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     given = {"rotten_tomatoes": args.model_rotten_tomatoes, "bbc_news": args.model_bbc_news}
-    records = []
-    for dataset in args.datasets:
-        model_dir = operating_model(dataset, given[dataset], TARGET_SPEEDUP[dataset])
-        records += bench_dataset(dataset, model_dir, args.batch_sizes, args.repeats, args.quantize, args.threads)
+    models = {dataset: operating_model(dataset, given[dataset], TARGET_SPEEDUP[dataset]) for dataset in args.datasets}
+    if len(args.runtimes) == 1:
+        records = [record for dataset, model_dir in models.items() for record in bench_dataset(
+            dataset, model_dir, args.batch_sizes, args.repeats, args.quantize, args.threads, args.runtimes[0])]
+    else:
+        records = []
+        with tempfile.TemporaryDirectory() as scratch:
+            for runtime in args.runtimes:
+                part = Path(scratch) / f"{runtime}.json"
+                subprocess.run([sys.executable, __file__, "--runtimes", runtime, "--output", str(part),
+                                "--datasets", *args.datasets, "--batch-sizes", *map(str, args.batch_sizes),
+                                "--repeats", str(args.repeats), "--quantize", *args.quantize, "--threads", str(args.threads),
+                                "--model-rotten-tomatoes", str(models.get("rotten_tomatoes", "")),
+                                "--model-bbc-news", str(models.get("bbc_news", ""))], check=True)
+                records += json.loads(part.read_text())
+        order = {dataset: i for i, dataset in enumerate(args.datasets)}
+        records.sort(key=lambda r: (order[r["dataset"]], r["batch_size"]))  # stable: runtimes in turn
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(records, indent=2) + "\n")
     print(f"wrote {args.output}")
