@@ -209,18 +209,11 @@ class RemovalGraph(nn.Module):
         return self.head(x[0][grid[:, 0]]), torch.stack(kept, dim=1)  # [CLS] holds slot 0
 
 
-class SingleRemovalGraph(nn.Module):
+class SingleRemovalGraph(RemovalGraph):
     """The removal forward for one example (B = 1, no padding): no grid, no mask, no TopK, so the
     bookkeeping that batch 1 would otherwise pay on every layer (about a sixth of a short text's
-    time) is gone. The same layers and cut as :class:`RemovalGraph`; :class:`OnnxAdapLeR` runs it
+    time) is gone. The same modules and cut as :class:`RemovalGraph`; :class:`OnnxAdapLeR` runs it
     for single examples, as the torch path's ``_forward_single`` does."""
-
-    def __init__(self, model: AdapLeRForSequenceClassification):
-        super().__init__()
-        self.embeddings = model.base_model.embeddings
-        self.layers = nn.ModuleList(PackedLayer(layer) for layer in model.base_model.encoder.layer)
-        self.predictors = model.predictors  # the name int8 quantization leaves float (PREDICTOR_SCOPE)
-        self.head = Head(model)
 
     def forward(self, input_ids, attention_mask, token_type_ids, thresholds):
         """Inputs as RemovalGraph's with B = 1 and no padding (attention_mask all 1, unused)."""
