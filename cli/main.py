@@ -207,10 +207,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     args.config = "demo"
     config = _pipeline_config(args)
-    print(f"adapler demo: the whole pipeline on a slice of the packaged {config.data.source} data "
+    full = (f"; for the full data use `adapler run --config {config.data.source}`"
+            if config.data.source in preset_names() else "")
+    print(f"adapler demo: the whole pipeline on a slice of the {config.data.source} data "
           f"({config.data.limit} examples per split, {config.data.max_length} tokens), {config.stage1.epochs} "
-          f"stage-1 epoch(s), {config.tune.num_samples} Tune trial(s) of {config.stage2.epochs} epoch(s); "
-          f"for the full data use `adapler run --config {config.data.source}`.")
+          f"stage-1 epoch(s), {config.tune.num_samples} Tune trial(s) of {config.stage2.epochs} epoch(s){full}.")
     _print_summary(run_pipeline(config), config)
 
 
