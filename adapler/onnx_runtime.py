@@ -75,6 +75,7 @@ class OnnxAdapLeR(nn.Module):
             name: onnxruntime.InferenceSession(str(graphs.path(name)), session_options(threads), providers=providers)
             for name in graphs.names
         }
+        self._inputs = {name: [i.name for i in session.get_inputs()] for name, session in self._sessions.items()}
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, quantize: str = "none", device: str = "cpu",
@@ -132,10 +133,10 @@ class OnnxAdapLeR(nn.Module):
     def _forward_packed(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray, factors: np.ndarray) -> AdapLeROutput:
         thresholds = self.etas.detach().numpy()[None, :] * factors[:, None]  # (B, L) eta_l times each factor
         single = len(ids) == 1 and bool(mask.all())  # one example, no padding: the graph without a grid
-        session = self._sessions["adapler_single" if single else "adapler"]
+        graph = "adapler_single" if single else "adapler"
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
                  "thresholds": np.ascontiguousarray(thresholds, dtype=np.float32)}
-        logits, kept = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
+        logits, kept = self._sessions[graph].run(None, {name: feeds[name] for name in self._inputs[graph]})
         return _output(logits, kept)
 
 
