@@ -20,6 +20,8 @@ rules over them:
 - :func:`best_epochs`: stage 1's top-k epochs by dev accuracy (the saliency checkpoints).
 - :func:`no_pruning_warning`: the sentence a run prints when its chosen model prunes (almost)
   nothing (dev speedup under :data:`NO_PRUNING_FLOOR`): never a silent "1.00x".
+- :func:`tolerance_warning`: the sentence a run prints when no candidate stayed within the
+  tolerance, so that the chosen model is less accurate than the backbone: never a silent loss.
 
 Plain Python: the training loop, the Ray Tune search and the report all import it.
 """
@@ -111,3 +113,17 @@ def no_pruning_warning(dev_flops_speedup: float, next_step: str) -> str:
     return (f"the chosen model removes almost no tokens (dev FLOPs speedup {dev_flops_speedup:.2f}x, under "
             f"{NO_PRUNING_FLOOR}x): its Contribution Predictors and etas did not learn to prune in this many "
             f"stage-2 steps, or the length penalty phi was too small for this data; {next_step}")
+
+
+def tolerance_warning(selection: Selection, reference: float, tolerance: float, next_step: str) -> str:
+    """One plain sentence when no candidate stayed within ``tolerance`` (the rule then took the
+    most accurate one, which is less accurate than the backbone), else "". ``next_step``: what
+    to try, e.g. a command."""
+    if selection.eligible:
+        return ""
+    chosen = selection.chosen
+    return (f"no model the search trained stayed within {tolerance * 100:g} point(s) of stage 1's dev accuracy "
+            f"{reference:.4f}, so the chosen one is only the most accurate it found ({chosen.dev_accuracy:.4f} on dev "
+            f"at {chosen.dev_flops_speedup:.2f}x): stage 2 lost accuracy even with its etas scaled down, most often "
+            f"because the length penalty phi was too large for this data or stage 2 started from the pretrained "
+            f"backbone; {next_step}")

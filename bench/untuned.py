@@ -98,7 +98,7 @@ def bench_dataset(dataset: str, extra: list[str]) -> list[dict]:
          "flops_speedup": summary.flops_speedup, "dev_flops_speedup": summary.chosen["dev_flops_speedup"],
          "eta_factor": summary.chosen["factor"], "input_budget": summary.input_budget,
          "trials": trials, "trials_that_pruned": pruned,
-         "no_pruning": summary.no_pruning, "params": summary.chosen["params"],
+         "no_pruning": summary.no_pruning, "within_tolerance": summary.within_tolerance, "params": summary.chosen["params"],
          "wall_seconds": summary.wall_seconds},
     ]
     for length in [t for t in TRUNCATIONS if t < max(full)]:  # a cut no test text reaches changes nothing

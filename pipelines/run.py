@@ -31,7 +31,7 @@ from adapler.recipe import load_data
 from adapler.calibration import apply_factor, measure_operating_points
 from adapler.onnx_export import export_model_dir
 from adapler.operating_points import OperatingPoints
-from adapler.selection import Candidate, best_epochs, no_pruning_warning
+from adapler.selection import Candidate, best_epochs, no_pruning_warning, tolerance_warning
 from adapler_pipelines.calibrate import points_tags, write_points_curve
 from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.ray_local import init_ray
@@ -89,7 +89,10 @@ class PipelineSummary:
     registered_model: str
     version: str
     no_pruning: bool  # the chosen model's dev speedup is under adapler.selection.NO_PRUNING_FLOOR
-    warning: str  # one sentence when no_pruning, with what to try next; else ""
+    # False: no trained model stayed within stage2.selection_tolerance of stage 1's dev accuracy;
+    # the chosen one is the most accurate, less accurate than the backbone
+    within_tolerance: bool
+    warning: str  # one sentence each when no_pruning or not within_tolerance, with what to try next; else ""
     alias: str  # what the new version became: "champion" or "challenger"
     promotion: str  # one sentence: which happened and why
     run_dir: str  # <output_dir>/<name>
@@ -249,11 +252,18 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
                     removal="packed", progress=True, desc="test (AdapLeR)")
     flops_speedup = ours.flops_speedup * budget_gain(model, data.test, config.data.max_length)
     base_speed, our_speed = paired_throughput(backbone, model, data.test)
-    warning = no_pruning_warning(
+    no_pruning = no_pruning_warning(
         chosen.dev_flops_speedup,
         f"try `adapler tune --config {out / 'config.json'} --set stage2.epochs={config.stage2.epochs + 2} "
         f"--set stage2.eta_lr={config.stage2.eta_lr * 4:g} --set tune.phi_max={config.tune.phi_max * 5:g}`",
     )
+    tune = config.tune
+    accuracy_lost = tolerance_warning(
+        outcome.selection, stage1.reference, config.stage2.selection_tolerance,
+        f"try `adapler tune --config {out / 'config.json'} --set tune.inits=[finetuned] "
+        f"--set tune.phi_min={tune.phi_min / 3:g} --set tune.phi_max={max(tune.phi_min, tune.phi_max / 4):g}`",
+    )
+    warning = " ".join(w for w in (no_pruning, accuracy_lost) if w)
     metrics = {
         "stage1_dev_accuracy": stage1.reference, "dev_accuracy": chosen.dev_accuracy,
         "backbone_test_accuracy": base.accuracy, "test_accuracy": ours.accuracy,
@@ -273,7 +283,8 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
     print(f"      {name}: {promotion.reason}", flush=True)
     client = client_for(config.mlflow.tracking_uri)
     for key, value in (("registered_model", name), ("version", version), ("alias", promotion.alias),
-                       ("promotion", promotion.reason), ("no_pruning", str(bool(warning)).lower()),
+                       ("promotion", promotion.reason), ("no_pruning", str(bool(no_pruning)).lower()),
+                       ("within_tolerance", str(not accuracy_lost).lower()),
                        ("warning", warning)):
         if value:
             client.set_tag(parent_run_id, f"adapler.{key}", value)
@@ -283,7 +294,8 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
         adapler_test_accuracy=ours.accuracy, flops_speedup=flops_speedup, input_budget=model.tokenizer.model_max_length,
         backbone_input_budget=config.data.max_length,
         backbone_examples_per_s=base_speed, adapler_examples_per_s=our_speed,
-        registered_model=name, version=version, no_pruning=bool(warning), warning=warning,
+        registered_model=name, version=version, no_pruning=bool(no_pruning), within_tolerance=not accuracy_lost,
+        warning=warning,
         alias=promotion.alias, promotion=promotion.reason, run_dir=str(out), model_dir=str(model_dir), chosen=asdict(chosen),
         wall_seconds=time.perf_counter() - start, operating_points=points.to_dict() if points else None,
     )

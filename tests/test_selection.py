@@ -78,6 +78,21 @@ def test_no_pruning_warning_below_the_floor_only():
     assert "\n" not in warning
 
 
+def test_tolerance_warning_only_when_no_candidate_stayed_within_it():
+    """The full-data Rotten Tomatoes run of 2026-12-02: stage 1 read 0.805 on dev; every trial
+    lost 2-10 points, so the rule took the most accurate one."""
+    from adapler.selection import tolerance_warning
+
+    lost = [Candidate("a", 0, 0.7765, 2.90, unpruned_accuracy=0.778), Candidate("b", 0, 0.7220, 4.39)]
+    selection = select(lost, reference=0.805, tolerance=0.01)
+    assert not selection.eligible and selection.chosen is lost[0]
+    warning = tolerance_warning(selection, 0.805, 0.01, "try `adapler tune ...`")
+    assert "within 1 point(s)" in warning and "0.8050" in warning and "0.7765" in warning and "2.90x" in warning
+    assert warning.endswith("try `adapler tune ...`") and "\n" not in warning
+    kept = select([*lost, Candidate("c", 0, 0.80, 1.9)], reference=0.805, tolerance=0.01)
+    assert kept.eligible and tolerance_warning(kept, 0.805, 0.01, "try X") == ""
+
+
 def test_select_over_trial_epoch_and_factor_points():
     """Calibration in the loop: a model scaled by a factor is one more candidate. Stage 1 read 0.80,
     tolerance 0.01: the floor is 0.79."""

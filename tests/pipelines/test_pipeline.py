@@ -132,6 +132,7 @@ def test_a_run_that_removes_nothing_says_so(ray_local, tiny_backbone_dir, tiny_o
     assert f"warning: {summary.warning}" in capsys.readouterr().out
     saved = json.loads((Path(summary.run_dir) / "summary.json").read_text())
     assert saved["no_pruning"] is True and saved["warning"] == summary.warning
+    assert saved["within_tolerance"] is summary.within_tolerance
     client = MlflowClient(config.mlflow.tracking_uri)
     parent = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id],
                                 filter_string="attributes.run_name = 'noop'")[0]
@@ -163,3 +164,22 @@ def test_retrained_stage1_forgets_an_earlier_runs_epochs(tiny_backbone_dir, tiny
     run_recipe(load_config(None, overrides, cls=PipelineConfig), progress=False)
     assert not stale.exists()
     assert [Path(p).name for p in top_checkpoints(checkpoints, "stage1", 3)] == ["stage1-epoch0"]
+
+
+def test_a_run_whose_models_all_lose_accuracy_says_so(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path, capsys):
+    # a negative tolerance puts the floor above stage 1's dev accuracy: no stage-2 epoch can reach it
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "lossy") + ["tune.num_samples=0", "tune.calibrate=false",
+                                                                        "stage2.selection_tolerance=-1"]
+    config = load_config(None, overrides, cls=PipelineConfig)
+    summary = run_pipeline(config)
+
+    assert not summary.within_tolerance
+    assert "no model the search trained stayed within" in summary.warning
+    assert "tune.inits=[finetuned]" in summary.warning and "adapler tune --config" in summary.warning
+    assert f"warning: {summary.warning}" in capsys.readouterr().out
+    saved = json.loads((Path(summary.run_dir) / "summary.json").read_text())
+    assert saved["within_tolerance"] is False and saved["warning"] == summary.warning
+    client = MlflowClient(config.mlflow.tracking_uri)
+    parent = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id],
+                                filter_string="attributes.run_name = 'lossy'")[0]
+    assert parent.data.tags["adapler.within_tolerance"] == "false"
