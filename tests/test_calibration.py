@@ -128,3 +128,26 @@ def test_min_accuracy_walks_the_factor_down_for_a_model_that_prunes_too_hard(mod
     gained = calibrate(model, loader, min_accuracy=0.0, flops_gain=2.0)  # every factor meets it: walks up
     assert max(p.factor for p in gained.points) > 1.0
     assert gained.baseline.flops_speedup == pytest.approx(2.0 * calibrate(model, loader, max_drop=0.0).baseline.flops_speedup)
+
+
+def test_giving_accuracy_back_tries_quarter_octaves_before_halving(model, loader):
+    """A model trained to prune reads best near its trained level (the full-data Rotten Tomatoes
+    run: dev 0.779 at f = 1, 0.783 at 1/2, 0.800 at 0.88): halving alone steps over that."""
+    from adapler.calibration import GIVE_BACK_STEP, _geometric, _walk
+    from adapler.operating_points import CurvePoint
+
+    curve = {1.0: 0.779, GIVE_BACK_STEP: 0.798, GIVE_BACK_STEP ** 2: 0.790, 0.5: 0.783}
+    measured = []
+
+    def measure(factor: float) -> CurvePoint:
+        measured.append(factor)
+        return CurvePoint(factor, curve.get(round(factor, 12), curve.get(factor, 0.7)), 1 / factor, 1.0)
+
+    meets = lambda point: point.accuracy >= 0.795  # noqa: E731
+    assert _walk(measure, meets, _geometric(0.5, 1 / 64)) is None  # halving never sees 0.798
+    assert _walk(measure, meets, _geometric(GIVE_BACK_STEP, 0.5)) == (1.0, GIVE_BACK_STEP)
+    # and calibrate() takes that walk: its first probe under 1 is a quarter octave
+    harsh = apply_factor(model, min(p.factor for p in calibrate(model, loader, max_drop=0.1).points if p.accuracy < 1.0))
+    order = []
+    calibrate(harsh, loader, min_accuracy=1.0, on_point=lambda point: order.append(point.factor))
+    assert order[:2] == [1.0, GIVE_BACK_STEP]
