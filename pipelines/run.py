@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -257,11 +258,11 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
         f"try `adapler tune --config {out / 'config.json'} --set stage2.epochs={config.stage2.epochs + 2} "
         f"--set stage2.eta_lr={config.stage2.eta_lr * 4:g} --set tune.phi_max={config.tune.phi_max * 5:g}`",
     )
-    tune = config.tune
-    accuracy_lost = tolerance_warning(
+    low, high = config.tune.phi_min / 3, max(config.tune.phi_min, config.tune.phi_max / 4)
+    accuracy_lost = tolerance_warning(  # the search's first trials take stage2.phi: inside the lower range
         outcome.selection, stage1.reference, config.stage2.selection_tolerance,
-        f"try `adapler tune --config {out / 'config.json'} --set tune.inits=[finetuned] "
-        f"--set tune.phi_min={tune.phi_min / 3:g} --set tune.phi_max={max(tune.phi_min, tune.phi_max / 4):g}`",
+        f"try `adapler tune --config {out / 'config.json'} --set tune.inits=[finetuned] --set tune.phi_min={low:g} "
+        f"--set tune.phi_max={high:g} --set stage2.phi={math.sqrt(low * high):.2g}`",
     )
     warning = " ".join(w for w in (no_pruning, accuracy_lost) if w)
     metrics = {
