@@ -14,7 +14,7 @@ from adapler.evaluate import budget_gain, evaluate
 from adapler.recipe import load_data
 from adapler.selection import Candidate, select
 from adapler_pipelines.config import PipelineConfig
-from adapler_pipelines.tune import (SEARCHED, SearchOutcome, budget_first_points, calibrate_front, param_space,
+from adapler_pipelines.tune import (SEARCHED, SearchOutcome, calibrate_front, first_points, param_space,
                                     searched_values)
 
 
@@ -37,22 +37,30 @@ def test_one_line_adds_a_searched_parameter():
     assert trial.stage2.predictor_lr in (0.01, 0.03) and trial.stage2.eta_lr == 0.005
 
 
-def test_the_first_trials_take_each_input_budget_shortest_first_at_the_configs_values():
+def test_the_first_trials_take_each_input_budget_shortest_first_then_a_gentler_phi():
     config = load_config(None, ["tune.max_lengths=[64, 16, 32]", "stage2.phi=5.0", "stage2.lr=1e-4",
                                 "tune.lrs=[3e-5, 5e-5]", "tune.inits=[finetuned]"], cls=PipelineConfig)
-    points = budget_first_points(config)
-    assert [p["data.max_length"] for p in points] == [16, 32, 64]
+    points = first_points(config)
+    assert [p["data.max_length"] for p in points] == [16, 32, 64, 64]
     for point in points:
         assert set(point) == set(param_space(config.tune))  # a whole point: Ray's warm start needs every key
-        assert point["stage2.phi"] == config.tune.phi_max  # clamped into the range
         assert point["stage2.lr"] == 3e-5  # not a choice: the first one
         assert point["stage2.gamma"] == config.stage2.gamma and point["stage2.init"] == "finetuned"
+    assert [p["stage2.phi"] for p in points] == [config.tune.phi_max] * 3 + [pytest.approx(config.tune.phi_max / 3)]
     from ray.tune.search.optuna import OptunaSearch
 
     searcher = OptunaSearch(space=param_space(config.tune), metric=["a", "b"], mode=["max", "max"], seed=0,
                             points_to_evaluate=points)
-    assert [searcher.suggest(str(i))["data.max_length"] for i in range(3)] == [16, 32, 64]
-    assert budget_first_points(apply_overrides(config, {"tune.max_lengths": []})) == []
+    suggested = [searcher.suggest(str(i)) for i in range(4)]
+    assert [(s["data.max_length"], s["stage2.phi"]) for s in suggested] == [
+        (p["data.max_length"], p["stage2.phi"]) for p in points]
+
+    # without a searched budget: the config's own point, then the gentler one, clamped into the range
+    unbudgeted = apply_overrides(config, {"tune.max_lengths": [], "stage2.phi": 0.2, "tune.phi_min": 0.1})
+    assert [p["stage2.phi"] for p in first_points(unbudgeted)] == [0.2, 0.1]
+    assert all("data.max_length" not in p for p in first_points(unbudgeted))
+    # at the bottom of the range already: no gentler point
+    assert [p["stage2.phi"] for p in first_points(apply_overrides(unbudgeted, {"stage2.phi": 0.1}))] == [0.1]
 
 
 def test_calibration_in_the_loop_adds_only_factors_within_the_goal_against_the_full_length(
