@@ -21,8 +21,8 @@ from adapler.data import DatasetSplits, load_splits
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.saliency import saliency_from_checkpoints
-from adapler.selection import best_epochs, no_pruning_warning
-from adapler.training import EpochReport, train_stage1, train_stage2
+from adapler.selection import best_epochs, no_pruning_warning, select, tolerance_warning
+from adapler.training import EpochReport, epoch_candidates, train_stage1, train_stage2
 
 STAGE1_KEY = "stage1_config.json"  # what stage 1 was trained with; a matching rerun reuses it
 
@@ -38,7 +38,8 @@ class RecipeResult:
     retention: list[float]
     wall_seconds: float
     no_pruning: bool  # dev_flops_speedup under adapler.selection.NO_PRUNING_FLOOR
-    warning: str  # one sentence when no_pruning, with what to try next; else ""
+    within_tolerance: bool  # False: no stage-2 epoch stayed within stage2.selection_tolerance of stage 1
+    warning: str  # one sentence each when no_pruning or not within_tolerance, with what to try next; else ""
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
@@ -122,9 +123,15 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
     )
     stage2 = train_stage2(model, train, dev, config.stage2, stage1_dev, checkpoint_saver(checkpoints), progress)
     dev_speedup = stage2.best_metrics["dev_flops_speedup"]
-    warning = no_pruning_warning(
-        dev_speedup, f"try `adapler train --config {out / 'config.json'} --set stage2.epochs={config.stage2.epochs + 2} "
+    again = f"adapler train --config {out / 'config.json'}"
+    no_pruning = no_pruning_warning(
+        dev_speedup, f"try `{again} --set stage2.epochs={config.stage2.epochs + 2} "
                      f"--set stage2.eta_lr={config.stage2.eta_lr * 4:g} --set stage2.phi={config.stage2.phi * 5:g}`",
+    )
+    tolerance = config.stage2.selection_tolerance
+    accuracy_lost = tolerance_warning(
+        select(epoch_candidates(stage2.history), stage1_dev, tolerance), stage1_dev, tolerance,
+        f"try `{again} --set stage2.init=finetuned --set stage2.phi={config.stage2.phi / 3:.2g}`",
     )
     adapler_test = evaluate(model, test, removal="packed", progress=progress, desc="test (AdapLeR)")
     model.save_pretrained(out / "model")
@@ -137,8 +144,9 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
         dev_flops_speedup=dev_speedup,
         retention=adapler_test.retention,
         wall_seconds=time.perf_counter() - start,
-        no_pruning=bool(warning),
-        warning=warning,
+        no_pruning=bool(no_pruning),
+        within_tolerance=not accuracy_lost,
+        warning=" ".join(w for w in (no_pruning, accuracy_lost) if w),
     )
     (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result

@@ -150,6 +150,19 @@ def test_train_without_ray_warns_when_nothing_is_removed(tiny_backbone_dir, tiny
     assert "warning: the chosen model removes almost no tokens" in err
     result = json.loads((tmp_path / "runs" / "noop-recipe" / "result.json").read_text())
     assert result["no_pruning"] is True and result["dev_flops_speedup"] < 1.1
+    assert result["within_tolerance"] is True and "stage 2 trained" not in result["warning"]
+
+
+def test_train_without_ray_warns_when_every_epoch_loses_accuracy(tiny_backbone_dir, tiny_overrides, tmp_path, capsys):
+    from adapler_cli.main import main
+
+    # a negative tolerance puts the floor above stage 1's dev accuracy: no stage-2 epoch can reach it
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "lossy-recipe") + ["stage2.selection_tolerance=-1"]
+    assert main(["train", *[arg for item in overrides for arg in ("--set", item)]]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "no model stage 2 trained stayed within" in err and "adapler train --config" in err
+    result = json.loads((tmp_path / "runs" / "lossy-recipe" / "result.json").read_text())
+    assert result["within_tolerance"] is False and "stage2.init=finetuned" in result["warning"]
 
 
 def test_retrained_stage1_forgets_an_earlier_runs_epochs(tiny_backbone_dir, tiny_overrides, tmp_path):
@@ -174,7 +187,7 @@ def test_a_run_whose_models_all_lose_accuracy_says_so(ray_local, tiny_backbone_d
     summary = run_pipeline(config)
 
     assert not summary.within_tolerance
-    assert "no model the search trained stayed within" in summary.warning
+    assert "no model stage 2 trained stayed within" in summary.warning
     assert "tune.inits=[finetuned]" in summary.warning and "adapler tune --config" in summary.warning
     assert f"warning: {summary.warning}" in capsys.readouterr().out
     saved = json.loads((Path(summary.run_dir) / "summary.json").read_text())
