@@ -124,6 +124,5 @@ def tolerance_warning(selection: Selection, reference: float, tolerance: float, 
     chosen = selection.chosen
     return (f"no model stage 2 trained stayed within {tolerance * 100:g} point(s) of stage 1's dev accuracy "
             f"{reference:.4f}, so the chosen one is only the most accurate it found ({chosen.dev_accuracy:.4f} on dev "
-            f"at {chosen.dev_flops_speedup:.2f}x): stage 2 lost accuracy even with its etas scaled down, most often "
-            f"because the length penalty phi was too large for this data or stage 2 started from the pretrained "
-            f"backbone; {next_step}")
+            f"at {chosen.dev_flops_speedup:.2f}x): stage 2 lost accuracy, most often because the length penalty phi "
+            f"was too large for this data or stage 2 started from the pretrained backbone; {next_step}")
