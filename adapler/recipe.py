@@ -21,7 +21,7 @@ from adapler.data import DatasetSplits, load_splits
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.saliency import saliency_from_checkpoints
-from adapler.selection import best_epochs, no_pruning_warning, select, tolerance_warning
+from adapler.selection import GENTLER_PHI, best_epochs, no_pruning_warning, select, tolerance_warning
 from adapler.training import EpochReport, epoch_candidates, train_stage1, train_stage2
 
 STAGE1_KEY = "stage1_config.json"  # what stage 1 was trained with; a matching rerun reuses it
@@ -131,7 +131,7 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
     tolerance = config.stage2.selection_tolerance
     accuracy_lost = tolerance_warning(
         select(epoch_candidates(stage2.history), stage1_dev, tolerance), stage1_dev, tolerance,
-        f"try `{again} --set stage2.init=finetuned --set stage2.phi={config.stage2.phi / 3:.2g}`",
+        f"try `{again} --set stage2.init=finetuned --set stage2.phi={config.stage2.phi * GENTLER_PHI:.2g}`",
     )
     adapler_test = evaluate(model, test, removal="packed", progress=progress, desc="test (AdapLeR)")
     model.save_pretrained(out / "model")

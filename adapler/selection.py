@@ -18,6 +18,8 @@ rules over them:
 - :func:`early_stopping_score`: one number per reported epoch for a scheduler (ASHA) that
   encodes the same rule.
 - :func:`best_epochs`: stage 1's top-k epochs by dev accuracy (the saliency checkpoints).
+- :data:`GENTLER_PHI`: the fraction of a phi that pruned too hard to try next (the search's last
+  fixed trial; the next step a lossy `adapler train` suggests).
 - :func:`no_pruning_warning`: the sentence a run prints when its chosen model prunes (almost)
   nothing (dev speedup under :data:`NO_PRUNING_FLOOR`): never a silent "1.00x".
 - :func:`tolerance_warning`: the sentence a run prints when no candidate stayed within the
@@ -100,6 +102,11 @@ def best_epochs(history: Sequence[Mapping[str, float]], k: int) -> list[int]:
     """Indices of the k most accurate epochs of ``history`` (one metrics dict per epoch, with
     ``dev_accuracy``), best first; ties go to the earlier epoch."""
     return sorted(range(len(history)), key=lambda i: (-history[i]["dev_accuracy"], i))[:k]
+
+
+# The gentler side of a phi that pruned too hard: a trial from this fraction of it (the search's
+# last fixed point, pipelines/tune.py first_points; the next step a lossy `adapler train` suggests).
+GENTLER_PHI = 1 / 3
 
 
 NO_PRUNING_FLOOR = 1.1  # a chosen model under this dev FLOPs speedup removes (almost) no token

@@ -28,7 +28,7 @@ from adapler.config import ConfigError, apply_overrides, config_from_dict, confi
 from adapler.evaluate import budget_gain, evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data
-from adapler.selection import Candidate, Selection, accuracy_floor, early_stopping_score, select
+from adapler.selection import GENTLER_PHI, Candidate, Selection, accuracy_floor, early_stopping_score, select
 from adapler_pipelines.config import PipelineConfig, TuneConfig
 from adapler_pipelines.storage import join, local_copy, location_of
 from adapler_pipelines.tracking import StageRun, end_open_runs, tracking_uri
@@ -68,17 +68,14 @@ def param_space(tune_config: TuneConfig) -> dict:
     return space
 
 
-GENTLER_PHI = 1 / 3  # the search's last fixed point: the longest budget at this fraction of stage2.phi
-
-
 def first_points(config: PipelineConfig) -> list[dict]:
     """The search's first trials, before random draws. One per input budget in
     ``tune.max_lengths``, shortest first (the cheapest to train, and the ones truncation says
     matter most on long texts), each at the config's own values of the other searched keys
     (clamped into their ranges). Without them, 4 trials over 5 budgets can miss the short ones
     (BBC News: 256, 512, 128, 256). Then the longest budget once more at a third of the
-    config's phi (:data:`GENTLER_PHI`, clamped; left out where the clamp leaves phi as it was):
-    a trial that prunes too hard loses accuracy that scaling its etas down does not give back
+    config's phi (:data:`adapler.selection.GENTLER_PHI`, clamped; left out where the clamp
+    leaves phi as it was): a trial that prunes too hard loses accuracy that scaling its etas down does not give back
     (the full Rotten Tomatoes run of 2026-12-02: every trial at phi >= 0.3 read 0.70-0.79 on dev
     with removal off, against stage 1's 0.805), so the search tries the gentler side too."""
     space = param_space(config.tune)
