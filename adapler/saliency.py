@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from adapler.batching import encode
+from adapler.batching import sorted_batches
 from adapler.modeling import AdapLeRForSequenceClassification
 
 
@@ -53,17 +53,18 @@ def saliency_for_rows(
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame({k: list(v) for k, v in rows.items()})
     model.eval()
     device = next(model.parameters()).device
+    ids, labels = frame["id"].astype(str).tolist(), frame["label"].to_numpy(dtype=np.int64)
+    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
+    # length-sorted batches, each padded to its own longest: examples do not interact, so the
+    # order changes nothing but the padding computed
+    batches = sorted_batches(model.tokenizer, frame["text"].tolist(), pairs, batch_size, max_length)
     out: dict[str, np.ndarray] = {}
-    starts = range(0, len(frame), batch_size)
-    for start in tqdm(starts, desc="saliency", disable=not progress, unit="batch"):
-        chunk = frame.iloc[start : start + batch_size]
-        pairs = chunk["text_pair"].tolist() if "text_pair" in chunk else None
-        batch = encode(model.tokenizer, chunk["text"].tolist(), pairs, max_length)
+    for chunk, batch in tqdm(batches, desc="saliency", disable=not progress, unit="batch"):
         batch = {k: v.to(device) for k, v in batch.items()}
-        values = saliency_of_batch(model, batch, torch.tensor(chunk["label"].to_numpy(dtype=np.int64)))
+        values = saliency_of_batch(model, batch, torch.from_numpy(labels[chunk]))
         lengths = batch["attention_mask"].sum(-1).tolist()
-        for example_id, row, length in zip(chunk["id"].astype(str), values.cpu().numpy(), lengths):
-            out[example_id] = row[:length].astype(np.float32)
+        for i, row, length in zip(chunk, values.cpu().numpy(), lengths):
+            out[ids[i]] = row[:length].astype(np.float32)
     return out
 
 

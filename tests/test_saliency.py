@@ -63,6 +63,24 @@ def test_saliency_uses_gold_label_not_prediction(model, tokenizer, sentences):
         assert not torch.allclose(with_predicted[i], with_other[i], rtol=1e-3, atol=0), i
 
 
+def test_saliency_for_rows_runs_length_sorted_batches(model, sentences, make_rows, monkeypatch):
+    import adapler.saliency as saliency_module
+
+    widths = []
+
+    def recording(model, batch, labels):
+        widths.append(batch["attention_mask"].sum(-1).tolist())
+        return saliency_of_batch(model, batch, labels)
+
+    monkeypatch.setattr(saliency_module, "saliency_of_batch", recording)
+    texts = ["x", sentences[0] * 3, "short one", sentences[1], "y y", sentences[2] * 2]
+    rows = make_rows(texts, labels=[i % 3 for i in range(len(texts))], ids=[f"id-{i}" for i in range(len(texts))])
+    out = saliency_for_rows(model, rows, max_length=32, batch_size=2)
+    assert len(widths) == 3 and set(out) == set(rows["id"])
+    flat = [n for batch in widths for n in batch]
+    assert flat == sorted(flat)  # padding only up to similar lengths, not to the longest of random rows
+
+
 def test_saliency_for_rows_survives_shuffling(model, tokenizer, sentences, make_rows):
     texts = sentences + [s.upper() for s in sentences] + ["short one", "x"]
     rows = make_rows(texts, labels=[i % 3 for i in range(len(texts))], ids=[f"id-{i:02d}" for i in range(len(texts))])
