@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class SaliencyMismatch(ValueError):
@@ -115,6 +115,44 @@ class Collator:
         return out
 
 
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Training batches of similar token counts, in a random order. Each epoch the examples in a
+    random order (a permutation seeded by ``seed`` and the epoch, or ``order``: e.g. a
+    DistributedSampler's share) are cut into groups of ``group`` batches; each group is sorted by
+    token count and cut into batches; the epoch's batches are then shuffled. Every example once
+    per epoch and as many batches as plain random batches, but each batch pads to about its own
+    length: Rotten Tomatoes at 64 tokens computes ~27 tokens per review instead of ~52."""
+
+    def __init__(self, counts: Sequence[int], batch_size: int, seed: int = 0, order: Sampler[int] | None = None,
+                 group: int = 50):
+        self.counts, self.batch_size, self.seed, self.order, self.group = list(counts), batch_size, seed, order, group
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """A new order per epoch (the training loop calls it, as for a DistributedSampler)."""
+        self.epoch = epoch
+        if hasattr(self.order, "set_epoch"):
+            self.order.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        examples = len(self.order) if self.order is not None else len(self.counts)
+        return -(-examples // self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.order is None:
+            indices = torch.randperm(len(self.counts), generator=generator).tolist()
+        else:
+            indices = list(self.order)
+        size = self.batch_size * self.group  # full groups give whole batches: len(self) batches in all
+        batches = []
+        for start in range(0, len(indices), size):
+            group = sorted(indices[start : start + size], key=self.counts.__getitem__)
+            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        for k in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[k]
+
+
 def make_loader(
     rows: pd.DataFrame,
     tokenizer,
@@ -125,16 +163,15 @@ def make_loader(
     saliency: Mapping[str, np.ndarray] | None = None,
     sampler=None,
 ) -> DataLoader:
-    """A DataLoader over rows. ``sampler`` (e.g. a DistributedSampler) overrides ``shuffle``."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        RowsDataset(rows),
-        batch_size=batch_size,
-        shuffle=shuffle if sampler is None else False,
-        sampler=sampler,
-        generator=generator,
-        collate_fn=Collator(tokenizer, max_length, saliency),
-    )
+    """A DataLoader over rows, in order. Training loaders (``shuffle``, or a ``sampler`` such as
+    a DistributedSampler giving the order) run :class:`LengthGroupedBatches`."""
+    collate = Collator(tokenizer, max_length, saliency)
+    if not shuffle and sampler is None:
+        return DataLoader(RowsDataset(rows), batch_size=batch_size, collate_fn=collate)
+    pairs = rows["text_pair"].tolist() if "text_pair" in rows else None
+    counts = token_counts(tokenizer, rows["text"].tolist(), pairs, max_length)
+    return DataLoader(RowsDataset(rows), batch_sampler=LengthGroupedBatches(counts, batch_size, seed, sampler),
+                      collate_fn=collate)
 
 
 def check_saliency_covers(rows: pd.DataFrame, saliency: Mapping[str, np.ndarray]) -> None:

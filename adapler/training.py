@@ -269,10 +269,12 @@ def epoch_candidates(history: list[dict[str, float]], start_epoch: int = 0) -> l
 
 
 def _set_epoch(loader, epoch: int) -> None:
-    """Reshuffle a DistributedSampler per epoch (no-op for a plain loader)."""
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+    """A new order per epoch for a training loader (adapler.batching.LengthGroupedBatches, or a
+    DistributedSampler); no-op for a plain loader."""
+    for sampler in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+            return
 
 
 

@@ -57,7 +57,7 @@ class _FailOnce:
 
     def __init__(self, loader, step: int, marker: Path, start_epoch: int):
         self.loader, self.step, self.marker = loader, step, marker
-        self.sampler = loader.sampler
+        self.batch_sampler = loader.batch_sampler  # the training loop sets its epoch
         self.seen = start_epoch * len(loader)
 
     def __len__(self) -> int:

@@ -1,0 +1,55 @@
+"""Training batches of similar length (adapler.batching.LengthGroupedBatches, make_loader)."""
+
+from __future__ import annotations
+
+import random
+
+from torch.utils.data import DistributedSampler
+
+from adapler.batching import LengthGroupedBatches, make_loader
+from adapler.training import _set_epoch
+
+
+def padded_tokens(batches, counts) -> int:
+    return sum(max(counts[i] for i in batch) * len(batch) for batch in batches)
+
+
+def test_length_grouped_batches_cover_every_example_once_and_pad_little():
+    draw = random.Random(0)
+    counts = [draw.randint(3, 64) for _ in range(1000)]
+    batches = LengthGroupedBatches(counts, batch_size=32, seed=1, group=10)
+    epoch0 = list(batches)
+    assert len(epoch0) == len(batches) == 32  # as many batches as plain random ones
+    assert sorted(i for batch in epoch0 for i in batch) == list(range(1000))
+    plain = [list(range(s, min(s + 32, 1000))) for s in range(0, 1000, 32)]  # counts are in random order
+    assert padded_tokens(epoch0, counts) < min(1.2 * sum(counts), 0.7 * padded_tokens(plain, counts))
+    assert list(batches) == epoch0  # the same epoch again: the same batches (a resumed run)
+    batches.set_epoch(1)
+    epoch1 = list(batches)
+    assert epoch1 != epoch0 and sorted(i for batch in epoch1 for i in batch) == list(range(1000))
+
+
+def test_length_grouped_batches_keep_a_distributed_share():
+    counts = list(range(1, 101))
+    shares = []
+    for rank in range(2):
+        order = DistributedSampler(range(100), num_replicas=2, rank=rank, shuffle=True, seed=3)
+        batches = LengthGroupedBatches(counts, batch_size=8, seed=3, order=order)
+        batches.set_epoch(2)
+        shares.append([i for batch in batches for i in batch])
+        assert len(batches) == 7  # 50 examples per rank
+    assert sorted(shares[0] + shares[1]) == list(range(100))
+
+
+def test_training_loader_batches_by_length_and_reshuffles_per_epoch(tokenizer, make_rows):
+    texts = [" ".join(["word"] * n) for n in random.Random(2).choices(range(1, 40), k=64)]
+    loader = make_loader(make_rows(texts), tokenizer, batch_size=8, max_length=64, shuffle=True, seed=0)
+    epoch0 = [batch["ids"] for batch in loader]
+    widths = [batch["attention_mask"].shape[1] for batch in loader]
+    lengths = [batch["attention_mask"].sum(-1) for batch in loader]
+    assert sum(w * len(n) for w, n in zip(widths, lengths)) < 1.25 * sum(int(n.sum()) for n in lengths)
+    _set_epoch(loader, 1)
+    epoch1 = [batch["ids"] for batch in loader]
+    assert epoch1 != epoch0 and sorted(sum(epoch1, [])) == sorted(sum(epoch0, [])) == sorted(f"ex{i}" for i in range(64))
+    evaluation = make_loader(make_rows(texts), tokenizer, batch_size=8, max_length=64)
+    assert sum((batch["ids"] for batch in evaluation), []) == [f"ex{i}" for i in range(64)]  # in row order
