@@ -116,41 +116,41 @@ class Collator:
 
 
 class LengthGroupedBatches(Sampler[list[int]]):
-    """Training batches of similar token counts, in a random order. Each epoch the examples in a
-    random order (a permutation seeded by ``seed`` and the epoch, or ``order``: e.g. a
-    DistributedSampler's share) are cut into groups of ``group`` batches; each group is sorted by
-    token count and cut into batches; the epoch's batches are then shuffled. Every example once
-    per epoch and as many batches as plain random batches, but each batch pads to about its own
-    length: Rotten Tomatoes at 64 tokens computes ~27 tokens per review instead of ~52."""
+    """Training batches of similar token counts, in a random order, the same whatever the number
+    of workers. Each epoch a permutation (seeded by ``seed`` and the epoch) is cut into groups of
+    ``group`` global batches (``batch_size`` x ``replicas`` examples); each group is sorted by
+    token count and cut into global batches; the epoch's global batches are shuffled, and worker
+    ``rank`` of ``replicas`` (Ray Train's DDP workers) takes every replicas-th example of each.
+    Every example once per epoch (as DistributedSampler, the permutation is padded by repeating
+    its start so that each worker gets as many), as many batches as plain random batches, each
+    padding to about its own length: Rotten Tomatoes at 64 tokens computes ~27 tokens per review
+    instead of ~52."""
 
-    def __init__(self, counts: Sequence[int], batch_size: int, seed: int = 0, order: Sampler[int] | None = None,
+    def __init__(self, counts: Sequence[int], batch_size: int, seed: int = 0, replicas: int = 1, rank: int = 0,
                  group: int = 50):
-        self.counts, self.batch_size, self.seed, self.order, self.group = list(counts), batch_size, seed, order, group
-        self.epoch = 0
+        self.counts, self.batch_size, self.seed, self.group = list(counts), batch_size, seed, group
+        self.replicas, self.rank, self.epoch = replicas, rank, 0
 
     def set_epoch(self, epoch: int) -> None:
-        """A new order per epoch (the training loop calls it, as for a DistributedSampler)."""
+        """A new order per epoch (the training loop calls it)."""
         self.epoch = epoch
-        if hasattr(self.order, "set_epoch"):
-            self.order.set_epoch(epoch)
 
     def __len__(self) -> int:
-        examples = len(self.order) if self.order is not None else len(self.counts)
-        return -(-examples // self.batch_size)
+        per_worker = -(-len(self.counts) // self.replicas)
+        return -(-per_worker // self.batch_size)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.order is None:
-            indices = torch.randperm(len(self.counts), generator=generator).tolist()
-        else:
-            indices = list(self.order)
-        size = self.batch_size * self.group  # full groups give whole batches: len(self) batches in all
+        order = torch.randperm(len(self.counts), generator=generator).tolist()
+        total = -(-len(order) // self.replicas) * self.replicas
+        order = (order * self.replicas)[:total]
+        size = self.batch_size * self.replicas  # a global batch; every one a multiple of replicas
         batches = []
-        for start in range(0, len(indices), size):
-            group = sorted(indices[start : start + size], key=self.counts.__getitem__)
-            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        for start in range(0, total, size * self.group):
+            group = sorted(order[start : start + size * self.group], key=self.counts.__getitem__)
+            batches += [group[i : i + size] for i in range(0, len(group), size)]
         for k in torch.randperm(len(batches), generator=generator).tolist():
-            yield batches[k]
+            yield batches[k][self.rank :: self.replicas]
 
 
 def make_loader(
@@ -161,17 +161,18 @@ def make_loader(
     shuffle: bool = False,
     seed: int = 0,
     saliency: Mapping[str, np.ndarray] | None = None,
-    sampler=None,
+    replicas: int = 1,
+    rank: int = 0,
 ) -> DataLoader:
-    """A DataLoader over rows, in order. Training loaders (``shuffle``, or a ``sampler`` such as
-    a DistributedSampler giving the order) run :class:`LengthGroupedBatches`."""
+    """A DataLoader over rows, in order; with ``shuffle``, a training loader of
+    :class:`LengthGroupedBatches` (worker ``rank``'s share of ``replicas`` under DDP)."""
     collate = Collator(tokenizer, max_length, saliency)
-    if not shuffle and sampler is None:
+    if not shuffle:
         return DataLoader(RowsDataset(rows), batch_size=batch_size, collate_fn=collate)
     pairs = rows["text_pair"].tolist() if "text_pair" in rows else None
-    counts = token_counts(tokenizer, rows["text"].tolist(), pairs, max_length)
-    return DataLoader(RowsDataset(rows), batch_sampler=LengthGroupedBatches(counts, batch_size, seed, sampler),
-                      collate_fn=collate)
+    batches = LengthGroupedBatches(token_counts(tokenizer, rows["text"].tolist(), pairs, max_length), batch_size,
+                                   seed, replicas, rank)
+    return DataLoader(RowsDataset(rows), batch_sampler=batches, collate_fn=collate)
 
 
 def check_saliency_covers(rows: pd.DataFrame, saliency: Mapping[str, np.ndarray]) -> None:

@@ -269,12 +269,11 @@ def epoch_candidates(history: list[dict[str, float]], start_epoch: int = 0) -> l
 
 
 def _set_epoch(loader, epoch: int) -> None:
-    """A new order per epoch for a training loader (adapler.batching.LengthGroupedBatches, or a
-    DistributedSampler); no-op for a plain loader."""
-    for sampler in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-            return
+    """A new order per epoch for a training loader (adapler.batching.LengthGroupedBatches);
+    no-op for a plain loader."""
+    batches = getattr(loader, "batch_sampler", None)
+    if hasattr(batches, "set_epoch"):
+        batches.set_epoch(epoch)
 
 
 

@@ -1,9 +1,9 @@
 """Stage 1 and stage 2 on Ray Train: the loops of adapler.training, run per worker.
 
-This file adds only the Ray context: the worker's rank and device, its share of the rows (a
-DistributedSampler shard of train with ``batch_size / num_workers`` rows per step, so that
-``batch_size`` stays the global batch; every num_workers-th dev row), DDP (``prepare_model``), a
-checkpoint (written by rank 0 alone) + dev metrics of the whole dev split reported per epoch,
+This file adds only the Ray context: the worker's rank and device, its share of the rows (its
+slice of each global training batch of adapler.batching.LengthGroupedBatches, ``batch_size /
+num_workers`` rows per step, so that ``batch_size`` stays the global batch; every
+num_workers-th dev row), DDP (``prepare_model``), a checkpoint (written by rank 0 alone) + dev metrics of the whole dev split reported per epoch,
 and resuming from the last checkpoint when a worker fails (``FailureConfig``). Checkpoints stay
 where Ray stored them (``ray.storage_path``, local or a URI): :class:`EpochCheckpoint` names
 their location, which any node can read (pipelines/storage.py).
@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data.distributed import DistributedSampler
 
-from adapler.batching import RowsDataset, make_loader
+from adapler.batching import make_loader
 from adapler.config import config_from_dict, config_to_dict
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import load_data, new_model
@@ -114,10 +113,8 @@ def run_stage(
     saliency = None
     if stage == "stage2":
         saliency = load_saliency(saliency_path, data.train, tokenizer, max_length)
-    sampler = DistributedSampler(
-        RowsDataset(data.train), num_replicas=world_size, rank=rank, shuffle=True, seed=stage_config.seed
-    )
-    train_loader = make_loader(data.train, tokenizer, batch_size, max_length, saliency=saliency, sampler=sampler)
+    train_loader = make_loader(data.train, tokenizer, batch_size, max_length, shuffle=True, seed=stage_config.seed,
+                               saliency=saliency, replicas=world_size, rank=rank)
     if config.ray.fail_once_at_step >= 0 and fail_marker is not None and rank == world_size - 1:
         train_loader = _FailOnce(train_loader, config.ray.fail_once_at_step, fail_marker, start_epoch)
     # every world_size-th dev row: the workers' shares, joined by the loop, are the dev split once

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import random
 
-from torch.utils.data import DistributedSampler
-
 from adapler.batching import LengthGroupedBatches, make_loader
 from adapler.training import _set_epoch
 
@@ -29,16 +27,24 @@ def test_length_grouped_batches_cover_every_example_once_and_pad_little():
     assert epoch1 != epoch0 and sorted(i for batch in epoch1 for i in batch) == list(range(1000))
 
 
-def test_length_grouped_batches_keep_a_distributed_share():
-    counts = list(range(1, 101))
-    shares = []
-    for rank in range(2):
-        order = DistributedSampler(range(100), num_replicas=2, rank=rank, shuffle=True, seed=3)
-        batches = LengthGroupedBatches(counts, batch_size=8, seed=3, order=order)
-        batches.set_epoch(2)
-        shares.append([i for batch in batches for i in batch])
-        assert len(batches) == 7  # 50 examples per rank
-    assert sorted(shares[0] + shares[1]) == list(range(100))
+def test_length_grouped_batches_are_the_same_global_batches_on_two_workers():
+    counts = [n % 37 + 1 for n in range(100)]
+    one = LengthGroupedBatches(counts, batch_size=16, seed=3)
+    workers = [LengthGroupedBatches(counts, batch_size=8, seed=3, replicas=2, rank=rank) for rank in range(2)]
+    for epoch in (0, 2):
+        for batches in [one, *workers]:
+            batches.set_epoch(epoch)
+        shares = [list(batches) for batches in workers]
+        assert len(shares[0]) == len(shares[1]) == len(workers[0]) == 7  # 50 rows each
+        for step, whole in enumerate(one):  # each step, the two workers' slices make the one-worker batch
+            assert sorted(shares[0][step] + shares[1][step]) == sorted(whole)
+
+
+def test_length_grouped_batches_give_every_worker_as_many_rows():
+    counts = [n % 37 + 1 for n in range(101)]  # padded to 102, as DistributedSampler does
+    shares = [[i for batch in LengthGroupedBatches(counts, 8, seed=3, replicas=2, rank=rank) for i in batch]
+              for rank in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 51 and set(shares[0] + shares[1]) == set(range(101))
 
 
 def test_training_loader_batches_by_length_and_reshuffles_per_epoch(tokenizer, make_rows):
