@@ -140,7 +140,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
         return -(-per_worker // self.batch_size)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # one stream per (seed, epoch)
         order = torch.randperm(len(self.counts), generator=generator).tolist()
         total = -(-len(order) // self.replicas) * self.replicas
         order = (order * self.replicas)[:total]

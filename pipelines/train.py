@@ -3,10 +3,11 @@
 This file adds only the Ray context: the worker's rank and device, its share of the rows (its
 slice of each global training batch of adapler.batching.LengthGroupedBatches, ``batch_size /
 num_workers`` rows per step, so that ``batch_size`` stays the global batch; every
-num_workers-th dev row), DDP (``prepare_model``), a checkpoint (written by rank 0 alone) + dev metrics of the whole dev split reported per epoch,
-and resuming from the last checkpoint when a worker fails (``FailureConfig``). Checkpoints stay
-where Ray stored them (``ray.storage_path``, local or a URI): :class:`EpochCheckpoint` names
-their location, which any node can read (pipelines/storage.py).
+num_workers-th dev row), DDP (``prepare_model``), a checkpoint (written by rank 0 alone) + dev
+metrics of the whole dev split reported per epoch, and resuming from the last checkpoint when a
+worker fails (``FailureConfig``). Checkpoints stay where Ray stored them (``ray.storage_path``,
+local or a URI): :class:`EpochCheckpoint` names their location, which any node can read
+(pipelines/storage.py).
 """
 
 from __future__ import annotations
