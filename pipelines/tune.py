@@ -6,7 +6,7 @@ The search space is :data:`SEARCHED`: one line per searched config key, its samp
 gets, and logs its own MLflow run from inside (params = that config, one step per epoch).
 Multi-objective (dev accuracy up, FLOPs speedup up) with Optuna, whose first trials take each
 input budget in turn, then a gentler phi (:func:`first_points`); ASHA stops trials early on
-:func:`adapler.selection.early_stopping_score`. Every trial shares the stage-1 checkpoints; the
+:func:`adapler.selection.early_stopping_score`, all but the gentler one. Every trial shares the stage-1 checkpoints; the
 input budget (``data.max_length``) is searched too, each budget with saliency labels computed
 once before the search (:class:`BudgetInputs`), and every speedup is against the full-length
 backbone. After it, :func:`calibrate_front` scales the etas of each trial's best model on dev
@@ -73,11 +73,24 @@ def first_points(config: PipelineConfig) -> list[dict]:
     ``tune.max_lengths``, shortest first (the cheapest to train, and the ones truncation says
     matter most on long texts), each at the config's own values of the other searched keys
     (clamped into their ranges). Without them, 4 trials over 5 budgets can miss the short ones
-    (BBC News: 256, 512, 128, 256). Then the longest budget once more at a third of the
-    config's phi (:data:`adapler.selection.GENTLER_PHI`, clamped; left out where the clamp
-    leaves phi as it was): a trial that prunes too hard loses accuracy that scaling its etas down does not give back
+    (BBC News: 256, 512, 128, 256). Then :func:`gentler_point`."""
+    gentler = gentler_point(config)
+    return _budget_points(config) + ([gentler] if gentler else [])
+
+
+def gentler_point(config: PipelineConfig) -> dict | None:
+    """The longest budget once more at a third of the config's phi
+    (:data:`adapler.selection.GENTLER_PHI`, clamped; None where the clamp leaves phi as it was):
+    a trial that prunes too hard loses accuracy that scaling its etas down does not give back
     (the full Rotten Tomatoes run of 2026-12-02: every trial at phi >= 0.3 read 0.70-0.79 on dev
-    with removal off, against stage 1's 0.805), so the search tries the gentler side too."""
+    with removal off, against stage 1's 0.805), so the search tries the gentler side too. ASHA
+    does not stop it early (:class:`adapler_pipelines.early_stopping.ASHAKeepingOne`)."""
+    longest = _budget_points(config)[-1]
+    phi = max(longest["stage2.phi"] * GENTLER_PHI, config.tune.phi_min)
+    return {**longest, "stage2.phi": phi} if phi < longest["stage2.phi"] else None
+
+
+def _budget_points(config: PipelineConfig) -> list[dict]:
     space = param_space(config.tune)
     start = {}
     for key, (sampler, fields) in SEARCHED.items():
@@ -89,11 +102,7 @@ def first_points(config: PipelineConfig) -> list[dict]:
         else:
             start[key] = value if value in bounds[0] else bounds[0][0]
     budgets = sorted(config.tune.max_lengths) if "data.max_length" in space else []
-    points = [{**start, "data.max_length": budget} for budget in budgets] or [start]
-    gentler = max(start["stage2.phi"] * GENTLER_PHI, config.tune.phi_min)
-    if gentler < start["stage2.phi"]:
-        points.append({**points[-1], "stage2.phi": gentler})
-    return points
+    return [{**start, "data.max_length": budget} for budget in budgets] or [start]
 
 
 def searched_values(config: PipelineConfig) -> dict:
@@ -164,8 +173,9 @@ def search(config: PipelineConfig, stage1_dir: str, budgets: dict[int, BudgetInp
     """The search over :func:`param_space`; ``budgets``: the inputs of every input budget in
     ``tune.max_lengths`` (resolved by :func:`resolve_budgets`)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from adapler_pipelines.early_stopping import ASHAKeepingOne
 
     t = config.tune
     trainable = tune.with_resources(
@@ -181,8 +191,8 @@ def search(config: PipelineConfig, stage1_dir: str, budgets: dict[int, BudgetInp
         tune_config=tune.TuneConfig(
             search_alg=OptunaSearch(metric=["dev_accuracy", "dev_flops_speedup"], mode=["max", "max"], seed=t.seed,
                                     points_to_evaluate=first_points(config)),
-            scheduler=ASHAScheduler(
-                metric="objective", mode="max", time_attr="training_iteration",
+            scheduler=ASHAKeepingOne(
+                gentler_point(config), metric="objective", mode="max", time_attr="training_iteration",
                 grace_period=t.grace_period, max_t=config.stage2.epochs,
             ),
             num_samples=t.num_samples,

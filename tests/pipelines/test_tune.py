@@ -14,8 +14,8 @@ from adapler.evaluate import budget_gain, evaluate
 from adapler.recipe import load_data
 from adapler.selection import Candidate, select
 from adapler_pipelines.config import PipelineConfig
-from adapler_pipelines.tune import (SEARCHED, SearchOutcome, calibrate_front, first_points, param_space,
-                                    searched_values)
+from adapler_pipelines.tune import (SEARCHED, SearchOutcome, calibrate_front, first_points, gentler_point,
+                                    param_space, searched_values)
 
 
 def test_search_space_is_dotted_config_keys_applied_like_set():
@@ -61,6 +61,36 @@ def test_the_first_trials_take_each_input_budget_shortest_first_then_a_gentler_p
     assert all("data.max_length" not in p for p in first_points(unbudgeted))
     # at the bottom of the range already: no gentler point
     assert [p["stage2.phi"] for p in first_points(apply_overrides(unbudgeted, {"stage2.phi": 0.1}))] == [0.1]
+
+
+def test_asha_stops_early_all_but_the_gentler_trial():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from adapler_pipelines.early_stopping import ASHAKeepingOne
+
+    config = load_config(None, ["tune.max_lengths=[32, 64]", "stage2.phi=0.3", "tune.phi_min=0.05"], cls=PipelineConfig)
+    points = first_points(config)
+    assert gentler_point(config) == points[-1] and points[-1]["stage2.phi"] == pytest.approx(0.1)
+    asha = dict(metric="objective", mode="max", time_attr="training_iteration", grace_period=1, max_t=3)
+
+    def decisions(scheduler, scores):  # the trials of first_points, one result each at epoch 1, then at 3
+        trials = [SimpleNamespace(trial_id=str(i), config=point) for i, point in enumerate(points)]
+        for trial in trials:
+            scheduler.on_trial_add(None, trial)
+        first = [scheduler.on_trial_result(None, t, {"training_iteration": 1, "objective": s})
+                 for t, s in zip(trials, scores)]
+        return first, scheduler.on_trial_result(None, trials[-1], {"training_iteration": 3, "objective": 2.0})
+
+    scores = [2.0, -0.07, 1.4]  # 32 tokens within the tolerance, 64 pruned too hard, the gentler one slower
+    first, last = decisions(ASHAKeepingOne(gentler_point(config), **asha), scores)
+    assert first == [TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialScheduler.CONTINUE]
+    assert last == TrialScheduler.STOP  # its last epoch ends it as any trial
+    plain, _ = decisions(ASHAScheduler(**asha), scores)
+    assert plain[-1] == TrialScheduler.STOP  # what ASHA alone does to it
+    none, _ = decisions(ASHAKeepingOne(None, **asha), scores)
+    assert none == plain
 
 
 def test_calibration_in_the_loop_adds_only_factors_within_the_goal_against_the_full_length(
