@@ -1,7 +1,7 @@
 """Early stopping for the stage-2 search: ASHA, except for one fixed trial that runs all its epochs.
 
 The kept trial is the search's gentler one (pipelines/tune.py ``gentler_point``: the longest
-input budget at a third of the config's phi). A shorter budget has its truncation gain from the
+input budget at half the config's phi). A shorter budget has its truncation gain from the
 first step; the gentler trial's speedup comes from pruning, which grows over the epochs, so
 ASHA, judging it after one epoch, stops it. On the full Rotten Tomatoes data (2026-12-03) it
 read 0.818 at 1.39x on dev after one epoch, under the 32-token trial's 2.0x, and was stopped; a

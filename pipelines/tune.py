@@ -79,7 +79,7 @@ def first_points(config: PipelineConfig) -> list[dict]:
 
 
 def gentler_point(config: PipelineConfig) -> dict | None:
-    """The longest budget once more at a third of the config's phi
+    """The longest budget once more at half the config's phi
     (:data:`adapler.selection.GENTLER_PHI`, clamped; None where the clamp leaves phi as it was):
     a trial that prunes too hard loses accuracy that scaling its etas down does not give back
     (the full Rotten Tomatoes run of 2026-12-02: every trial at phi >= 0.3 read 0.70-0.79 on dev

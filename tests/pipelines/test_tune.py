@@ -46,7 +46,7 @@ def test_the_first_trials_take_each_input_budget_shortest_first_then_a_gentler_p
         assert set(point) == set(param_space(config.tune))  # a whole point: Ray's warm start needs every key
         assert point["stage2.lr"] == 3e-5  # not a choice: the first one
         assert point["stage2.gamma"] == config.stage2.gamma and point["stage2.init"] == "finetuned"
-    assert [p["stage2.phi"] for p in points] == [config.tune.phi_max] * 3 + [pytest.approx(config.tune.phi_max / 3)]
+    assert [p["stage2.phi"] for p in points] == [config.tune.phi_max] * 3 + [pytest.approx(config.tune.phi_max / 2)]
     from ray.tune.search.optuna import OptunaSearch
 
     searcher = OptunaSearch(space=param_space(config.tune), metric=["a", "b"], mode=["max", "max"], seed=0,
@@ -56,8 +56,8 @@ def test_the_first_trials_take_each_input_budget_shortest_first_then_a_gentler_p
         (p["data.max_length"], p["stage2.phi"]) for p in points]
 
     # without a searched budget: the config's own point, then the gentler one, clamped into the range
-    unbudgeted = apply_overrides(config, {"tune.max_lengths": [], "stage2.phi": 0.2, "tune.phi_min": 0.1})
-    assert [p["stage2.phi"] for p in first_points(unbudgeted)] == [0.2, 0.1]
+    unbudgeted = apply_overrides(config, {"tune.max_lengths": [], "stage2.phi": 0.15, "tune.phi_min": 0.1})
+    assert [p["stage2.phi"] for p in first_points(unbudgeted)] == [0.15, 0.1]
     assert all("data.max_length" not in p for p in first_points(unbudgeted))
     # at the bottom of the range already: no gentler point
     assert [p["stage2.phi"] for p in first_points(apply_overrides(unbudgeted, {"stage2.phi": 0.1}))] == [0.1]
@@ -72,7 +72,7 @@ def test_asha_stops_early_all_but_the_gentler_trial():
 
     config = load_config(None, ["tune.max_lengths=[32, 64]", "stage2.phi=0.3", "tune.phi_min=0.05"], cls=PipelineConfig)
     points = first_points(config)
-    assert gentler_point(config) == points[-1] and points[-1]["stage2.phi"] == pytest.approx(0.1)
+    assert gentler_point(config) == points[-1] and points[-1]["stage2.phi"] == pytest.approx(0.15)
     asha = dict(metric="objective", mode="max", time_attr="training_iteration", grace_period=1, max_t=3)
 
     def decisions(scheduler, scores):  # the trials of first_points, one result each at epoch 1, then at 3
