@@ -79,12 +79,16 @@ def trials_that_pruned(run_dir: Path) -> tuple[int, int]:
     return len(best), int((best >= NO_PRUNING_FLOOR).sum())
 
 
-def bench_dataset(dataset: str, extra: list[str]) -> list[dict]:
-    from adapler_pipelines.run import run_pipeline
+def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False) -> list[dict]:
+    from adapler_pipelines.run import STAGE1_MANIFEST, run_pipeline
 
     preset, overrides = dataset_overrides(dataset)
     config = load_config(resolve_preset(preset), [*overrides, *extra], cls=PipelineConfig)
-    summary = run_pipeline(config)
+    run_dir = Path(config.output_dir) / config.name
+    reused = reuse_stage1 and (run_dir / STAGE1_MANIFEST).is_file()
+    if reused:
+        print(f"{dataset}: reusing the stage-1 checkpoints and saliency labels of {run_dir} (as `adapler tune` does)")
+    summary = run_pipeline(config, stage1_only_from=run_dir if reused else None)
     data = load_data(config)
     texts, pairs = data.test["text"].tolist(), data.test["text_pair"].tolist()
     chosen = AdapLeRForSequenceClassification.from_pretrained(summary.model_dir)
@@ -99,7 +103,7 @@ def bench_dataset(dataset: str, extra: list[str]) -> list[dict]:
          "eta_factor": summary.chosen["factor"], "input_budget": summary.input_budget,
          "trials": trials, "trials_that_pruned": pruned,
          "no_pruning": summary.no_pruning, "within_tolerance": summary.within_tolerance, "params": summary.chosen["params"],
-         "wall_seconds": summary.wall_seconds},
+         "wall_seconds": summary.wall_seconds, "stage1_reused": reused},
     ]
     for length in [t for t in TRUNCATIONS if t < max(full)]:  # a cut no test text reaches changes nothing
         accuracy, _ = static_variant(config, data, length, None)
@@ -123,10 +127,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every data set, e.g. --set data.limit=600 (repeatable)")
     parser.add_argument("--output", default=str(HERE / "results" / "untuned.json"))
+    parser.add_argument("--reuse-stage1", action="store_true",
+                        help="where runs/<name>/stage1.json exists (an earlier run of the same name and data), "
+                             "search again on its stage-1 checkpoints and saliency labels instead of retraining them")
     args = parser.parse_args()
     output = Path(args.output)
     kept = [r for r in (json.loads(output.read_text()) if output.is_file() else []) if r["dataset"] not in args.datasets]
-    records = kept + [r for dataset in args.datasets for r in bench_dataset(dataset, args.set)]
+    records = kept + [r for dataset in args.datasets for r in bench_dataset(dataset, args.set, args.reuse_stage1)]
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(records, indent=2, default=float) + "\n")
     print(f"wrote {output}")
