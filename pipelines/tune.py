@@ -9,9 +9,9 @@ input budget in turn, then a gentler phi (:func:`first_points`); ASHA stops tria
 :func:`adapler.selection.early_stopping_score`, all but the gentler one. Every trial shares the
 stage-1 checkpoints; the input budget (``data.max_length``) is searched too, each budget with
 saliency labels computed once before the search (:class:`BudgetInputs`), and every speedup is
-against the full-length backbone. After it, :func:`calibrate_front` scales the etas of each trial's best model on dev
-(calibration in the loop). The outcome is every
-(trial, epoch, eta factor) candidate and the spec's selection over them (:mod:`adapler.selection`).
+against the full-length backbone. After it, :func:`calibrate_front` scales the etas of each
+trial's best model on dev (calibration in the loop). The outcome is every (trial, epoch, eta
+factor) candidate and the spec's selection over them (:mod:`adapler.selection`).
 """
 
 from __future__ import annotations
