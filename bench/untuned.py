@@ -88,6 +88,8 @@ def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False) ->
     reused = reuse_stage1 and (run_dir / STAGE1_MANIFEST).is_file()
     if reused:
         print(f"{dataset}: reusing the stage-1 checkpoints and saliency labels of {run_dir} (as `adapler tune` does)")
+    elif reuse_stage1:
+        print(f"{dataset}: no {run_dir / STAGE1_MANIFEST} to reuse yet: training stage 1")
     summary = run_pipeline(config, stage1_only_from=run_dir if reused else None)
     data = load_data(config)
     texts, pairs = data.test["text"].tolist(), data.test["text_pair"].tolist()
