@@ -153,6 +153,11 @@ class ExperimentConfig:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     saliency_checkpoints: int = 3  # average saliency over the top-k stage-1 epochs (by dev score)
 
+    @property
+    def run_dir(self) -> Path:
+        """Where a run of this config keeps its outputs (checkpoints, saliency, config.json)."""
+        return Path(self.output_dir) / self.name
+
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     """Convert a YAML / CLI value to the annotated type, or raise a ConfigError naming the key."""

@@ -83,7 +83,7 @@ def top_checkpoints(directory: Path, stage: str, k: int) -> list[str]:
 
 def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
     start = time.perf_counter()
-    out = Path(config.output_dir) / config.name
+    out = config.run_dir
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.json")
     torch.manual_seed(config.stage1.seed)

@@ -78,7 +78,7 @@ def pipeline_runs(datasets: list[str], overrides: list[str], output: Path, reuse
     records = [r for r in kept if r["dataset"] not in datasets]
     for dataset in datasets:
         config = load_config(resolve_preset(dataset), [*overrides, f"name=bench-{dataset}"], cls=PipelineConfig)
-        stage1_from = Path(config.output_dir) / config.name if reuse_stage1 else None
+        stage1_from = config.run_dir if reuse_stage1 else None
         summary = run_pipeline(config, stage1_only_from=stage1_from)
         print(summary.table())
         records.append({

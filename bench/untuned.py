@@ -84,7 +84,7 @@ def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False) ->
 
     preset, overrides = dataset_overrides(dataset)
     config = load_config(resolve_preset(preset), [*overrides, *extra], cls=PipelineConfig)
-    run_dir = Path(config.output_dir) / config.name
+    run_dir = config.run_dir
     reused = reuse_stage1 and (run_dir / STAGE1_MANIFEST).is_file()
     if reused:
         print(f"{dataset}: reusing the stage-1 checkpoints and saliency labels of {run_dir} (as `adapler tune` does)")

@@ -219,7 +219,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from adapler_pipelines.run import run_pipeline
 
     config = _pipeline_config(args)
-    _print_summary(run_pipeline(config, stage1_only_from=Path(config.output_dir) / config.name), config)
+    _print_summary(run_pipeline(config, stage1_only_from=config.run_dir), config)
 
 
 def build_parser() -> argparse.ArgumentParser:

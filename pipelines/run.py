@@ -326,7 +326,7 @@ def run_pipeline(config: PipelineConfig, stage1_only_from: Path | None = None) -
     stage1 = load_stage1(stage1_only_from) if stage1_only_from is not None else None  # before Ray and MLflow
     if config.tune.num_samples > 0:  # the input budgets the search tries, recorded in config.json
         config = resolve_budgets(config, AutoTokenizer.from_pretrained(config.model.backbone_path()))
-    out = Path(config.output_dir) / config.name
+    out = config.run_dir
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.json")
     init_ray(config.ray.address)
