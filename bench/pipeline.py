@@ -71,14 +71,15 @@ def ray_overhead(overrides: list[str], output: Path) -> dict:
 def pipeline_runs(datasets: list[str], overrides: list[str], output: Path, reuse_stage1: bool = False) -> list[dict]:
     """Runs each data set in turn; its record replaces that data set's record in `output` (the
     records of data sets not run here are kept). reuse_stage1: `adapler tune` instead of `adapler
-    run`, on the stage-1 outcome (checkpoints and saliency) of an earlier run of the same name."""
-    from adapler_pipelines.run import run_pipeline
+    run`, on the stage-1 outcome (checkpoints and saliency) of an earlier run of the same name
+    where there is one (stage 1 is trained otherwise)."""
+    from adapler_pipelines.run import earlier_stage1, run_pipeline
 
     kept = json.loads(output.read_text()) if output.is_file() else []
     records = [r for r in kept if r["dataset"] not in datasets]
     for dataset in datasets:
         config = load_config(resolve_preset(dataset), [*overrides, f"name=bench-{dataset}"], cls=PipelineConfig)
-        stage1_from = config.run_dir if reuse_stage1 else None
+        stage1_from = earlier_stage1(config) if reuse_stage1 else None
         summary = run_pipeline(config, stage1_only_from=stage1_from)
         print(summary.table())
         records.append({
@@ -90,7 +91,7 @@ def pipeline_runs(datasets: list[str], overrides: list[str], output: Path, reuse
             "backbone_examples_per_s": summary.backbone_examples_per_s,
             "adapler_examples_per_s": summary.adapler_examples_per_s,
             "wall_seconds": summary.wall_seconds, "overrides": overrides,
-            "stage1_reused": reuse_stage1,  # True: wall_seconds covers stage 2 and registration only
+            "stage1_reused": stage1_from is not None,  # True: wall_seconds covers stage 2 and registration only
         })
         output.write_text(json.dumps(records, indent=2))
     return records
@@ -102,7 +103,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--ray-overhead", action="store_true", help="only the Ray Train vs plain loop comparison")
     parser.add_argument("--reuse-stage1", action="store_true",
-                        help="stage 2 search and registration only, on an earlier run's stage 1 (same --set name/output_dir)")
+                        help="stage 2 search and registration only, on an earlier run's stage 1 (same --set name/output_dir); "
+                             "without one, stage 1 is trained")
     args = parser.parse_args()
     results = HERE / "results"
     results.mkdir(exist_ok=True)

@@ -80,17 +80,12 @@ def trials_that_pruned(run_dir: Path) -> tuple[int, int]:
 
 
 def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False) -> list[dict]:
-    from adapler_pipelines.run import STAGE1_MANIFEST, run_pipeline
+    from adapler_pipelines.run import earlier_stage1, run_pipeline
 
     preset, overrides = dataset_overrides(dataset)
     config = load_config(resolve_preset(preset), [*overrides, *extra], cls=PipelineConfig)
-    run_dir = config.run_dir
-    reused = reuse_stage1 and (run_dir / STAGE1_MANIFEST).is_file()
-    if reused:
-        print(f"{dataset}: reusing the stage-1 checkpoints and saliency labels of {run_dir} (as `adapler tune` does)")
-    elif reuse_stage1:
-        print(f"{dataset}: no {run_dir / STAGE1_MANIFEST} to reuse yet: training stage 1")
-    summary = run_pipeline(config, stage1_only_from=run_dir if reused else None)
+    stage1_from = earlier_stage1(config) if reuse_stage1 else None
+    summary = run_pipeline(config, stage1_only_from=stage1_from)
     data = load_data(config)
     texts, pairs = data.test["text"].tolist(), data.test["text_pair"].tolist()
     chosen = AdapLeRForSequenceClassification.from_pretrained(summary.model_dir)
@@ -105,7 +100,7 @@ def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False) ->
          "eta_factor": summary.chosen["factor"], "input_budget": summary.input_budget,
          "trials": trials, "trials_that_pruned": pruned,
          "no_pruning": summary.no_pruning, "within_tolerance": summary.within_tolerance, "params": summary.chosen["params"],
-         "wall_seconds": summary.wall_seconds, "stage1_reused": reused},
+         "wall_seconds": summary.wall_seconds, "stage1_reused": stage1_from is not None},
     ]
     for length in [t for t in TRUNCATIONS if t < max(full)]:  # a cut no test text reaches changes nothing
         accuracy, _ = static_variant(config, data, length, None)

@@ -7,8 +7,9 @@
   version is tagged with what it was measured on (data set, backbone, accuracies, FLOPs
   speedup, the fingerprint of the test split).
 - :func:`promote` is MLflow's champion/challenger pattern: a new version of ``adapler run`` gets
-  ``@challenger``; ``@champion`` moves to it too only when it is at least as accurate and at
-  least as fast as the champion on the same test split (or when ``mlflow.promote`` says so).
+  ``@challenger``; ``@champion`` moves to it too only when its run gave no warning and it is at
+  least as accurate and at least as fast as the champion on the same test split (or when
+  ``mlflow.promote`` says so).
 - :func:`download_model_dir` turns ``name@alias`` into a checked local model directory (what
   :func:`adapler_pipelines.model_source.resolve_model` gives ``predict``, ``evaluate``,
   ``calibrate`` and Serve for a ``models:/`` URI).
@@ -212,9 +213,11 @@ def _champion_comparison(new: Mapping[str, str], old: Mapping[str, str], old_ver
     return False, f"{'less accurate' if accuracy < old_accuracy else 'slower'}: {figures}"
 
 
-def promote(name: str, version: str, config: PipelineConfig) -> Promotion:
+def promote(name: str, version: str, config: PipelineConfig, warning: str = "") -> Promotion:
     """Point ``@challenger`` at ``version`` of ``name``, and ``@champion`` too if it earns it under
-    ``config.mlflow.promote`` (better | always | never)."""
+    ``config.mlflow.promote`` (better | always | never). Under "better", a version whose run warned
+    (``warning``: it removed nothing, or lost more than the tolerance on dev) stays a challenger,
+    even where the name has no champion yet."""
     client = client_for(tracking_uri(config.mlflow))
     client.set_registered_model_alias(name, CHALLENGER, version)
     policy = config.mlflow.promote
@@ -226,6 +229,8 @@ def promote(name: str, version: str, config: PipelineConfig) -> Promotion:
         promoted, reason = False, "mlflow.promote=never"
     elif policy == "always":
         promoted, reason = True, "mlflow.promote=always"
+    elif warning:
+        promoted, reason = False, "its run ended with a warning (in the summary and the run's adapler.warning tag)"
     elif champion is None:
         promoted, reason = True, f"{name} had no champion yet"
     else:

@@ -151,6 +151,16 @@ def load_stage1(out: Path) -> Stage1Outcome:
     return Stage1Outcome(**json.loads(manifest.read_text()))
 
 
+def earlier_stage1(config: PipelineConfig) -> Path | None:
+    """``config.run_dir`` when an earlier run of the same name left its stage-1 outcome there (for
+    ``run_pipeline(config, stage1_only_from=...)``), else None; says which on stdout."""
+    if (config.run_dir / STAGE1_MANIFEST).is_file():
+        print(f"reusing the stage-1 checkpoints and saliency labels of {config.run_dir} (as `adapler tune` does)")
+        return config.run_dir
+    print(f"no {config.run_dir / STAGE1_MANIFEST} to reuse yet: training stage 1")
+    return None
+
+
 def prepare_budgets(config: PipelineConfig, stage1: Stage1Outcome, out: Path) -> dict[int, BudgetInputs]:
     """Per input budget the search tries: saliency labels on the training texts cut to it (from
     the same stage-1 checkpoints; the full length's are stage 1's own) and its dev FLOPs gain."""
@@ -280,7 +290,7 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
             **(points_tags(points) if points else {})}
     name, version = register_model(model_dir, config, metrics, model_name(config), parent_run_id=parent_run_id,
                                    tags=tags, artifacts=curve_files)
-    promotion = promote(name, version, config)
+    promotion = promote(name, version, config, warning)
     print(f"      {name}: {promotion.reason}", flush=True)
     client = client_for(config.mlflow.tracking_uri)
     for key, value in (("registered_model", name), ("version", version), ("alias", promotion.alias),

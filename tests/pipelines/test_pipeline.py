@@ -187,6 +187,7 @@ def test_a_run_whose_models_all_lose_accuracy_says_so(ray_local, tiny_backbone_d
     summary = run_pipeline(config)
 
     assert not summary.within_tolerance
+    assert summary.alias == "challenger" and "warning" in summary.promotion  # not a first champion either
     assert "no model stage 2 trained stayed within" in summary.warning
     assert "tune.inits=[finetuned]" in summary.warning and "adapler tune --config" in summary.warning
     assert f"warning: {summary.warning}" in capsys.readouterr().out
@@ -196,3 +197,15 @@ def test_a_run_whose_models_all_lose_accuracy_says_so(ray_local, tiny_backbone_d
     parent = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id],
                                 filter_string="attributes.run_name = 'lossy'")[0]
     assert parent.data.tags["adapler.within_tolerance"] == "false"
+
+
+def test_earlier_stage1_is_the_run_dir_only_where_a_stage1_manifest_is(tmp_path, capsys):
+    from adapler_pipelines.run import STAGE1_MANIFEST, earlier_stage1
+
+    config = load_config(None, [f"output_dir={tmp_path}", "name=again"], cls=PipelineConfig)
+    assert earlier_stage1(config) is None
+    assert f"no {config.run_dir / STAGE1_MANIFEST} to reuse yet: training stage 1" in capsys.readouterr().out
+    config.run_dir.mkdir(parents=True)
+    (config.run_dir / STAGE1_MANIFEST).write_text("{}")
+    assert earlier_stage1(config) == config.run_dir
+    assert f"reusing the stage-1 checkpoints and saliency labels of {config.run_dir}" in capsys.readouterr().out

@@ -203,15 +203,18 @@ def test_champion_moves_only_for_a_better_model_on_the_same_split(mlflow_uri, mo
     config = make_config(tiny_backbone_dir)
     client = MlflowClient(mlflow_uri, mlflow_uri)
 
-    def run(accuracy: float, speedup: float, split: str = "split-a", policy: str = "better"):
+    def run(accuracy: float, speedup: float, split: str = "split-a", policy: str = "better", warning: str = ""):
         config.mlflow.promote = policy
         metrics = {"test_accuracy": accuracy, "flops_speedup": speedup}
         _, version = registry.register_model(model_dir, config, metrics, "tiny", tags={registry.TEST_SPLIT_TAG: split})
-        return version, registry.promote("tiny", version, config)
+        return version, registry.promote("tiny", version, config, warning)
 
     def champion() -> str:
         return str(client.get_model_version_by_alias("tiny", "champion").version)
 
+    _, promotion = run(0.9, 1.0, warning="removed no token")  # a warned run: not even a first champion
+    assert promotion.alias == "challenger" and "warning" in promotion.reason
+    assert "champion" not in client.get_registered_model("tiny").aliases
     version, promotion = run(0.73, 1.5)
     assert (promotion.alias, champion()) == ("champion", version) and "no champion yet" in promotion.reason
     worse, promotion = run(0.72, 2.0)  # faster but less accurate: stays a challenger
@@ -220,6 +223,8 @@ def test_champion_moves_only_for_a_better_model_on_the_same_split(mlflow_uri, mo
     assert str(client.get_model_version_by_alias("tiny", "challenger").version) == worse
     _, promotion = run(0.80, 3.0, split="split-b")  # another test split: not comparable
     assert (promotion.alias, champion()) == ("challenger", version) and "same test split" in promotion.reason
+    _, promotion = run(0.95, 4.0, warning="lost accuracy on dev")  # better on test, but its run warned
+    assert (promotion.alias, champion()) == ("challenger", version)
     better, promotion = run(0.73, 1.6)  # as accurate and faster
     assert (promotion.alias, champion()) == ("champion", better)
     assert str(client.get_model_version_by_alias("tiny", "challenger").version) == better  # every new version

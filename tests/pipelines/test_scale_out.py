@@ -199,6 +199,7 @@ def test_pipeline_with_storage_in_s3_and_a_failing_worker(two_node_cluster, tiny
     overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "s3run") + TWO_WORKERS + [
         "stage1.epochs=2", "ray.fail_once_at_step=4", "tune.num_samples=1", f"ray.storage_path={storage}",
         f"mlflow.artifact_location={storage}/mlflow", "mlflow.experiment=adapler-s3",
+        "mlflow.promote=always",  # @champion whether or not the tiny model's run warns: storage is the subject
     ]
     config = load_config(None, overrides, cls=PipelineConfig)
     marker = Path(tempfile.gettempdir()) / "adapler-fail-once-s3run-stage1"
@@ -240,7 +241,8 @@ def test_ray_job_submit_runs_the_demo_on_both_nodes(two_node_cluster, tiny_backb
         pytest.skip("needs the installed `adapler` command beside this Python")
     job_dir = tmp_path / "job"
     job_dir.mkdir()
-    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "job") + TWO_WORKERS + ["tune.num_samples=0"]
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "job") + TWO_WORKERS + [
+        "tune.num_samples=0", "mlflow.promote=always"]  # @champion whether or not the tiny model's run warns
     job = subprocess.run(
         [str(bin_dir / "ray"), "job", "submit", "--address", two_node_cluster.dashboard, "--working-dir", ".",
          "--", "adapler", "demo", *[arg for item in overrides for arg in ("--set", item)]],
