@@ -12,7 +12,8 @@ every factor measured then also read on test. Speedups are against the backbone 
     python bench/stage2_sweep.py rotten_tomatoes --set device=cuda --set stage2.epochs=2 \\
         --trial "stage2.lr=3e-5" --trial "stage2.lr=6e-5 stage2.phi=0.15" \\
         --trial "data.max_length=32 stage2.eta_lr=2e-3"
-Writes bench/results/stage2_sweep-<preset>.json after each trial.
+Writes bench/results/stage2_sweep-<preset>.json after each trial (the committed Rotten Tomatoes
+file holds two calls' results under "runs", merged by hand).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def main() -> None:
     model = new_model(config, data)
     dev = make_loader(data.dev, model.tokenizer, config.stage1.batch_size, full)
     train = make_loader(data.train, model.tokenizer, config.stage1.batch_size, full, shuffle=True, seed=config.stage1.seed)
-    stage1 = train_stage1(model, train, dev, config.stage1, checkpoint_saver(checkpoints), progress=False)
+    stage1 = train_stage1(model, train, dev, config.stage1, checkpoint_saver(checkpoints))
     reference = stage1.best_metrics["dev_accuracy"]
     test = make_loader(data.test, model.tokenizer, config.stage1.batch_size, full)
     result = {"preset": args.preset, "overrides": args.set, "stage1_dev_accuracy": reference,
@@ -67,7 +68,7 @@ def main() -> None:
         trial_config = apply_overrides(config, parse_overrides(trial.split()))
         budget, stage2 = trial_config.data.max_length, trial_config.stage2
         if budget not in saliency:
-            saliency[budget] = saliency_from_checkpoints(best, data.train, budget, device=config.device)
+            saliency[budget] = saliency_from_checkpoints(best, data.train, budget, device=config.device, progress=True)
         model = AdapLeRForSequenceClassification.from_pretrained(best[0]).to(config.device)
         model.tokenizer.model_max_length = budget
         tok = model.tokenizer
@@ -77,7 +78,7 @@ def main() -> None:
         test = make_loader(data.test, tok, stage2.batch_size, budget)
         dev_gain, test_gain = budget_gain(model, data.dev, full, budget), budget_gain(model, data.test, full, budget)
         states = []
-        run = train_stage2(model, train, dev, stage2, reference, progress=False, on_epoch=lambda report: states.append(
+        run = train_stage2(model, train, dev, stage2, reference, on_epoch=lambda report: states.append(
             {k: v.detach().clone() for k, v in report.model.state_dict().items()}))
 
         def record(epoch: int, factor: float, dev_accuracy: float, dev_speedup: float, unpruned: float) -> None:
