@@ -9,11 +9,16 @@ model on test) and, as the pipeline's calibration in the loop does (pipelines/tu
 every factor measured then also read on test. Speedups are against the backbone at the preset's
 ``data.max_length``. Test figures are for reading the dev rule's choices, not for choosing.
 
+Each ``--cut`` budget reads the stage-1 model (removal off) cut to that many tokens on train, dev
+and test, beside its full-length reading: what truncation alone costs on each split.
+
     python bench/stage2_sweep.py rotten_tomatoes --set device=cuda --set stage2.epochs=2 \\
         --trial "stage2.lr=3e-5" --trial "stage2.lr=6e-5 stage2.phi=0.15" \\
         --trial "data.max_length=32 stage2.eta_lr=2e-3"
-Writes bench/results/stage2_sweep-<preset>.json after each trial (the committed Rotten Tomatoes
-file holds two calls' results under "runs", merged by hand).
+    python bench/stage2_sweep.py bbc_news --set data.limit=600 --set stage1.epochs=2 \
+        --cut 32 --cut 64 --cut 128 --output bench/results/cut_cost-bbc_news.json
+Writes ``--output`` (default bench/results/stage2_sweep-<preset>.json) after each trial (the
+committed Rotten Tomatoes sweep file holds two calls' results under "runs", merged by hand).
 """
 
 from __future__ import annotations
@@ -42,11 +47,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("preset", help="preset name or YAML file (configs/)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for stage 1 and every trial")
-    parser.add_argument("--trial", action="append", required=True, metavar="'KEY=VALUE ...'",
+    parser.add_argument("--trial", action="append", default=[], metavar="'KEY=VALUE ...'",
                         help="one stage-2 run: overrides separated by spaces (data.max_length: its input budget)")
+    parser.add_argument("--cut", action="append", default=[], type=int, metavar="TOKENS",
+                        help="read the stage-1 model cut to TOKENS on every split (removal off)")
+    parser.add_argument("--output", type=Path, help="default: bench/results/stage2_sweep-<preset>.json")
     args = parser.parse_args()
+    if not args.trial and not args.cut:
+        parser.error("nothing to do: give at least one --trial or --cut")
     config = load_config(resolve_preset(args.preset), ["output_dir=runs/stage2_sweep", *args.set], cls=PipelineConfig)
-    output = HERE / "results" / f"stage2_sweep-{Path(args.preset).stem}.json"
+    output = args.output or HERE / "results" / f"stage2_sweep-{Path(args.preset).stem}.json"
     start = time.perf_counter()
     data = load_data(config)
     full = config.data.max_length
@@ -63,6 +73,13 @@ def main() -> None:
     print(f"stage 1: dev {reference:.4f}, test {result['backbone_test_accuracy']:.4f}", flush=True)
     best = top_checkpoints(checkpoints, "stage1", config.saliency_checkpoints)
     saliency = {}
+    if args.cut:  # the best stage-1 checkpoint: the model every trial starts from
+        model = AdapLeRForSequenceClassification.from_pretrained(best[0]).to(config.device)
+        result["cut_accuracy"] = {str(budget): cut_accuracy(model, data, config.stage1.batch_size, budget)
+                                  for budget in sorted({full, *args.cut})}
+        result["seconds"] = time.perf_counter() - start
+        print(json.dumps(result["cut_accuracy"]), flush=True)
+        output.write_text(json.dumps(result, indent=2) + "\n")
 
     for trial in args.trial:
         trial_config = apply_overrides(config, parse_overrides(trial.split()))
@@ -106,6 +123,13 @@ def main() -> None:
         result["seconds"] = time.perf_counter() - start
         output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {output}")
+
+
+def cut_accuracy(model, data, batch_size: int, budget: int) -> dict[str, float]:
+    """Accuracy with removal off of ``model`` on each split's texts cut to ``budget`` tokens."""
+    return {split: evaluate(model, make_loader(data.split(split), model.tokenizer, batch_size, budget),
+                            removal="none", progress=True, desc=f"{split} at {budget} tokens").accuracy
+            for split in ("train", "dev", "test")}
 
 
 if __name__ == "__main__":
