@@ -15,7 +15,7 @@ and test, beside its full-length reading: what truncation alone costs on each sp
     python bench/stage2_sweep.py rotten_tomatoes --set device=cuda --set stage2.epochs=2 \\
         --trial "stage2.lr=3e-5" --trial "stage2.lr=6e-5 stage2.phi=0.15" \\
         --trial "data.max_length=32 stage2.eta_lr=2e-3"
-    python bench/stage2_sweep.py bbc_news --set data.limit=600 --set stage1.epochs=2 \
+    python bench/stage2_sweep.py bbc_news --set data.limit=600 --set stage1.epochs=2 \\
         --cut 32 --cut 64 --cut 128 --output bench/results/cut_cost-bbc_news.json
 Writes ``--output`` (default bench/results/stage2_sweep-<preset>.json) after each trial (the
 committed Rotten Tomatoes sweep file holds two calls' results under "runs", merged by hand).
