@@ -30,15 +30,17 @@ from pathlib import Path
 
 from adapler.batching import make_loader
 from adapler.calibration import calibrate, scaled_etas
-from adapler.config import apply_overrides, load_config, parse_overrides
+from adapler.config import ConfigError, apply_overrides, load_config, parse_overrides
 from adapler.evaluate import budget_gain, evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import checkpoint_saver, load_data, new_model, top_checkpoints
 from adapler.saliency import saliency_from_checkpoints
 from adapler.selection import Candidate, accuracy_floor, select
 from adapler.training import train_stage1, train_stage2
+from adapler_cli.errors import UserError
 from adapler_cli.main import resolve_preset
 from adapler_pipelines.config import PipelineConfig
+from adapler_pipelines.tune import resolve_budgets
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,7 +57,13 @@ def main() -> None:
     args = parser.parse_args()
     if not args.trial and not args.cut:
         parser.error("nothing to do: give at least one --trial or --cut")
-    config = load_config(resolve_preset(args.preset), ["output_dir=runs/stage2_sweep", *args.set], cls=PipelineConfig)
+    try:  # every bad preset, override, trial or budget stops here, before stage 1 trains
+        config = load_config(resolve_preset(args.preset), ["output_dir=runs/stage2_sweep", *args.set], cls=PipelineConfig)
+        trials = {trial: apply_overrides(config, parse_overrides(trial.split())) for trial in args.trial}
+        if args.cut:
+            resolve_budgets(apply_overrides(config, {"tune.max_lengths": args.cut}), tokenizer=None)
+    except (ConfigError, UserError) as error:
+        parser.error(str(error))
     output = args.output or HERE / "results" / f"stage2_sweep-{Path(args.preset).stem}.json"
     start = time.perf_counter()
     data = load_data(config)
@@ -81,8 +89,7 @@ def main() -> None:
         print(json.dumps(result["cut_accuracy"]), flush=True)
         output.write_text(json.dumps(result, indent=2) + "\n")
 
-    for trial in args.trial:
-        trial_config = apply_overrides(config, parse_overrides(trial.split()))
+    for trial, trial_config in trials.items():
         budget, stage2 = trial_config.data.max_length, trial_config.stage2
         if budget not in saliency:
             saliency[budget] = saliency_from_checkpoints(best, data.train, budget, device=config.device, progress=True)
