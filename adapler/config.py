@@ -274,6 +274,26 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def resolve_preset(name: str | None) -> str | None:
+    """A YAML path, or the name of a preset shipped in configs/ (e.g. "demo", "bbc_news").
+
+    Presets are package data of ``adapler_configs`` (read as files; nothing is imported)."""
+    if name is None or Path(name).is_file():
+        return name
+    from importlib.resources import files
+
+    shipped = files("adapler_configs") / f"{name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return str(shipped)
+    raise ConfigError(f"config not found: {name} (a YAML file, or a preset: {', '.join(preset_names())})")
+
+
+def preset_names() -> list[str]:
+    from importlib.resources import files
+
+    return sorted(p.name.removesuffix(".yaml") for p in files("adapler_configs").iterdir() if p.name.endswith(".yaml"))
+
+
 def load_config(
     preset: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),

@@ -35,6 +35,7 @@ import re
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -44,6 +45,9 @@ _SPLIT_NAMES = ("train", "dev", "test")
 _TRAIN_DEV_TEST = (("train", 0.8), ("dev", 0.1), ("test", 0.1))
 # Share of the train rows given to each split that has to be carved out of train.
 _CARVED_FRACTION = 0.1
+
+if TYPE_CHECKING:
+    from adapler.config import ExperimentConfig
 
 
 class DataError(ValueError):
@@ -567,3 +571,13 @@ def _carve_from_train(train: pd.DataFrame, missing: list[str], seed: int, hint: 
             f"{source} has too few rows ({len(train)}) to carve {' and '.join(empty)} splits from it; {hint}"
         )
     return parts
+
+
+def load_data(config: ExperimentConfig) -> DatasetSplits:
+    """The splits that ``config.data`` names (every entry point loads data through this)."""
+    d = config.data
+    return load_splits(
+        d.source, text_column=d.text_column, text_pair_column=d.text_pair_column,
+        label_column=d.label_column, id_column=d.id_column, hub_config=d.hub_config,
+        train_file=d.train_file, dev_file=d.dev_file, test_file=d.test_file, seed=d.seed, limit=d.limit,
+    )

@@ -17,7 +17,7 @@ import torch
 
 from adapler.batching import make_loader
 from adapler.config import ExperimentConfig, config_to_dict, save_config
-from adapler.data import DatasetSplits, load_splits
+from adapler.data import DatasetSplits, load_data
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.saliency import saliency_from_checkpoints
@@ -43,15 +43,6 @@ class RecipeResult:
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
-
-
-def load_data(config: ExperimentConfig) -> DatasetSplits:
-    d = config.data
-    return load_splits(
-        d.source, text_column=d.text_column, text_pair_column=d.text_pair_column,
-        label_column=d.label_column, id_column=d.id_column, hub_config=d.hub_config,
-        train_file=d.train_file, dev_file=d.dev_file, test_file=d.test_file, seed=d.seed, limit=d.limit,
-    )
 
 
 def new_model(config: ExperimentConfig, data: DatasetSplits) -> AdapLeRForSequenceClassification:

@@ -23,7 +23,7 @@ from adapler.calibration import TargetUnreachable, apply_factor, calibrate
 from adapler.config import load_config
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.recipe import load_data
+from adapler.data import load_data
 from inference import trained_model  # bench/inference.py: the cached bench models
 
 HERE = Path(__file__).resolve().parent

@@ -33,7 +33,8 @@ from adapler.config import load_config
 from adapler.flops import EncoderSize, flops_speedup
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.quantization import maybe_quantize
-from adapler.recipe import load_data, run_recipe
+from adapler.data import load_data
+from adapler.recipe import run_recipe
 
 HERE = Path(__file__).resolve().parent
 MODES = ("none", "masked", "packed")

@@ -21,9 +21,10 @@ import torch
 
 from adapler.batching import make_loader
 from adapler.config import load_config
-from adapler.recipe import load_data, new_model
+from adapler.data import load_data
+from adapler.recipe import new_model
 from adapler.training import train_stage1
-from adapler_cli.main import resolve_preset
+from adapler.config import resolve_preset
 from adapler_pipelines.config import PipelineConfig
 
 HERE = Path(__file__).resolve().parent

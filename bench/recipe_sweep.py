@@ -18,7 +18,7 @@ from pathlib import Path
 
 from adapler.config import load_config
 from adapler.recipe import run_recipe
-from adapler_cli.main import resolve_preset
+from adapler.config import resolve_preset
 from adapler_pipelines.config import PipelineConfig
 
 HERE = Path(__file__).resolve().parent

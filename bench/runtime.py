@@ -48,7 +48,7 @@ from adapler.config import load_config
 from adapler.flops import EncoderSize, flops_speedup
 from adapler.inference import load_for_inference
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.recipe import load_data
+from adapler.data import load_data
 from inference import TEXTS_PER_SET, add_dataset_arguments, trained_model  # bench/inference.py: the bench models
 
 HERE = Path(__file__).resolve().parent

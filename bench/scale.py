@@ -34,8 +34,8 @@ import mlflow
 
 from adapler.config import load_config
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.recipe import load_data
-from adapler_cli.main import resolve_preset
+from adapler.data import load_data
+from adapler.config import resolve_preset
 from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.local_cluster import local_cluster
 from adapler_pipelines.run import absolute_paths

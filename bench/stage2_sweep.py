@@ -33,12 +33,13 @@ from adapler.calibration import calibrate, scaled_etas
 from adapler.config import ConfigError, apply_overrides, load_config, parse_overrides
 from adapler.evaluate import budget_gain, evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.recipe import checkpoint_saver, load_data, new_model, top_checkpoints
+from adapler.data import load_data
+from adapler.recipe import checkpoint_saver, new_model, top_checkpoints
 from adapler.saliency import saliency_from_checkpoints
 from adapler.selection import Candidate, accuracy_floor, select
 from adapler.training import train_stage1, train_stage2
 from adapler_cli.errors import UserError
-from adapler_cli.main import resolve_preset
+from adapler.config import resolve_preset
 from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.tune import resolve_budgets
 

@@ -31,10 +31,11 @@ from adapler.config import load_config
 from adapler.evaluate import evaluate
 from adapler.flops import EncoderSize, input_budget_gain
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.recipe import load_data, new_model
+from adapler.data import load_data
+from adapler.recipe import new_model
 from adapler.selection import NO_PRUNING_FLOOR
 from adapler.training import train_stage1
-from adapler_cli.main import resolve_preset
+from adapler.config import resolve_preset
 from adapler_pipelines.config import PipelineConfig
 
 HERE = Path(__file__).resolve().parent

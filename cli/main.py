@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from adapler.config import preset_names, resolve_preset
 from adapler_cli.errors import UserError, expected_errors, one_line
 
 
@@ -89,24 +90,6 @@ def _pipeline_config(args: argparse.Namespace):
     from adapler_pipelines.config import PipelineConfig
 
     return load_config(resolve_preset(args.config), args.set, cls=PipelineConfig)
-
-
-def resolve_preset(name: str | None) -> str | None:
-    """A YAML path, or the name of a preset shipped in configs/ (e.g. "demo", "bbc_news")."""
-    if name is None or Path(name).is_file():
-        return name
-    from importlib.resources import files
-
-    shipped = files("adapler_configs") / f"{name.removesuffix('.yaml')}.yaml"
-    if shipped.is_file():
-        return str(shipped)
-    raise UserError(f"config not found: {name} (a YAML file, or a preset: {', '.join(preset_names())})")
-
-
-def preset_names() -> list[str]:
-    from importlib.resources import files
-
-    return sorted(p.name.removesuffix(".yaml") for p in files("adapler_configs").iterdir() if p.name.endswith(".yaml"))
 
 
 # What `predict` shows after a run, per packaged data set (any text works).

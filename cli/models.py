@@ -53,7 +53,7 @@ def split_loader(data_name: str, overrides: list[str], model, split: str, batch_
     Returns (loader, the split's rows)."""
     from adapler.batching import make_loader
     from adapler.config import DataConfig, ExperimentConfig, load_config
-    from adapler.recipe import load_data
+    from adapler.data import load_data
 
     data = load_data(ExperimentConfig(data=load_config(None, [f"source={data_name}", *overrides], cls=DataConfig)))
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]

@@ -34,7 +34,7 @@ from adapler.evaluate import evaluate
 from adapler.inference import Predictor
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.pictures import HighlightExample, highlight_html, retention_plot
-from adapler.recipe import load_data
+from adapler.data import load_data
 from adapler_pipelines.config import MlflowConfig, PipelineConfig
 from adapler.selection import Candidate, select
 from adapler_pipelines.tracking import STAGE_TAG, TrackingError, client_for, read_run_config, tracking_uri

@@ -28,7 +28,7 @@ from adapler.batching import make_loader
 from adapler.config import save_config
 from adapler.evaluate import budget_gain, evaluate, paired_throughput
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.recipe import load_data
+from adapler.data import load_data
 from adapler.calibration import apply_factor, measure_operating_points
 from adapler.onnx_export import export_model_dir
 from adapler.operating_points import OperatingPoints

@@ -24,7 +24,8 @@ import torch
 from adapler.batching import make_loader
 from adapler.config import config_from_dict, config_to_dict
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.recipe import load_data, new_model
+from adapler.data import load_data
+from adapler.recipe import new_model
 from adapler.training import EpochReport, train_stage1, train_stage2
 from adapler_pipelines.config import PipelineConfig, worker_batch_size
 from adapler_pipelines.storage import local_copy, location_of

@@ -27,7 +27,7 @@ from adapler.calibration import calibrate
 from adapler.config import ConfigError, apply_overrides, config_from_dict, config_to_dict, get_dotted
 from adapler.evaluate import budget_gain, evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.recipe import load_data
+from adapler.data import load_data
 from adapler.selection import GENTLER_PHI, Candidate, Selection, accuracy_floor, early_stopping_score, select
 from adapler_pipelines.config import PipelineConfig, TuneConfig
 from adapler_pipelines.storage import join, local_copy, location_of

@@ -16,7 +16,7 @@ from adapler.config import (
     load_config,
     save_config,
 )
-from adapler_cli.main import resolve_preset
+from adapler.config import resolve_preset
 from adapler_pipelines.config import PipelineConfig
 
 PRESET = textwrap.dedent(

@@ -6,7 +6,8 @@ import shlex
 from types import SimpleNamespace
 
 from adapler.config import load_config
-from adapler_cli.main import build_parser, next_commands, resolve_preset
+from adapler_cli.main import build_parser, next_commands
+from adapler.config import resolve_preset
 from adapler_pipelines.config import PipelineConfig
 
 

@@ -31,7 +31,7 @@ from adapler.batching import make_loader
 from adapler.config import ConfigError, load_config
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.recipe import load_data
+from adapler.data import load_data
 from adapler_pipelines.config import PipelineConfig, worker_batch_size
 from adapler_pipelines.saliency import SUCCESS_MARKER, compute_saliency, load_saliency
 from adapler_pipelines.storage import join, local_copy

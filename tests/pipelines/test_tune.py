@@ -11,7 +11,7 @@ from adapler.batching import make_loader
 from adapler.calibration import apply_factor
 from adapler.config import apply_overrides, load_config
 from adapler.evaluate import budget_gain, evaluate
-from adapler.recipe import load_data
+from adapler.data import load_data
 from adapler.selection import Candidate, select
 from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.tune import (SEARCHED, SearchOutcome, calibrate_front, first_points, gentler_point,
