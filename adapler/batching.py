@@ -173,13 +173,3 @@ def make_loader(
     batches = LengthGroupedBatches(token_counts(tokenizer, rows["text"].tolist(), pairs, max_length), batch_size,
                                    seed, replicas, rank)
     return DataLoader(RowsDataset(rows), batch_sampler=batches, collate_fn=collate)
-
-
-def check_saliency_covers(rows: pd.DataFrame, saliency: Mapping[str, np.ndarray]) -> None:
-    """Fail early (not mid-epoch) when labels are missing for some rows."""
-    missing = [i for i in rows["id"].astype(str) if i not in saliency]
-    if missing:
-        raise SaliencyMismatch(
-            f"saliency labels are missing for {len(missing)} of {len(rows)} examples "
-            f"(e.g. ids {missing[:3]}); recompute them for this data"
-        )

@@ -43,6 +43,8 @@ backbone it is compared with (:func:`adapler.evaluate.budget_gain`).
 
 :func:`measure_operating_points` measures a curve for several budgets at once and names the
 model's operating points on it (:mod:`adapler.operating_points`): the per-request speed knob.
+:func:`attach_operating_points` is the step ``adapler run`` and ``adapler calibrate --points``
+take: a model's points on its dev split, stored with the model.
 """
 
 from __future__ import annotations
@@ -55,12 +57,12 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 
-from adapler.evaluate import evaluate, unwrap
+from adapler.evaluate import budget_gain, evaluate, unwrap
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.operating_points import CurvePoint, OperatingPoints, PointBudgets, budget_floor, name_points
-
 
 GIVE_BACK_STEP = 2 ** -0.25  # walking down for min_accuracy: quarter octaves to 1/2, then halving
 
@@ -260,6 +262,32 @@ def measure_operating_points(
         if above and not within(name)(above[0]):
             _bisect(point.factor, above[0].factor, measure, within(name), tolerance)
     return OperatingPoints.from_curve(measure.curve(), budgets, data)
+
+
+def dev_description(data_name: str, rows: pd.DataFrame) -> str:
+    """How a curve names the rows it was measured on: "<data> dev (<n> examples)"."""
+    return f"{data_name} dev ({len(rows)} examples)"
+
+
+def attach_operating_points(
+    model: AdapLeRForSequenceClassification,
+    loader,
+    rows: pd.DataFrame,
+    data_name: str,
+    budgets: PointBudgets | None = None,
+    engine=None,
+    on_point: Callable[[CurvePoint], None] | None = None,
+) -> OperatingPoints:
+    """Measure ``model``'s operating points on ``loader`` (over ``rows``, the dev split of
+    ``data_name``) and store them in ``model.operating_points`` (saved with its config.json;
+    the etas are left as they are). ``engine``: what runs the dev passes, default ``model``
+    (e.g. its ONNX Runtime twin, so that the curve's examples/s are the deployed runtime's).
+    Speedups are against the backbone at the length the model was chosen against
+    (:func:`adapler.evaluate.budget_gain`)."""
+    points = measure_operating_points(engine or model, loader, budgets, data=dev_description(data_name, rows),
+                                      on_point=on_point, flops_gain=budget_gain(model, rows))
+    model.operating_points = points
+    return points
 
 
 def _geometric(step: float, limit: float, start: float = 1.0) -> Iterator[float]:

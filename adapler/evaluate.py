@@ -118,21 +118,47 @@ def evaluate(model, loader, removal: str = "packed", progress: bool = False, des
     return summarize(model, forward_outputs(model, loader, removal, progress, desc), removal)
 
 
-@torch.no_grad()
+@dataclass
+class TimedPass:
+    """One timed pass of the forward alone over ready-made batches."""
+
+    seconds: float  # wall time, to the end of the last kernel on a GPU
+    predictions: np.ndarray  # (N,) predicted label ids, in batch order
+    kept: np.ndarray  # (N, L) tokens entering each layer
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: time them to the end
+
+
+@torch.no_grad()  # as Predictor runs
+def timed_pass(model, batches: Sequence[dict[str, torch.Tensor]], removal: str) -> TimedPass:
+    """Times ``model`` (an AdapLeR module, or any object with its forward, e.g. the ONNX Runtime
+    one) over ``batches`` (at least one), already tokenized and on its device: the one timing loop of every
+    throughput figure (summaries, benchmarks), so that all of them time the same thing."""
+    device = batches[0]["input_ids"].device
+    predictions, kept = [], []
+    _synchronize(device)
+    start = time.perf_counter()
+    for batch in batches:
+        out = model(**batch, removal=removal)
+        predictions.append(out.logits.argmax(-1))
+        kept.append(out.kept_lengths)
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    return TimedPass(seconds, torch.cat(predictions).cpu().numpy(), torch.cat(kept).cpu().numpy())
+
+
 def timed_throughput(model, batches: Sequence[dict[str, torch.Tensor]], removal: str, repeats: int = 1) -> float:
     """Examples per second of the forward passes alone over ready-made batches (best of
-    ``repeats``, after one warm-up batch): tokenization and collation are not timed."""
+    ``repeats`` :func:`timed_pass`, after one warm-up batch): tokenization and collation are not timed."""
     core = unwrap(model).eval()
     device = next(core.parameters()).device
     batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
     examples = sum(len(batch["input_ids"]) for batch in batches)
-    core(**batches[0], removal=removal)  # lazy initialisation (kernels, thread pools, fused Q/K/V)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for batch in batches:
-            core(**batch, removal=removal)
-        best = min(best, time.perf_counter() - start)
+    timed_pass(core, batches[:1], removal)  # lazy initialisation (kernels, thread pools, fused Q/K/V)
+    best = min(timed_pass(core, batches, removal).seconds for _ in range(repeats))
     return examples / best if best > 0 else float("inf")
 
 

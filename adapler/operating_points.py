@@ -117,7 +117,7 @@ class OperatingPoints:
     data: str = ""  # what they were measured on, e.g. "rotten_tomatoes dev (600 examples)"
 
     @classmethod
-    def from_curve(cls, curve: Sequence[CurvePoint], budgets: PointBudgets, data: str = "") -> "OperatingPoints":
+    def from_curve(cls, curve: Sequence[CurvePoint], budgets: PointBudgets, data: str = "") -> OperatingPoints:
         named = {name: p.factor for name, p in name_points(curve, budgets).items()}
         return cls(tuple(sorted(curve, key=lambda p: p.factor)), named, budgets, data)
 
@@ -127,7 +127,7 @@ class OperatingPoints:
                 "curve": [asdict(p) for p in self.curve]}
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "OperatingPoints":
+    def from_dict(cls, raw: Mapping[str, Any]) -> OperatingPoints:
         curve = tuple(CurvePoint(**p) for p in raw["curve"])
         named = {str(k): float(v) for k, v in raw["named"].items()}
         factors = {p.factor for p in curve}
@@ -135,7 +135,7 @@ class OperatingPoints:
             raise ValueError(f"operating points {named} are not all on the stored curve")
         return cls(curve, named, PointBudgets(**raw.get("budgets", {})), str(raw.get("data", "")))
 
-    def rescaled(self, factor: float) -> "OperatingPoints":
+    def rescaled(self, factor: float) -> OperatingPoints:
         """The same points for a model whose etas were multiplied by ``factor``: same thresholds,
         so same dev figures, at factors divided by ``factor``."""
         curve = tuple(CurvePoint(p.factor / factor, p.accuracy, p.flops_speedup, p.examples_per_s) for p in self.curve)

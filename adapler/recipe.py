@@ -10,39 +10,21 @@ import dataclasses
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from adapler.batching import make_loader
-from adapler.config import ExperimentConfig, config_to_dict, save_config
+from adapler.config import ExperimentConfig, save_config
 from adapler.data import DatasetSplits, load_data
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.run_layout import CHECKPOINT_MODEL_SUBDIR, RunLayout
+from adapler.run_result import RunResult, backbone_name
 from adapler.saliency import saliency_from_checkpoints
-from adapler.selection import GENTLER_PHI, best_epochs, no_pruning_warning, select, tolerance_warning
+from adapler.selection import best_epochs, run_warnings, select
+from adapler.stage1_record import Stage1Record, reusable_stage1, trained_with
 from adapler.training import EpochReport, epoch_candidates, train_stage1, train_stage2
-
-STAGE1_KEY = "stage1_config.json"  # what stage 1 was trained with; a matching rerun reuses it
-
-
-@dataclass
-class RecipeResult:
-    model_dir: Path
-    stage1_dev_accuracy: float
-    backbone_test_accuracy: float
-    adapler_test_accuracy: float
-    flops_speedup: float  # on test
-    dev_flops_speedup: float  # of the selected stage-2 epoch
-    retention: list[float]
-    wall_seconds: float
-    no_pruning: bool  # dev_flops_speedup under adapler.selection.NO_PRUNING_FLOOR
-    within_tolerance: bool  # False: no stage-2 epoch stayed within stage2.selection_tolerance of stage 1
-    warning: str  # one sentence each when no_pruning or not within_tolerance, with what to try next; else ""
-
-    def to_dict(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
 def new_model(config: ExperimentConfig, data: DatasetSplits) -> AdapLeRForSequenceClassification:
@@ -55,11 +37,12 @@ def new_model(config: ExperimentConfig, data: DatasetSplits) -> AdapLeRForSequen
 
 
 def checkpoint_saver(directory: Path):
-    """Epoch callback: save each epoch as <directory>/<stage>-epoch<k>/ with its metrics."""
+    """Epoch callback: save each epoch as <directory>/<stage>-epoch<k>/ (the model under
+    ``model/``, as in a Ray Train checkpoint) with its metrics."""
 
     def save(report: EpochReport) -> None:
         target = directory / f"{report.stage}-epoch{report.epoch}"
-        getattr(report.model, "module", report.model).save_pretrained(target)
+        getattr(report.model, "module", report.model).save_pretrained(target / CHECKPOINT_MODEL_SUBDIR)
         (target / "metrics.json").write_text(json.dumps(report.metrics, indent=2))
 
     return save
@@ -72,72 +55,76 @@ def top_checkpoints(directory: Path, stage: str, k: int) -> list[str]:
     return [str(paths[i]) for i in best_epochs(history, k)]
 
 
-def run_recipe(config: ExperimentConfig, progress: bool = True) -> RecipeResult:
+def train_stage1_record(config: ExperimentConfig, data: DatasetSplits, layout: RunLayout,
+                        progress: bool) -> Stage1Record:
+    """Stage 1 from the backbone, each epoch under ``layout.checkpoints``; the record of its
+    ``saliency_checkpoints`` best epochs, written to ``layout.stage1``."""
+    for stale in layout.checkpoints.glob("stage1-epoch*"):  # an earlier run's epochs must not enter the top-k
+        shutil.rmtree(stale)
+    model = new_model(config, data)
+    loader = make_loader(data.train, model.tokenizer, config.stage1.batch_size, config.data.max_length,
+                         shuffle=True, seed=config.stage1.seed)
+    dev = make_loader(data.dev, model.tokenizer, config.stage1.batch_size, config.data.max_length)
+    train_stage1(model, loader, dev, config.stage1, checkpoint_saver(layout.checkpoints), progress)
+    best = top_checkpoints(layout.checkpoints, "stage1", config.saliency_checkpoints)
+    record = Stage1Record(
+        [{"path": path, "epoch": int(path.rsplit("epoch", 1)[1]),
+          "dev_accuracy": json.loads((Path(path) / "metrics.json").read_text())["dev_accuracy"]} for path in best],
+        trained_with=trained_with(config),
+    )
+    record.write(layout)
+    return record
+
+
+def run_recipe(config: ExperimentConfig, progress: bool = True) -> RunResult:
     start = time.perf_counter()
-    out = config.run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.json")
+    layout = RunLayout.of(config)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    save_config(config, layout.config)
     torch.manual_seed(config.stage1.seed)
     data = load_data(config)
     max_length = config.data.max_length
 
-    checkpoints = out / "checkpoints"
-    stage1_key = json.dumps({k: config_to_dict(config)[k] for k in ("model", "data", "stage1")}, sort_keys=True)
-    reuse = (out / STAGE1_KEY).is_file() and (out / STAGE1_KEY).read_text() == stage1_key
-    if reuse:
-        # Same backbone, data and stage-1 settings as a finished earlier run: reuse its checkpoints.
-        best_stage1 = Path(top_checkpoints(checkpoints, "stage1", 1)[0])
-        model = AdapLeRForSequenceClassification.from_pretrained(best_stage1).to(config.device)
-        stage1_dev = json.loads((best_stage1 / "metrics.json").read_text())["dev_accuracy"]
-        print(f"reusing the stage-1 checkpoints in {checkpoints} (same model, data and stage-1 config)")
-    else:
-        model = new_model(config, data)
+    # Same backbone, data and stage-1 settings as a finished earlier run: reuse its checkpoints.
+    stage1 = reusable_stage1(layout, config) or train_stage1_record(config, data, layout, progress)
+    stage1_dev = stage1.reference
+    model = AdapLeRForSequenceClassification.from_pretrained(stage1.best_model_dir).to(config.device)
     tok = model.tokenizer
     dev = make_loader(data.dev, tok, config.stage1.batch_size, max_length)
     test = make_loader(data.test, tok, config.stage1.batch_size, max_length)
-    if not reuse:
-        for stale in checkpoints.glob("stage1-epoch*"):  # an earlier run's epochs must not enter the top-k
-            shutil.rmtree(stale)
-        train = make_loader(data.train, tok, config.stage1.batch_size, max_length, shuffle=True, seed=config.stage1.seed)
-        stage1 = train_stage1(model, train, dev, config.stage1, checkpoint_saver(checkpoints), progress)
-        stage1_dev = stage1.best_metrics["dev_accuracy"]
-        (out / STAGE1_KEY).write_text(stage1_key)
     backbone_test = evaluate(model, test, removal="none", progress=progress, desc="test (backbone)")
 
-    best = top_checkpoints(checkpoints, "stage1", config.saliency_checkpoints)
-    saliency = saliency_from_checkpoints(best, data.train, max_length, device=config.device, progress=progress)
+    saliency = saliency_from_checkpoints(stage1.model_dirs, data.train, max_length, device=config.device,
+                                         progress=progress)
 
     if config.stage2.init == "pretrained":
         model = new_model(config, data)
     train = make_loader(
         data.train, tok, config.stage2.batch_size, max_length, shuffle=True, seed=config.stage2.seed, saliency=saliency
     )
-    stage2 = train_stage2(model, train, dev, config.stage2, stage1_dev, checkpoint_saver(checkpoints), progress)
-    dev_speedup = stage2.best_metrics["dev_flops_speedup"]
-    again = f"adapler train --config {out / 'config.json'}"
-    no_pruning = no_pruning_warning(
-        dev_speedup, f"try `{again} --set stage2.epochs={config.stage2.epochs + 2} "
-                     f"--set stage2.eta_lr={config.stage2.eta_lr * 4:g} --set stage2.phi={config.stage2.phi * 5:g}`",
-    )
-    tolerance = config.stage2.selection_tolerance
-    accuracy_lost = tolerance_warning(
-        select(epoch_candidates(stage2.history), stage1_dev, tolerance), stage1_dev, tolerance,
-        f"try `{again} --set stage2.init=finetuned --set stage2.phi={config.stage2.phi * GENTLER_PHI:.2g}`",
-    )
+    stage2 = train_stage2(model, train, dev, config.stage2, stage1_dev, checkpoint_saver(layout.checkpoints), progress)
+    selection = select(epoch_candidates(stage2.history), stage1_dev, config.stage2.selection_tolerance)
+    warnings = run_warnings(selection, stage1_dev, f"adapler train --config {layout.config}", config.stage2)
     adapler_test = evaluate(model, test, removal="packed", progress=progress, desc="test (AdapLeR)")
-    model.save_pretrained(out / "model")
-    result = RecipeResult(
-        model_dir=out / "model",
+    model.save_pretrained(layout.model)
+    result = RunResult(
+        dataset=data.name,
+        backbone=backbone_name(config.model.backbone),
+        run_dir=str(layout.root),
+        model_dir=str(layout.model),
         stage1_dev_accuracy=stage1_dev,
         backbone_test_accuracy=backbone_test.accuracy,
         adapler_test_accuracy=adapler_test.accuracy,
         flops_speedup=adapler_test.flops_speedup,
-        dev_flops_speedup=dev_speedup,
+        dev_flops_speedup=stage2.best_metrics["dev_flops_speedup"],
+        input_budget=max_length,
+        backbone_input_budget=max_length,
         retention=adapler_test.retention,
+        no_pruning=bool(warnings.no_pruning),
+        within_tolerance=not warnings.accuracy_lost,
+        warning=warnings.text,
+        chosen=dataclasses.asdict(selection.chosen),
         wall_seconds=time.perf_counter() - start,
-        no_pruning=bool(no_pruning),
-        within_tolerance=not accuracy_lost,
-        warning=" ".join(w for w in (no_pruning, accuracy_lost) if w),
     )
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    result.write(layout)
     return result

@@ -24,15 +24,23 @@ rules over them:
   nothing (dev speedup under :data:`NO_PRUNING_FLOOR`): never a silent "1.00x".
 - :func:`tolerance_warning`: the sentence a run prints when no candidate stayed within the
   tolerance, so that the chosen model is less accurate than the backbone: never a silent loss.
+- :func:`run_warnings`: both sentences of a finished run (``adapler train`` or ``adapler run``),
+  each ending with the command to try next.
+- :func:`champion_verdict`: whether a newly registered version becomes ``@champion`` (MLflow's
+  champion/challenger pattern; ``adapler_pipelines.registry.promote`` applies it).
 
 Plain Python: the training loop, the Ray Tune search and the report all import it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adapler.config import Stage2Config
 
 
 @dataclass(frozen=True)
@@ -136,3 +144,73 @@ def tolerance_warning(selection: Selection, reference: float, tolerance: float, 
             f"{reference:.4f}, so the chosen one is only the most accurate it found ({chosen.dev_accuracy:.4f} on dev "
             f"at {chosen.dev_flops_speedup:.2f}x): stage 2 lost accuracy, most often because the length penalty phi "
             f"was too large for this data or stage 2 started from the pretrained backbone; {next_step}")
+
+
+@dataclass(frozen=True)
+class RunWarnings:
+    no_pruning: str  # no_pruning_warning's sentence, or ""
+    accuracy_lost: str  # tolerance_warning's sentence, or ""
+
+    @property
+    def text(self) -> str:
+        """Both sentences in one line ("" when the run gave no warning)."""
+        return " ".join(w for w in (self.no_pruning, self.accuracy_lost) if w)
+
+
+def run_warnings(selection: Selection, reference: float, again: str, stage2: Stage2Config,
+                 search: Any = None) -> RunWarnings:
+    """The warnings of a finished run whose stage 2 picked ``selection`` (reference: stage 1's best
+    dev accuracy; tolerance: ``stage2.selection_tolerance``). Each ends with a command: ``again``
+    (e.g. ``adapler train --config runs/x/config.json``) with settings that prune more (no pruning:
+    more epochs, a faster eta learning rate, a larger phi) or lose less (accuracy lost: start from
+    the fine-tuned model, a gentler phi). ``search``: the pipeline's search ranges (``phi_min``,
+    ``phi_max``), which the commands then move instead of ``stage2.phi``; the search's first
+    trials take ``stage2.phi``, so the gentler command puts it inside the lower range."""
+    phi_up = f"tune.phi_max={search.phi_max * 5:g}" if search is not None else f"stage2.phi={stage2.phi * 5:g}"
+    no_pruning = no_pruning_warning(
+        selection.chosen.dev_flops_speedup,
+        f"try `{again} --set stage2.epochs={stage2.epochs + 2} --set stage2.eta_lr={stage2.eta_lr * 4:g} "
+        f"--set {phi_up}`",
+    )
+    if search is not None:
+        low, high = search.phi_min / 3, max(search.phi_min, search.phi_max / 4)
+        gentler = (f"--set tune.inits=[finetuned] --set tune.phi_min={low:g} --set tune.phi_max={high:g} "
+                   f"--set stage2.phi={math.sqrt(low * high):.2g}")
+    else:
+        gentler = f"--set stage2.init=finetuned --set stage2.phi={stage2.phi * GENTLER_PHI:.2g}"
+    accuracy_lost = tolerance_warning(selection, reference, stage2.selection_tolerance, f"try `{again} {gentler}`")
+    return RunWarnings(no_pruning, accuracy_lost)
+
+
+TEST_SPLIT_TAG = "test_split"  # a version's tag: fingerprint of the rows its test_accuracy was measured on
+
+
+def champion_verdict(policy: str, warning: str, new: Mapping[str, str], champion: Mapping[str, str] | None,
+                     champion_version: str = "", name: str = "") -> tuple[bool, str]:
+    """Whether a new registered version of ``name`` becomes ``@champion``, and why (one clause).
+
+    ``policy``: ``mlflow.promote`` (better | always | never). ``new`` and ``champion``: the two
+    versions' tags (``test_accuracy``, ``flops_speedup``, ``test_split``: the fingerprint of the
+    rows they were measured on); ``champion`` None when ``name`` has none yet. Under "better" a
+    version whose run warned (``warning``) never takes the title, not even a first one; otherwise
+    it must be at least as accurate and at least as fast as the champion on the same test split."""
+    if policy == "never":
+        return False, "mlflow.promote=never"
+    if policy == "always":
+        return True, "mlflow.promote=always"
+    if warning:
+        return False, "its run ended with a warning (in the summary and the run's adapler.warning tag)"
+    if champion is None:
+        return True, f"{name} had no champion yet"
+    if (champion.get(TEST_SPLIT_TAG) != new.get(TEST_SPLIT_TAG) or "test_accuracy" not in champion
+            or "flops_speedup" not in champion):
+        return False, (f"the champion (version {champion_version}) was not measured on the same test split, so the "
+                       "two can not be compared")
+    accuracy, speedup = float(new["test_accuracy"]), float(new["flops_speedup"])
+    old_accuracy, old_speedup = float(champion["test_accuracy"]), float(champion["flops_speedup"])
+    figures = (f"test accuracy {accuracy:.4f} vs {old_accuracy:.4f}, FLOPs speedup {speedup:.2f}x vs "
+               f"{old_speedup:.2f}x for the champion (version {champion_version}) on the same test split")
+    if accuracy >= old_accuracy and speedup >= old_speedup:
+        return True, f"at least as accurate and as fast: {figures}"
+    return False, f"{'less accurate' if accuracy < old_accuracy else 'slower'}: {figures}"
+

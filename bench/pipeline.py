@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 
 from adapler.batching import make_loader
-from adapler.config import load_config
+from adapler.config import load_config, resolve_preset
 from adapler.data import load_data
 from adapler.recipe import new_model
 from adapler.training import train_stage1
-from adapler.config import resolve_preset
 from adapler_pipelines.config import PipelineConfig
 
 HERE = Path(__file__).resolve().parent
@@ -39,8 +38,11 @@ def ray_overhead(overrides: list[str], output: Path) -> dict:
     from adapler_pipelines.ray_local import init_ray
     from adapler_pipelines.train import fit_stage
 
-    config = load_config(resolve_preset("rotten_tomatoes"), [*overrides, "stage1.epochs=1", "name=bench-overhead",
-                                                             "output_dir=bench/.cache"], cls=PipelineConfig)
+    config = load_config(
+        resolve_preset("rotten_tomatoes"),
+        [*overrides, "stage1.epochs=1", "name=bench-overhead", f"output_dir={HERE / '.cache'}"],
+        cls=PipelineConfig,
+    )
     torch.set_num_threads(config.ray.cpus_per_worker)
     data = load_data(config)
     model = new_model(config, data)
@@ -83,17 +85,21 @@ def pipeline_runs(datasets: list[str], overrides: list[str], output: Path, reuse
         stage1_from = earlier_stage1(config) if reuse_stage1 else None
         summary = run_pipeline(config, stage1_only_from=stage1_from)
         print(summary.table())
-        records.append({
-            "dataset": dataset, "backbone": summary.backbone,
-            "stage1_dev_accuracy": summary.stage1_dev_accuracy,
-            "backbone_test_accuracy": summary.backbone_test_accuracy,
-            "adapler_test_accuracy": summary.adapler_test_accuracy,
-            "flops_speedup": summary.flops_speedup,
-            "backbone_examples_per_s": summary.backbone_examples_per_s,
-            "adapler_examples_per_s": summary.adapler_examples_per_s,
-            "wall_seconds": summary.wall_seconds, "overrides": overrides,
-            "stage1_reused": stage1_from is not None,  # True: wall_seconds covers stage 2 and registration only
-        })
+        records.append(
+            {
+                "dataset": dataset,
+                "backbone": summary.backbone,
+                "stage1_dev_accuracy": summary.stage1_dev_accuracy,
+                "backbone_test_accuracy": summary.backbone_test_accuracy,
+                "adapler_test_accuracy": summary.adapler_test_accuracy,
+                "flops_speedup": summary.flops_speedup,
+                "backbone_examples_per_s": summary.backbone_examples_per_s,
+                "adapler_examples_per_s": summary.adapler_examples_per_s,
+                "wall_seconds": summary.wall_seconds,
+                "overrides": overrides,
+                "stage1_reused": stage1_from is not None,  # True: wall_seconds covers stage 2 and registration only
+            }
+        )
         output.write_text(json.dumps(records, indent=2))
     return records
 
@@ -103,9 +109,12 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", default=["rotten_tomatoes", "bbc_news"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--ray-overhead", action="store_true", help="only the Ray Train vs plain loop comparison")
-    parser.add_argument("--reuse-stage1", action="store_true",
-                        help="stage 2 search and registration only, on an earlier run's stage 1 (same --set name/output_dir); "
-                             "without one, stage 1 is trained")
+    parser.add_argument(
+        "--reuse-stage1",
+        action="store_true",
+        help="stage 2 search and registration only, on an earlier run's stage 1 (same --set name/output_dir); "
+        "without one, stage 1 is trained",
+    )
     args = parser.parse_args()
     results = HERE / "results"
     results.mkdir(exist_ok=True)

@@ -32,57 +32,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from adapler.batching import encode, make_loader, token_counts
-from adapler.calibration import apply_factor, calibrate, scaled_etas
-from adapler.config import load_config
+from adapler.calibration import scaled_etas
+from adapler.evaluate import TimedPass, timed_pass
 from adapler.flops import EncoderSize, flops_speedup
 from adapler.inference import load_for_inference
-from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.data import load_data
-from inference import TEXTS_PER_SET, add_dataset_arguments, trained_model  # bench/inference.py: the bench models
+from harness import RESULTS, add_dataset_arguments, calibrated_model, interleaved, length_sorted, timed_rows
 
-HERE = Path(__file__).resolve().parent
 TARGET_SPEEDUP = {"rotten_tomatoes": 2.0, "bbc_news": 5.0}
 ENGINES = ("backbone", "adapler", "adapler-no-pruning")  # x runtime x precision
 RUNTIMES = ("torch", "onnx")
-
-
-def operating_model(dataset: str, given: str | None, target: float) -> Path:
-    """The bench model of ``dataset`` with its etas scaled (on dev) to ``target`` FLOPs speedup."""
-    if given:
-        return Path(given)
-    directory = HERE / ".cache" / f"runtime-{dataset}-{target:g}x"
-    if not (directory / "config.json").is_file():
-        model = AdapLeRForSequenceClassification.from_pretrained(trained_model(dataset, None)).eval()
-        dev = load_data(load_config(None, [f"data.source={dataset}"])).dev
-        loader = make_loader(dev, model.tokenizer, 32, model.tokenizer.model_max_length)
-        chosen = calibrate(model, loader, target_speedup=target).chosen
-        print(f"[{dataset}] calibrated to {target:g}x on dev: factor {chosen.factor:.3g}, "
-              f"dev accuracy {chosen.accuracy:.3f}, dev FLOPs speedup {chosen.flops_speedup:.2f}x")
-        apply_factor(model, chosen.factor).save_pretrained(directory)
-    return directory
-
-
-def one_pass(model, batches: list[dict], removal: str) -> tuple[float, np.ndarray, np.ndarray]:
-    """Seconds for one pass over the batches; predictions (N,); kept lengths (N, L)."""
-    predictions, kept = [], []
-    start = time.perf_counter()
-    for batch in batches:
-        out = model(**batch, removal=removal)
-        predictions.append(out.logits.argmax(-1))
-        kept.append(out.kept_lengths)
-    seconds = time.perf_counter() - start
-    return seconds, torch.cat(predictions).numpy(), torch.cat(kept).numpy()
 
 
 class Side:
@@ -94,54 +60,53 @@ class Side:
         self.factor = 0.0 if engine.endswith("no-pruning") else 1.0
         self.name = f"{runtime}-{engine}"
 
-    @torch.no_grad()
-    def run(self, batches: list[dict]):
+    def run(self, batches: list[dict]) -> TimedPass:
         with scaled_etas(self.model, self.factor):
-            return one_pass(self.model, batches, self.removal)
+            return timed_pass(self.model, batches, self.removal)
 
 
-def bench_dataset(dataset: str, model_dir: Path, batch_sizes: list[int], repeats: int, quantize: list[str],
-                  threads: int, runtime: str) -> list[dict]:
+def bench_dataset(
+    dataset: str, model_dir: Path, batch_sizes: list[int], repeats: int, quantize: list[str], threads: int, runtime: str
+) -> list[dict]:
     models = {precision: load_for_inference(model_dir, runtime, "cpu", precision, threads) for precision in quantize}
     sides = [Side(runtime, engine, precision, model) for precision, model in models.items() for engine in ENGINES]
     reference = next(iter(models.values()))
-    tokenizer = reference.tokenizer
-    rows = load_data(load_config(None, [f"data.source={dataset}"])).test.head(TEXTS_PER_SET[dataset])
-    rows = rows.iloc[np.argsort(token_counts(tokenizer, rows["text"].tolist()), kind="stable")]
-    labels = rows["label"].to_numpy()
+    rows = timed_rows(dataset)
     size = EncoderSize.from_config(reference.config, reference.settings.cp_hidden)
     records = []
     for batch_size in batch_sizes:
-        batches = [encode(tokenizer, rows["text"].iloc[i: i + batch_size].tolist()) for i in range(0, len(rows), batch_size)]
+        batches, labels = length_sorted(reference.tokenizer, rows, batch_size)
         input_lengths = torch.cat([b["attention_mask"].sum(-1) for b in batches]).numpy()
-        for side in sides:  # warm-up: lazy initialisation, thread pools, first-run allocations
-            side.run(batches[:2])
-        times: dict[str, list[float]] = {id(side): [] for side in sides}
-        results = {}
-        for _ in range(repeats):  # interleaved, so drift hits every engine alike
-            for side in sides:
-                seconds, predictions, kept = side.run(batches)
-                times[id(side)].append(seconds)
-                results[id(side)] = (predictions, kept)
-        base = {(s.runtime, s.quantize): statistics.median(times[id(s)]) for s in sides if s.engine == "backbone"}
+        timed = interleaved({side: side.run for side in sides}, batches, repeats)
+        base = {(s.runtime, s.quantize): timed[s][0] for s in sides if s.engine == "backbone"}
         for side in sides:
-            predictions, kept = results[id(side)]
-            seconds = statistics.median(times[id(side)])
-            speedup = 1.0 if side.removal == "none" else flops_speedup(input_lengths, kept, size)
+            seconds, last = timed[side]
+            speedup = 1.0 if side.removal == "none" else flops_speedup(input_lengths, last.kept, size)
             wallclock = base[(side.runtime, side.quantize)] / seconds
             record = {
-                "dataset": dataset, "batch_size": batch_size, "engine": side.name, "quantize": side.quantize,
-                "texts": len(rows), "mean_input_tokens": float(input_lengths.mean()),
-                "texts_per_s": len(rows) / seconds, "ms_per_batch": 1000 * seconds / len(batches),
-                "flops_speedup": speedup, "speedup_vs_same_engine_backbone": wallclock,
-                "realization": wallclock / speedup, "accuracy": float(np.mean(predictions == labels)),
-                "mean_kept_per_layer": kept.mean(0).round(2).tolist(),
+                "dataset": dataset,
+                "batch_size": batch_size,
+                "engine": side.name,
+                "quantize": side.quantize,
+                "texts": len(rows),
+                "mean_input_tokens": float(input_lengths.mean()),
+                "texts_per_s": len(rows) / seconds,
+                "ms_per_batch": 1000 * seconds / len(batches),
+                "flops_speedup": speedup,
+                "speedup_vs_same_engine_backbone": wallclock,
+                "realization": wallclock / speedup,
+                "accuracy": float(np.mean(last.predictions == labels)),
+                "mean_kept_per_layer": last.kept.mean(0).round(2).tolist(),
                 "model": str(model_dir),
             }
             records.append(record)
-            print(f"{dataset:16s} bs={batch_size:<3d} {side.quantize:4s} {side.name:26s} {record['texts_per_s']:8.1f} texts/s "
-                  f"{record['ms_per_batch']:8.2f} ms/batch  FLOPs x{speedup:5.2f}  vs backbone x{wallclock:5.2f}  "
-                  f"realization {record['realization']:.2f}  acc {record['accuracy']:.3f}", flush=True)
+            print(
+                f"{dataset:16s} bs={batch_size:<3d} {side.quantize:4s} {side.name:26s} "
+                f"{record['texts_per_s']:8.1f} texts/s {record['ms_per_batch']:8.2f} ms/batch  "
+                f"FLOPs x{speedup:5.2f}  vs backbone x{wallclock:5.2f}  "
+                f"realization {record['realization']:.2f}  acc {record['accuracy']:.3f}",
+                flush=True,
+            )
     return records
 
 
@@ -151,26 +116,56 @@ def main() -> None:
     parser.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=["none", "int8"])
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per engine (median is kept)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES,
-                        help="each in a process of its own (module docstring)")
-    parser.add_argument("--output", default=str(HERE / "results" / "runtime.json"))
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=list(RUNTIMES),
+        choices=RUNTIMES,
+        help="each in a process of its own (module docstring)",
+    )
+    parser.add_argument("--output", default=str(RESULTS / "runtime.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     given = {"rotten_tomatoes": args.model_rotten_tomatoes, "bbc_news": args.model_bbc_news}
-    models = {dataset: operating_model(dataset, given[dataset], TARGET_SPEEDUP[dataset]) for dataset in args.datasets}
+    models = {dataset: calibrated_model(dataset, given[dataset], TARGET_SPEEDUP[dataset]) for dataset in args.datasets}
     if len(args.runtimes) == 1:
-        records = [record for dataset, model_dir in models.items() for record in bench_dataset(
-            dataset, model_dir, args.batch_sizes, args.repeats, args.quantize, args.threads, args.runtimes[0])]
+        records = [
+            record
+            for dataset, model_dir in models.items()
+            for record in bench_dataset(
+                dataset, model_dir, args.batch_sizes, args.repeats, args.quantize, args.threads, args.runtimes[0]
+            )
+        ]
     else:
         records = []
         with tempfile.TemporaryDirectory() as scratch:
             for runtime in args.runtimes:
                 part = Path(scratch) / f"{runtime}.json"
-                subprocess.run([sys.executable, __file__, "--runtimes", runtime, "--output", str(part),
-                                "--datasets", *args.datasets, "--batch-sizes", *map(str, args.batch_sizes),
-                                "--repeats", str(args.repeats), "--quantize", *args.quantize, "--threads", str(args.threads),
-                                "--model-rotten-tomatoes", str(models.get("rotten_tomatoes", "")),
-                                "--model-bbc-news", str(models.get("bbc_news", ""))], check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--runtimes",
+                        runtime,
+                        "--output",
+                        str(part),
+                        "--datasets",
+                        *args.datasets,
+                        "--batch-sizes",
+                        *map(str, args.batch_sizes),
+                        "--repeats",
+                        str(args.repeats),
+                        "--quantize",
+                        *args.quantize,
+                        "--threads",
+                        str(args.threads),
+                        "--model-rotten-tomatoes",
+                        str(models.get("rotten_tomatoes", "")),
+                        "--model-bbc-news",
+                        str(models.get("bbc_news", "")),
+                    ],
+                    check=True,
+                )
                 records += json.loads(part.read_text())
         order = {dataset: i for i, dataset in enumerate(args.datasets)}
         records.sort(key=lambda r: (order[r["dataset"]], r["batch_size"]))  # stable: runtimes in turn

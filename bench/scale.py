@@ -3,8 +3,9 @@
     flock /tmp/adapler_bench.lock .venv/bin/python bench/scale.py      # ~5 min on 2 cores
     .venv/bin/python bench/scale.py --set data.limit=40 --output /tmp/scale-smoke.json   # a smoke run
 
-Starts two Ray nodes on this machine (adapler_pipelines.local_cluster: `ray start --head` and
-`ray start --address`), each declaring --cpus-per-node CPUs (1: one core of the two per node),
+Starts two Ray nodes on this machine (tests/local_cluster.py, the scale-out tests' helper:
+`ray start --head` and `ray start --address`), each declaring --cpus-per-node CPUs (1: one core
+of the two per node),
 with the demo preset's settings on a Rotten Tomatoes slice (data.limit=300, max_length 64), one
 setting after the other in the same run:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,25 +34,34 @@ from pathlib import Path
 
 import mlflow
 
-from adapler.config import load_config
-from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.config import load_config, resolve_preset
 from adapler.data import load_data
-from adapler.config import resolve_preset
+from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.run_layout import CHECKPOINT_MODEL_SUBDIR
 from adapler_pipelines.config import PipelineConfig
-from adapler_pipelines.local_cluster import local_cluster
 from adapler_pipelines.run import absolute_paths
 from adapler_pipelines.saliency import compute_saliency
 from adapler_pipelines.storage import join
 from adapler_pipelines.tracking import setup_mlflow
-from adapler_pipelines.train import MODEL_SUBDIR, fit_stage
+from adapler_pipelines.train import fit_stage
 from adapler_pipelines.tune import search
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the scale-out tests' cluster helper, not part of the product
+from local_cluster import local_cluster  # noqa: E402
+
 # The benchmark's recipe: the demo preset, smaller (stage 1 and each trial one epoch, 1 CPU per
 # worker, trial and actor), then the caller's --set.
 BENCH_OVERRIDES = [
-    "data.source=rotten_tomatoes", "data.max_length=64", "data.limit=300", "stage1.epochs=1", "stage2.epochs=1", "tune.num_samples=2",
-    "ray.cpus_per_worker=1", "ray.placement_strategy=SPREAD", "name=bench-scale",
+    "data.source=rotten_tomatoes",
+    "data.max_length=64",
+    "data.limit=300",
+    "stage1.epochs=1",
+    "stage2.epochs=1",
+    "tune.num_samples=2",
+    "ray.cpus_per_worker=1",
+    "ray.placement_strategy=SPREAD",
+    "name=bench-scale",
 ]
 SETTINGS = (1, 2)  # workers, actors, concurrent trials
 
@@ -75,32 +86,54 @@ def stage1(config: PipelineConfig, workers: int, train_rows: int) -> tuple[Measu
     wall = time.perf_counter() - start
     seconds = epoch.metrics["train_seconds"]
     steps = math.ceil(train_rows / config.stage1.batch_size)
-    details = {"global_batch": config.stage1.batch_size, "steps": steps, "step_seconds": seconds / steps,
-               "nodes": len(set(epoch.nodes)), "dev_accuracy": epoch.metrics["dev_accuracy"]}
+    details = {
+        "global_batch": config.stage1.batch_size,
+        "steps": steps,
+        "step_seconds": seconds / steps,
+        "nodes": len(set(epoch.nodes)),
+        "dev_accuracy": epoch.metrics["dev_accuracy"],
+    }
     setting = f"{workers} worker{'s' if workers > 1 else ''}"
-    return Measurement("stage1", setting, seconds, train_rows / seconds, "examples/s", train_rows, wall,
-                       details), join(epoch.path, MODEL_SUBDIR)
+    return Measurement("stage1", setting, seconds, train_rows / seconds, "examples/s", train_rows, wall, details), join(
+        epoch.path, CHECKPOINT_MODEL_SUBDIR
+    )
 
 
 def saliency(config: PipelineConfig, actors: int, rows, model_dir: str, output: Path) -> tuple[Measurement, str]:
     start = time.perf_counter()
-    path = compute_saliency(rows, [model_dir], config.data.max_length, output / f"saliency-{actors}",
-                            num_actors=actors, cpus_per_actor=config.ray.cpus_per_worker)
+    path = compute_saliency(
+        rows,
+        [model_dir],
+        config.data.max_length,
+        output / f"saliency-{actors}",
+        num_actors=actors,
+        cpus_per_actor=config.ray.cpus_per_worker,
+    )
     seconds = time.perf_counter() - start
     setting = f"{actors} actor{'s' if actors > 1 else ''}"
     return Measurement("saliency", setting, seconds, len(rows) / seconds, "rows/s", len(rows), seconds), path
 
 
-def tune_search(config: PipelineConfig, concurrent: int, model_dir: str, saliency_path: str, reference: float,
-                parent_run_id: str) -> Measurement:
+def tune_search(
+    config: PipelineConfig, concurrent: int, model_dir: str, saliency_path: str, reference: float, parent_run_id: str
+) -> Measurement:
     config.tune.max_concurrent = concurrent
     start = time.perf_counter()
-    outcome = search(config, model_dir, saliency_path, reference, f"bench-scale-tune-{concurrent}-{int(time.time())}",
-                     parent_run_id)
+    outcome = search(
+        config, model_dir, saliency_path, reference, f"bench-scale-tune-{concurrent}-{int(time.time())}", parent_run_id
+    )
     seconds = time.perf_counter() - start
     trials = config.tune.num_samples
-    return Measurement("tune", f"max_concurrent {concurrent}", seconds, trials / seconds * 60, "trials/min", trials,
-                       seconds, {"stage2_epochs": config.stage2.epochs, "candidates": len(outcome.candidates)})
+    return Measurement(
+        "tune",
+        f"max_concurrent {concurrent}",
+        seconds,
+        trials / seconds * 60,
+        "trials/min",
+        trials,
+        seconds,
+        {"stage2_epochs": config.stage2.epochs, "candidates": len(outcome.candidates)},
+    )
 
 
 def gradient_megabytes(model_dir: str) -> float:
@@ -113,16 +146,28 @@ def gradient_megabytes(model_dir: str) -> float:
 def run(overrides: list[str], cpus_per_node: int, output: Path) -> list[Measurement]:
     with tempfile.TemporaryDirectory(prefix="adapler-scale-") as tmp:
         work = Path(tmp)
-        config = absolute_paths(load_config(resolve_preset("demo"), [
-            *BENCH_OVERRIDES, f"output_dir={work / 'runs'}", f"ray.storage_path={work / 'ray'}",
-            f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}", *overrides,
-        ], cls=PipelineConfig))
+        config = absolute_paths(
+            load_config(
+                resolve_preset("demo"),
+                [
+                    *BENCH_OVERRIDES,
+                    f"output_dir={work / 'runs'}",
+                    f"ray.storage_path={work / 'ray'}",
+                    f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+                    *overrides,
+                ],
+                cls=PipelineConfig,
+            )
+        )
         data = load_data(config)
         measurements: list[Measurement] = []
         start = time.perf_counter()
         with local_cluster(nodes=2, cpus_per_node=cpus_per_node) as cluster:
-            print(f"cluster of {len(cluster.node_ids)} nodes, {cpus_per_node} CPU(s) each, up in "
-                  f"{time.perf_counter() - start:.1f} s", flush=True)
+            print(
+                f"cluster of {len(cluster.node_ids)} nodes, {cpus_per_node} CPU(s) each, up in "
+                f"{time.perf_counter() - start:.1f} s",
+                flush=True,
+            )
             model_dir = ""
             for workers in SETTINGS:
                 measurement, model = stage1(config, workers, len(data.train))
@@ -137,8 +182,9 @@ def run(overrides: list[str], cpus_per_node: int, output: Path) -> list[Measurem
             setup_mlflow(config.mlflow)
             with mlflow.start_run(run_name="bench-scale") as parent:
                 for concurrent in SETTINGS:
-                    measurements.append(tune_search(config, concurrent, model_dir, paths[0], reference,
-                                                    parent.info.run_id))
+                    measurements.append(
+                        tune_search(config, concurrent, model_dir, paths[0], reference, parent.info.run_id)
+                    )
         gradients = gradient_megabytes(model_dir)
     for m in measurements:
         m.details.update(cpus_per_node=cpus_per_node, overrides=overrides)
@@ -155,13 +201,16 @@ def report(measurements: list[Measurement]) -> str:
     first: dict[str, Measurement] = {}
     for m in measurements:
         base = first.setdefault(m.what, m)
-        lines.append(f"{m.what:<10}{m.setting:<18}{m.seconds:>9.1f}{m.rate:>10.2f}  {m.unit:<12}{m.wall_seconds:>8.1f}"
-                     f"{m.rate / base.rate:>9.2f}x")
+        lines.append(
+            f"{m.what:<10}{m.setting:<18}{m.seconds:>9.1f}{m.rate:>10.2f}  {m.unit:<12}{m.wall_seconds:>8.1f}"
+            f"{m.rate / base.rate:>9.2f}x"
+        )
     one, two = (m for m in measurements if m.what == "stage1")
     ideal = one.details["step_seconds"] / 2
     extra = two.details["step_seconds"] - ideal
     lines.append(
-        f"stage 1 per step: 1 worker {one.details['step_seconds']:.3f} s, 2 workers {two.details['step_seconds']:.3f} s "
+        f"stage 1 per step: 1 worker {one.details['step_seconds']:.3f} s, "
+        f"2 workers {two.details['step_seconds']:.3f} s "
         f"(perfect scaling {ideal:.3f} s; {extra:+.3f} s per step for going distributed, "
         f"{one.details['gradient_mb_per_step']:.1f} MB of gradients all-reduced)"
     )
@@ -170,8 +219,13 @@ def report(measurements: list[Measurement]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config overrides on top of the benchmark's (e.g. data.limit=40 for a smoke run)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides on top of the benchmark's (e.g. data.limit=40 for a smoke run)",
+    )
     parser.add_argument("--cpus-per-node", type=int, default=1, help="CPUs each of the two Ray nodes declares")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "scale.json")
     args = parser.parse_args()

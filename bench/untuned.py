@@ -27,15 +27,15 @@ import pandas as pd
 from transformers import AutoModelForSequenceClassification
 
 from adapler.batching import make_loader, token_counts
-from adapler.config import load_config
+from adapler.config import load_config, resolve_preset
+from adapler.data import load_data
 from adapler.evaluate import evaluate
 from adapler.flops import EncoderSize, input_budget_gain
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.data import load_data
 from adapler.recipe import new_model
+from adapler.run_layout import RunLayout
 from adapler.selection import NO_PRUNING_FLOOR
 from adapler.training import train_stage1
-from adapler.config import resolve_preset
 from adapler_pipelines.config import PipelineConfig
 
 HERE = Path(__file__).resolve().parent
@@ -59,8 +59,11 @@ def static_variant(config: PipelineConfig, data, max_length: int, layers: int | 
         model = new_model(config, data)
     else:
         backbone = AutoModelForSequenceClassification.from_pretrained(
-            config.model.backbone_path(), num_labels=len(data.label_names), num_hidden_layers=layers,
-            attn_implementation="sdpa", ignore_mismatched_sizes=True,
+            config.model.backbone_path(),
+            num_labels=len(data.label_names),
+            num_hidden_layers=layers,
+            attn_implementation="sdpa",
+            ignore_mismatched_sizes=True,
         )
         template = new_model(config, data)
         model = AdapLeRForSequenceClassification(backbone, template.settings, template.tokenizer)
@@ -74,7 +77,7 @@ def static_variant(config: PipelineConfig, data, max_length: int, layers: int | 
 
 
 def trials_that_pruned(run_dir: Path) -> tuple[int, int]:
-    table = pd.read_csv(run_dir / "report" / "pareto.csv", dtype={"trial": str})
+    table = pd.read_csv(RunLayout(run_dir).report / "pareto.csv", dtype={"trial": str})
     trained = table[table.factor == 1.0]
     best = trained.groupby("trial")["dev_flops_speedup"].max()
     return len(best), int((best >= NO_PRUNING_FLOOR).sum())
@@ -94,43 +97,87 @@ def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False) ->
     full = token_counts(chosen.tokenizer, texts, pairs, config.data.max_length)
     trials, pruned = trials_that_pruned(Path(summary.run_dir))
     records = [
-        {"dataset": dataset, "variant": "backbone", "test_accuracy": summary.backbone_test_accuracy,
-         "flops_speedup": 1.0, "max_length": config.data.max_length},
-        {"dataset": dataset, "variant": "adapler", "test_accuracy": summary.adapler_test_accuracy,
-         "flops_speedup": summary.flops_speedup, "dev_flops_speedup": summary.chosen["dev_flops_speedup"],
-         "eta_factor": summary.chosen["factor"], "input_budget": summary.input_budget,
-         "trials": trials, "trials_that_pruned": pruned,
-         "no_pruning": summary.no_pruning, "within_tolerance": summary.within_tolerance, "params": summary.chosen["params"],
-         "wall_seconds": summary.wall_seconds, "stage1_reused": stage1_from is not None},
+        {
+            "dataset": dataset,
+            "variant": "backbone",
+            "test_accuracy": summary.backbone_test_accuracy,
+            "flops_speedup": 1.0,
+            "max_length": config.data.max_length,
+        },
+        {
+            "dataset": dataset,
+            "variant": "adapler",
+            "test_accuracy": summary.adapler_test_accuracy,
+            "flops_speedup": summary.flops_speedup,
+            "dev_flops_speedup": summary.chosen["dev_flops_speedup"],
+            "eta_factor": summary.chosen["factor"],
+            "input_budget": summary.input_budget,
+            "trials": trials,
+            "trials_that_pruned": pruned,
+            "no_pruning": summary.no_pruning,
+            "within_tolerance": summary.within_tolerance,
+            "params": summary.chosen["params"],
+            "wall_seconds": summary.wall_seconds,
+            "stage1_reused": stage1_from is not None,
+        },
     ]
     for length in [t for t in TRUNCATIONS if t < max(full)]:  # a cut no test text reaches changes nothing
         accuracy, _ = static_variant(config, data, length, None)
-        records.append({"dataset": dataset, "variant": f"truncate-{length}", "test_accuracy": accuracy,
-                        "flops_speedup": input_budget_gain(full, token_counts(chosen.tokenizer, texts, pairs, length), size)})
+        records.append(
+            {
+                "dataset": dataset,
+                "variant": f"truncate-{length}",
+                "test_accuracy": accuracy,
+                "flops_speedup": input_budget_gain(full, token_counts(chosen.tokenizer, texts, pairs, length), size),
+            }
+        )
     half = size.num_layers // 2
     accuracy, _ = static_variant(config, data, config.data.max_length, half)
-    records.append({"dataset": dataset, "variant": f"layers-{half}", "test_accuracy": accuracy,
-                    "flops_speedup": size.num_layers / half})  # every layer costs the same on the same tokens
+    records.append(
+        {
+            "dataset": dataset,
+            "variant": f"layers-{half}",
+            "test_accuracy": accuracy,
+            "flops_speedup": size.num_layers / half,
+        }
+    )  # every layer costs the same on the same tokens
     for record in records:
         record["overrides"] = extra
-        print(f"{dataset:16s} {record['variant']:12s} test accuracy {record['test_accuracy']:.4f}  "
-              f"FLOPs x{record['flops_speedup']:.2f}", flush=True)
+        print(
+            f"{dataset:16s} {record['variant']:12s} test accuracy {record['test_accuracy']:.4f}  "
+            f"FLOPs x{record['flops_speedup']:.2f}",
+            flush=True,
+        )
     return records
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["rotten_tomatoes", "bbc_titles", "bbc_news"],
-                        choices=["rotten_tomatoes", "bbc_titles", "bbc_news"])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override for every data set, e.g. --set data.limit=600 (repeatable)")
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["rotten_tomatoes", "bbc_titles", "bbc_news"],
+        choices=["rotten_tomatoes", "bbc_titles", "bbc_news"],
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every data set, e.g. --set data.limit=600 (repeatable)",
+    )
     parser.add_argument("--output", default=str(HERE / "results" / "untuned.json"))
-    parser.add_argument("--reuse-stage1", action="store_true",
-                        help="where runs/<name>/stage1.json exists (an earlier run of the same name and data), "
-                             "search again on its stage-1 checkpoints and saliency labels instead of retraining them")
+    parser.add_argument(
+        "--reuse-stage1",
+        action="store_true",
+        help="where runs/<name>/stage1.json exists (an earlier run of the same name and data), "
+        "search again on its stage-1 checkpoints and saliency labels instead of retraining them",
+    )
     args = parser.parse_args()
     output = Path(args.output)
-    kept = [r for r in (json.loads(output.read_text()) if output.is_file() else []) if r["dataset"] not in args.datasets]
+    kept = [
+        r for r in (json.loads(output.read_text()) if output.is_file() else []) if r["dataset"] not in args.datasets
+    ]
     records = kept + [r for dataset in args.datasets for r in bench_dataset(dataset, args.set, args.reuse_stage1)]
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(records, indent=2, default=float) + "\n")

@@ -140,12 +140,10 @@ def run_calibrate(args: argparse.Namespace) -> None:
     model = load_model(str(model_dir), args.device)  # torch: the model that is saved or registered
     runtime = resolve_runtime(args.runtime, args.device)
     engine = model if runtime == "torch" else load_model(str(model_dir), args.device, runtime=runtime)
-    from adapler.evaluate import budget_gain
+    from adapler.calibration import dev_description
 
     loader, rows = split_loader(args.data, args.set, model, "dev", args.batch_size, args.max_length)
-    data_description = f"{args.data} dev ({len(rows)} examples)"
-    # speedups against the backbone at the length the model was chosen against (reference_max_length)
-    flops_gain = budget_gain(model, rows)
+    data_description = dev_description(args.data, rows)
 
     print(f"calibrating {args.model} on {data_description}", file=sys.stderr)
 
@@ -154,7 +152,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
               file=sys.stderr, flush=True)
 
     search = _search_points if args.points else _search_factor
-    calibrated, register = search(model, engine, loader, args, data_description, progress, flops_gain)
+    calibrated, register = search(model, engine, loader, rows, args, progress)
     if args.output:
         calibrated.save_pretrained(args.output)
         print(f"saved: {args.output}")
@@ -170,15 +168,16 @@ def run_calibrate(args: argparse.Namespace) -> None:
         print("not saved: give --output DIR to keep the calibrated model")
 
 
-def _search_factor(model, engine, loader, args: argparse.Namespace, data_description: str, progress,
-                   flops_gain: float):
+def _search_factor(model, engine, loader, rows, args: argparse.Namespace, progress):
     """--target-speedup / --max-drop, measured on ``engine`` (``model`` on the chosen runtime):
     the calibrated model, and how to register it."""
-    from adapler.calibration import TargetUnreachable, apply_factor, calibrate
+    from adapler.calibration import TargetUnreachable, apply_factor, calibrate, dev_description
+    from adapler.evaluate import budget_gain
 
     try:
+        # speedups against the backbone at the length the model was chosen against (reference_max_length)
         result = calibrate(engine, loader, target_speedup=args.target_speedup, max_drop=args.max_drop,
-                           on_point=progress, flops_gain=flops_gain)
+                           on_point=progress, flops_gain=budget_gain(model, rows))
     except TargetUnreachable as err:
         print(format_curve(err.points))
         raise UserError(str(err)) from None
@@ -195,24 +194,22 @@ def _search_factor(model, engine, loader, args: argparse.Namespace, data_descrip
     def register(directory, config, source_version: str, alias: str | None) -> str:
         from adapler_pipelines.calibrate import register_calibrated
 
-        return register_calibrated(directory, result, config, source_version, data_description, alias=alias)
+        return register_calibrated(directory, result, config, source_version, dev_description(args.data, rows),
+                                   alias=alias)
 
     return apply_factor(model, chosen.factor), register
 
 
-def _search_points(model, engine, loader, args: argparse.Namespace, data_description: str, progress,
-                   flops_gain: float):
+def _search_points(model, engine, loader, rows, args: argparse.Namespace, progress):
     """--points, measured on ``engine``: the model with its operating points (etas unchanged), and
     how to register it."""
-    from adapler.calibration import measure_operating_points
+    from adapler.calibration import attach_operating_points
     from adapler.operating_points import PointBudgets
 
     budgets = PointBudgets() if args.fast_drop is None else PointBudgets(fast=args.fast_drop)
-    points = measure_operating_points(engine, loader, budgets, data=data_description, on_point=progress,
-                                      flops_gain=flops_gain)
+    points = attach_operating_points(model, loader, rows, args.data, budgets, engine=engine, on_point=progress)
     print(format_curve(points.curve, names=points.named))
     print(points.listing())
-    model.operating_points = points
 
     def register(directory, config, source_version: str, alias: str | None) -> str:
         from adapler_pipelines.calibrate import register_with_points

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from adapler.text import one_line as text_on_one_line
+
 
 class UserError(Exception):
     """An error message for the user, printed without a stack trace."""
@@ -32,7 +34,7 @@ HEAVY = (  # looked up only if their module is loaded (else nothing of theirs wa
     ("adapler.operating_points", "OperatingPointError"),  # unknown point name, bad factor, target beyond the curve
     ("adapler_pipelines.registry", "RegistryError"),  # models:/ name or alias not there
     ("adapler_pipelines.report", "ReportError"),  # `adapler report` on a run that is not a pipeline run
-    ("adapler_pipelines.run", "Stage1Missing"),  # `adapler tune` with no stage 1 to reuse
+    ("adapler.stage1_record", "Stage1Missing"),  # `adapler tune` with no stage 1 to reuse
 )
 
 
@@ -50,5 +52,4 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 def one_line(err: BaseException) -> str:
     """The message on one line (a multi-line message is joined; an empty one named by its class)."""
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    return text or type(err).__name__
+    return text_on_one_line(str(err)) or type(err).__name__

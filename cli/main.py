@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from adapler.config import preset_names, resolve_preset
+from adapler.run_result import RunResult
 from adapler_cli.errors import UserError, expected_errors, one_line
 
 
@@ -136,12 +137,14 @@ def _program() -> str:
     return _shown_path(invoked)
 
 
-def next_commands(summary, config, program: str = "adapler") -> list[str]:
-    """Shell commands that work on what a pipeline run made: its registered version (by the alias
-    that version got) and its model directory, with the run's data options and tracking URI."""
+def next_commands(summary: RunResult, config, program: str = "adapler") -> list[str]:
+    """Shell commands that work on what a pipeline run made (its summary.json record): its
+    registered version (by the alias that version got) and its model directory, with the run's
+    data options and tracking URI."""
     import shlex
 
     from adapler.artifacts import model_uri
+    from adapler.run_layout import RunLayout
 
     registered = model_uri(summary.registered_model, summary.alias)
     tracking = ["--tracking-uri", config.mlflow.tracking_uri] if config.mlflow.tracking_uri else []
@@ -152,13 +155,13 @@ def next_commands(summary, config, program: str = "adapler") -> list[str]:
         ["predict", "--model", registered, *tracking, *pair, text],
         ["evaluate", "--model", registered, *tracking, *data, "--split", "test"],
         ["calibrate", "--model", _shown_path(summary.model_dir), *data, "--max-drop", "0.01",
-         "--output", _shown_path(Path(summary.run_dir) / "model-calibrated")],
+         "--output", _shown_path(RunLayout(Path(summary.run_dir)).calibrated_model)],
         ["serve", "--model", registered, *tracking],
     ]
     return [shlex.join([program, *command]) for command in commands]
 
 
-def _print_summary(summary, config) -> None:
+def _print_summary(summary: RunResult, config) -> None:
     from adapler.artifacts import model_uri
 
     print()
@@ -269,11 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override, e.g. --set stage2.phi=0.001 (repeatable)")
     t.set_defaults(func=cmd_train)
 
-    from adapler_deploy.cli import add_serve_command
     from adapler_cli.calibrate import add_calibrate_command
     from adapler_cli.export import add_export_command
-    from adapler_cli.report import add_report_command
     from adapler_cli.rationales import add_rationales_command
+    from adapler_cli.report import add_report_command
+    from adapler_cli.serve import add_serve_command
 
     add_serve_command(sub)
     add_calibrate_command(sub)

@@ -9,7 +9,6 @@ over one split of a data set. Command modules import these from here, never from
 
 from __future__ import annotations
 
-
 from adapler_cli.errors import UserError
 from adapler_pipelines.model_source import resolve_model
 

@@ -46,41 +46,33 @@ of requests, so the warning is expected and harmless.)
 
 Hardening: binds 127.0.0.1 (serve_config.yaml, ``adapler serve``); a model directory is loaded
 only if it has its weights as safetensors and no pickle-format file; every bad request is a 4xx
-with ``{"error": "<one line>"}``.
+with ``{"error": "<one line>"}``: the body is decoded by :mod:`adapler_deploy.decoder` (pure, tested
+without Ray), then this class predicts and encodes the answer.
 """
 
 # No `from __future__ import annotations`: FastAPI (through serve.ingress) needs real annotations.
 
 import asyncio
 import copy
-import json
 import logging
 import os
-import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from itertools import accumulate
 from types import SimpleNamespace
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from ray import serve
 from ray.serve import metrics
 
 from adapler.operating_points import OperatingPoint, OperatingPointError
-from adapler_pipelines.model_source import resolve_model
 from adapler_deploy.adaptive import LoadPolicy
-from adapler_deploy.schemas import (
-    LimitExceeded,
-    PredictRequest,
-    PredictResponse,
-    ServeSettings,
-    check_limits,
-)
+from adapler_deploy.decoder import Rejection, declared_too_large, decode_request
+from adapler_deploy.schemas import PredictRequest, PredictResponse, ServeSettings
+from adapler_pipelines.model_source import resolve_model
 
 logger = logging.getLogger("ray.serve")
 
@@ -104,40 +96,18 @@ def batch_tokens(jobs: list[Job]) -> int:
     return sum(job.tokens for job in jobs)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message})
-
-
-# A request is {"texts": [...]}, two levels deep. json.loads recurses once per level and fails
-# with RecursionError near 1000 of them, so bounding the depth first keeps that off the path.
-MAX_JSON_DEPTH = 32
-_NOT_A_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[^\[\]{}"]+', re.S)  # strings, and whatever else
-_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-
-
-def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether the arrays/objects of JSON ``text`` nest more than ``limit`` deep (brackets inside
-    strings do not count). Costs less than json.loads of the same text."""
-    if text.count("[") + text.count("{") <= limit:
-        return False
-    brackets = _NOT_A_BRACKET.sub("", text)
-    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > limit
-
-
-def _validation_message(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors()[:5]:
-        where = ".".join(str(x) for x in e.get("loc", ())) or "body"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    more = f" (+{err.error_count() - 5} more)" if err.error_count() > 5 else ""
-    return "invalid request: " + "; ".join(parts) + more
+def _answer(rejection: Rejection) -> JSONResponse:
+    return JSONResponse(status_code=rejection.status, content={"error": rejection.message})
 
 
 api = FastAPI(
     title="adapler",
     description="AdapLeR text classification with token removal",
-    responses={400: {"description": "body is not UTF-8 JSON, or nested too deep"}, 413: {"description": "over a limit"},
-               422: {"description": "wrong shape or types, or a text that is not valid Unicode"}},
+    responses={
+        400: {"description": "body is not UTF-8 JSON, or nested too deep"},
+        413: {"description": "over a limit"},
+        422: {"description": "wrong shape or types, or a text that is not valid Unicode"},
+    },
 )
 
 
@@ -163,8 +133,12 @@ class AdapLeRService:
         directory = resolve_model(self.settings.model, self.settings.tracking_uri)
         self.runtime = resolve_runtime(self.settings.runtime, self.settings.device, self.settings.removal)
         self.predictor = Predictor.from_directory(
-            directory, device=self.settings.device, quantize=self.settings.quantize, runtime=self.runtime,
-            batch_size=self.settings.predict_batch_size, removal=self.settings.removal,
+            directory,
+            device=self.settings.device,
+            quantize=self.settings.quantize,
+            runtime=self.runtime,
+            batch_size=self.settings.predict_batch_size,
+            removal=self.settings.removal,
         )
         # Token counting (the ingress, many requests at once) and inference (the batch, one at a
         # time) run in worker threads. A Hugging Face fast tokenizer is not thread-safe: a call
@@ -187,8 +161,14 @@ class AdapLeRService:
         # Warm up: the first forward pass pays for lazy initialisation (kernels, thread pools).
         self.predictor.predict(["warm up the model", "a second, somewhat longer text to warm up"], explain=True)
         self._ready = True
-        logger.info("adapler: serving %s (removal=%s, runtime=%s, quantize=%s) from %s", self.settings.model,
-                    self.settings.removal, self.runtime, self.settings.quantize, directory)
+        logger.info(
+            "adapler: serving %s (removal=%s, runtime=%s, quantize=%s) from %s",
+            self.settings.model,
+            self.settings.removal,
+            self.runtime,
+            self.settings.quantize,
+            directory,
+        )
 
     def _setup_points(self) -> None:
         """The default point, the load policy and its overload point, backlog and counters."""
@@ -200,22 +180,31 @@ class AdapLeRService:
         if adaptive is not None:
             points = self.predictor.operating_points
             if points is None:
-                raise ValueError("the adaptive policy needs a model with stored operating points: add them with "
-                                 "`adapler calibrate --points` (`adapler run` stores them with the models it registers)")
+                raise ValueError(
+                    "the adaptive policy needs a model with stored operating points: add them with "
+                    "`adapler calibrate --points` (`adapler run` stores them with the models it registers)"
+                )
             self.policy = LoadPolicy(adaptive.high_water, adaptive.low_water, adaptive.cooldown_s)
             faster = points.fastest_within(adaptive.max_accuracy_drop)
             if (self.default_point.dev_flops_speedup or 0.0) < faster.dev_flops_speedup:
                 self.overload_point = faster
             else:
-                logger.warning("adapler: no stored point within max_accuracy_drop %g is faster than the default %s: "
-                               "the adaptive policy changes nothing", adaptive.max_accuracy_drop, self.default_point.name)
+                logger.warning(
+                    "adapler: no stored point within max_accuracy_drop %g is faster than the default %s: "
+                    "the adaptive policy changes nothing",
+                    adaptive.max_accuracy_drop,
+                    self.default_point.name,
+                )
         self.backlog = {"requests": 0, "tokens": 0}  # admitted by the ingress, not answered yet
         self.requests_per_point: dict[str, int] = {}
         self.metric_requests = metrics.Counter(
-            "adapler_requests_per_point", description="requests answered, by the operating point they ran at",
-            tag_keys=("operating_point",))
+            "adapler_requests_per_point",
+            description="requests answered, by the operating point they ran at",
+            tag_keys=("operating_point",),
+        )
         self.metric_overloaded = metrics.Gauge(
-            "adapler_overloaded", description="1 while the load policy runs unasked requests at its overload point")
+            "adapler_overloaded", description="1 while the load policy runs unasked requests at its overload point"
+        )
 
     def _overloaded(self) -> bool:
         """The load policy's state, after seeing the backlog now (False without a policy)."""
@@ -252,10 +241,14 @@ class AdapLeRService:
             "requests_served": self.requests_served,
             "requests_per_point": dict(self.requests_per_point),
             "backlog": dict(self.backlog),
-            "adaptive": None if self.policy is None else {
+            "adaptive": None
+            if self.policy is None
+            else {
                 "overloaded": self.policy.overloaded,
                 "overload_point": self.overload_point.name,
-                "switches": [{"overloaded": w.overloaded, "backlog": w.backlog, "time": w.at} for w in self.policy.switches],
+                "switches": [
+                    {"overloaded": w.overloaded, "backlog": w.backlog, "time": w.at} for w in self.policy.switches
+                ],
             },
             "batches": list(self.batches),
         }
@@ -265,57 +258,40 @@ class AdapLeRService:
         "/predict",
         response_model=PredictResponse,
         response_model_exclude_none=True,  # kept_tokens only when explain=true
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": PredictRequest.model_json_schema()}}}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
     )
     async def predict(self, request: Request):
-        # The body is read and parsed here rather than by FastAPI so that every bad body gets a
-        # status of its own and one clear line: 400 (empty, not UTF-8, not JSON, nested too
-        # deep), 413 (over a limit), 422 (wrong shape or types, a text that is not valid Unicode).
+        # The body is read here and decoded by adapler_deploy.decoder rather than by FastAPI, so
+        # that every bad body gets a 4xx of its own and one clear line (see that module).
         limit = self.settings.max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return _error(413, f"request body of {length} bytes > max_body_bytes {limit}")
+        if rejection := declared_too_large(request.headers.get("content-length"), limit):
+            return _answer(rejection)
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                return _error(413, f"request body > max_body_bytes {limit}")
-        if not body.strip():
-            return _error(400, 'empty request body; send JSON like {"texts": ["some text"]}')
-        try:
-            text = bytes(body).decode("utf-8")
-        except UnicodeDecodeError as err:
-            return _error(400, f"request body is not UTF-8 (byte {err.start})")
-        too_deep = f"request body nests JSON arrays/objects more than {MAX_JSON_DEPTH} levels deep"
-        if json_too_deep(text):
-            return _error(400, too_deep)
-        try:
-            payload = json.loads(text)
-        except json.JSONDecodeError as err:
-            return _error(400, f"request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}")
-        except RecursionError:
-            return _error(400, too_deep)
-        if not isinstance(payload, dict):
-            return _error(422, f'request body must be a JSON object like {{"texts": [...]}}, not {type(payload).__name__}')
-        try:
-            req = PredictRequest.model_validate(payload)
-            check_limits(req, self.settings)
-        except ValidationError as err:
-            return _error(422, _validation_message(err))
-        except LimitExceeded as err:
-            return _error(413, str(err))
+                break  # the decoder answers 413 without the rest
+        req = decode_request(bytes(body), self.settings)
+        if isinstance(req, Rejection):
+            return _answer(req)
 
         asked = any(v is not None for v in (req.operating_point, req.target_speedup, req.factor))
         try:
             point = self.predictor.resolve(req.operating_point, req.target_speedup, req.factor) if asked else None
         except OperatingPointError as err:
-            return _error(422, str(err))
+            return _answer(Rejection(422, str(err)))
 
         counts = await asyncio.to_thread(self._token_counts, req.texts, req.text_pairs)
         tokens = sum(counts)
         if tokens > self.settings.max_request_tokens:
-            return _error(413, f"request has {tokens} tokens > max_request_tokens {self.settings.max_request_tokens}")
+            return _answer(
+                Rejection(413, f"request has {tokens} tokens > max_request_tokens {self.settings.max_request_tokens}")
+            )
         self.backlog["requests"] += 1
         self.backlog["tokens"] += tokens
         self._overloaded()
@@ -369,14 +345,16 @@ class AdapLeRService:
                     for p in mine:
                         p.kept_tokens = None
                 results[i] = mine
-        self.batches.append({
-            "requests": len(jobs),
-            "texts": sum(len(job.texts) for job in jobs),
-            "tokens": batch_tokens(jobs),
-            "overloaded": overloaded,
-            "seconds": round(time.perf_counter() - start, 4),
-            "time": time.time(),
-        })
+        self.batches.append(
+            {
+                "requests": len(jobs),
+                "texts": sum(len(job.texts) for job in jobs),
+                "tokens": batch_tokens(jobs),
+                "overloaded": overloaded,
+                "seconds": round(time.perf_counter() - start, 4),
+                "time": time.time(),
+            }
+        )
         return results  # type: ignore[return-value]
 
 

@@ -16,7 +16,8 @@ Every request ends in exactly one of: ok (2xx), http_4xx, http_5xx, connection_e
 other_error; ``requests_sent`` is their sum. A 5xx or a broken connection (a replica that died
 under load, a proxy restarting) is retried up to ``--retries`` times after a short back-off:
 ``/predict`` is idempotent, so a retry is safe, and the request's fate is that of its last try;
-``retries`` counts the extra tries and ``recovered`` the requests that a retry turned into ok. Latency percentiles are over the ok requests.
+``retries`` counts the extra tries and ``recovered`` the requests that a retry turned into ok.
+Latency percentiles are over the ok requests.
 Throughput is ok requests (and texts) per second of the measured window (after ``--warmup``).
 Each record also has ``share_per_point`` (ok requests by the operating point that ran),
 ``implied_accuracy`` (those points' dev accuracy, averaged over the texts) and, for a labelled
@@ -89,9 +90,20 @@ def load_labelled(data: str, split: str = "test", limit: int | None = None) -> t
 
 
 async def run_load(
-    url: str, texts: list[str], *, concurrency: int = 8, duration_s: float = 30.0, warmup_s: float = 2.0,
-    texts_per_request: int = 1, timeout_s: float = 30.0, max_requests: int | None = None, explain: bool = False,
-    retries: int = 2, backoff_s: float = 0.2, arrival_rate: float | None = None, labels: list[str] | None = None,
+    url: str,
+    texts: list[str],
+    *,
+    concurrency: int = 8,
+    duration_s: float = 30.0,
+    warmup_s: float = 2.0,
+    texts_per_request: int = 1,
+    timeout_s: float = 30.0,
+    max_requests: int | None = None,
+    explain: bool = False,
+    retries: int = 2,
+    backoff_s: float = 0.2,
+    arrival_rate: float | None = None,
+    labels: list[str] | None = None,
     body: dict | None = None,
 ) -> dict:
     """Closed loop (default): ``concurrency`` workers, each sending its next request when the last
@@ -108,7 +120,9 @@ async def run_load(
     the texts (``implied_accuracy``, where the server knows it)."""
     endpoint = url.rstrip("/") + "/predict"
     tally = Tally()
-    chunks = itertools.cycle([range(i, min(i + texts_per_request, len(texts))) for i in range(0, len(texts), texts_per_request)])
+    chunks = itertools.cycle(
+        [range(i, min(i + texts_per_request, len(texts))) for i in range(0, len(texts), texts_per_request)]
+    )
     started = retried = recovered = 0
     loop_start = time.perf_counter()
     measure_from = loop_start + warmup_s
@@ -240,8 +254,9 @@ async def run_load(
         "mean_ms": sum(tally.latencies_ms) / len(tally.latencies_ms) if tally.latencies_ms else math.nan,
         "flops_speedup": sum(speedups) / len(speedups) if speedups else math.nan,
         "share_per_point": {k: v / ok for k, v in sorted(tally.requests_per_point.items())} if ok else {},
-        "implied_accuracy": (sum(tally.point_accuracies) / len(tally.point_accuracies)
-                             if tally.point_accuracies else math.nan),
+        "implied_accuracy": (
+            sum(tally.point_accuracies) / len(tally.point_accuracies) if tally.point_accuracies else math.nan
+        ),
         "accuracy": tally.correct / tally.labelled if tally.labelled else math.nan,
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "errors": tally.errors,
@@ -276,16 +291,13 @@ def start_local_serve(port: int = 0) -> str:
     """A private local Ray instance (not a `ray start` cluster that may run here: the shutdown at
     the end must not take down anybody else's Serve) with Serve on 127.0.0.1:``port`` (0: a free
     one). Returns the base URL; stop with :func:`stop_local_serve`."""
-    import socket
-
     import ray
     from ray import serve
 
+    from adapler_deploy.ports import free_ports
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not port:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    port = port or free_ports()[0]
     ray.init(address="local", ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return f"http://127.0.0.1:{port}"
@@ -320,17 +332,34 @@ def _start_serve(args: argparse.Namespace) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m adapler_deploy.loadtest", description=__doc__.split("\n\n")[0])
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--target", action="append", metavar="NAME=URL",
-                       help="a running service (repeatable; the first is compared with the second)")
-    where.add_argument("--model", help="start Serve here with this model (directory or models:/name@alias), "
-                                       "as AdapLeR and as the plain backbone, and load both")
-    p.add_argument("--data", default="rotten_tomatoes", help="rotten_tomatoes | bbc_news | a text file, one text per line")
+    where.add_argument(
+        "--target",
+        action="append",
+        metavar="NAME=URL",
+        help="a running service (repeatable; the first is compared with the second)",
+    )
+    where.add_argument(
+        "--model",
+        help="start Serve here with this model (directory or models:/name@alias), "
+        "as AdapLeR and as the plain backbone, and load both",
+    )
+    p.add_argument(
+        "--data", default="rotten_tomatoes", help="rotten_tomatoes | bbc_news | a text file, one text per line"
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, help="use the first N texts")
-    p.add_argument("--concurrency", type=int, default=8,
-                   help="closed loop: clients; open loop (--arrival-rate): the most open connections")
-    p.add_argument("--arrival-rate", type=float, metavar="R",
-                   help="open loop: start R requests per second whatever the answers (default: closed loop)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="closed loop: clients; open loop (--arrival-rate): the most open connections",
+    )
+    p.add_argument(
+        "--arrival-rate",
+        type=float,
+        metavar="R",
+        help="open loop: start R requests per second whatever the answers (default: closed loop)",
+    )
     p.add_argument("--operating-point", metavar="NAME", help="send this operating point with every request")
     p.add_argument("--duration", type=float, default=30.0, help="measured seconds per target")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each measurement")
@@ -367,23 +396,40 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append((name, url))
         records = []
         for name, url in targets:
-            record = asyncio.run(run_load(
-                url, texts, concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup,
-                texts_per_request=args.texts_per_request, timeout_s=args.timeout,
-                max_requests=args.max_requests, explain=args.explain, retries=args.retries,
-                arrival_rate=args.arrival_rate, labels=labels, body=body,
-            ))
+            record = asyncio.run(
+                run_load(
+                    url,
+                    texts,
+                    concurrency=args.concurrency,
+                    duration_s=args.duration,
+                    warmup_s=args.warmup,
+                    texts_per_request=args.texts_per_request,
+                    timeout_s=args.timeout,
+                    max_requests=args.max_requests,
+                    explain=args.explain,
+                    retries=args.retries,
+                    arrival_rate=args.arrival_rate,
+                    labels=labels,
+                    body=body,
+                )
+            )
             record = {"dataset": Path(args.data).name, "model": name, **record}
             records.append(record)
-            print(f"{name:>10}: {record['requests_ok']}/{record['requests_sent']} ok, "
-                  f"{record['requests_per_s']:.1f} req/s, {record['texts_per_s']:.1f} texts/s, "
-                  f"p50 {record['p50_ms']:.1f} ms, p95 {record['p95_ms']:.1f} ms, p99 {record['p99_ms']:.1f} ms, "
-                  f"FLOPs speedup {record['flops_speedup']:.2f}x", file=sys.stderr)
+            print(
+                f"{name:>10}: {record['requests_ok']}/{record['requests_sent']} ok, "
+                f"{record['requests_per_s']:.1f} req/s, {record['texts_per_s']:.1f} texts/s, "
+                f"p50 {record['p50_ms']:.1f} ms, p95 {record['p95_ms']:.1f} ms, p99 {record['p99_ms']:.1f} ms, "
+                f"FLOPs speedup {record['flops_speedup']:.2f}x",
+                file=sys.stderr,
+            )
         summary = {"records": records, **compare(records)}
         if "throughput_ratio" in summary:
-            print(f"throughput ratio {targets[0][0]}/{targets[1][0]}: {summary['throughput_ratio']:.2f}x "
-                  f"(FLOPs speedup {summary['flops_speedup']:.2f}x, ratio/speedup "
-                  f"{summary['ratio_over_flops_speedup']:.2f})", file=sys.stderr)
+            print(
+                f"throughput ratio {targets[0][0]}/{targets[1][0]}: {summary['throughput_ratio']:.2f}x "
+                f"(FLOPs speedup {summary['flops_speedup']:.2f}x, ratio/speedup "
+                f"{summary['ratio_over_flops_speedup']:.2f})",
+                file=sys.stderr,
+            )
         out = json.dumps(finite(summary), indent=2)
         print(out)
         if args.json_out:

@@ -5,6 +5,7 @@ Loaded like every config through ``adapler.config.load_config(preset, overrides,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,7 +30,10 @@ class RayConfig:
     storage_path: str = "runs/ray"
     max_failures: int = 2  # a worker that dies is restarted from the last checkpoint this often
     saliency_actors: int = 1  # Ray Data actor pool size for the saliency labels
-    fail_once_at_step: int = -1  # chaos drill: a worker raises once at this global step (-1: never)
+    # "package.module:function" called on every Train worker and trial with its training loader,
+    # returning the loader to train on: fn(loader, *, config, stage, rank, world_size, start_epoch).
+    # For drills and instrumentation (tests/pipelines/chaos.py fails a worker once); "" = none.
+    loader_hook: str = ""
 
 
 @dataclass
@@ -97,6 +101,8 @@ class PipelineConfig(ExperimentConfig):
         for count in ("num_workers", "saliency_actors", "cpus_per_worker"):
             if getattr(self.ray, count) < 1:
                 raise ConfigError(f"ray.{count} must be at least 1, got {getattr(self.ray, count)}")
+        if self.ray.loader_hook and not re.fullmatch(r"[\w.]+:\w+", self.ray.loader_hook):
+            raise ConfigError(f"ray.loader_hook must be 'package.module:function', got {self.ray.loader_hook!r}")
         for stage in ("stage1", "stage2"):
             worker_batch_size(getattr(self, stage).batch_size, self.ray.num_workers, f"{stage}.batch_size")
 

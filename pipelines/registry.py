@@ -7,9 +7,9 @@
   version is tagged with what it was measured on (data set, backbone, accuracies, FLOPs
   speedup, the fingerprint of the test split).
 - :func:`promote` is MLflow's champion/challenger pattern: a new version of ``adapler run`` gets
-  ``@challenger``; ``@champion`` moves to it too only when its run gave no warning and it is at
-  least as accurate and at least as fast as the champion on the same test split (or when
-  ``mlflow.promote`` says so).
+  ``@challenger``; ``@champion`` moves to it too when the rule says so
+  (:func:`adapler.selection.champion_verdict`: no warning, at least as accurate and as fast as
+  the champion on the same test split, or ``mlflow.promote`` always).
 - :func:`download_model_dir` turns ``name@alias`` into a checked local model directory (what
   :func:`adapler_pipelines.model_source.resolve_model` gives ``predict``, ``evaluate``,
   ``calibrate`` and Serve for a ``models:/`` URI).
@@ -38,6 +38,8 @@ from adapler.artifacts import (
     check_model_dir,
     registered_model_name,
 )
+from adapler.run_result import backbone_name
+from adapler.selection import champion_verdict
 from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.tracking import (
     STAGE_TAG,
@@ -52,10 +54,8 @@ from adapler_pipelines.tracking import (
 
 PYFUNC_MODEL_PATH = Path(__file__).with_name("pyfunc_model.py")
 MODEL_ARTIFACT = "model_dir"  # key of the AdapLeR directory in the pyfunc's artefacts
-PACKAGED_BACKBONE = "all-MiniLM-L6-v2 (packaged)"
 RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pyyaml", "mlflow",
                     "onnx", "onnxruntime", "onnxscript")  # the pyfunc's default runtime is ONNX Runtime on CPU
-TEST_SPLIT_TAG = "test_split"  # fingerprint of the rows test_accuracy was measured on
 
 
 class RegistryError(ValueError):
@@ -76,7 +76,7 @@ def dataset_description(config: PipelineConfig) -> str:
 
 
 def _version_tags(config: PipelineConfig, metrics: Mapping[str, float]) -> dict[str, str]:
-    tags = {"dataset": dataset_description(config), "backbone": config.model.backbone or PACKAGED_BACKBONE}
+    tags = {"dataset": dataset_description(config), "backbone": backbone_name(config.model.backbone)}
     for key in ("dev_accuracy", "test_accuracy"):
         if key in metrics:
             tags[key] = str(float(metrics[key]))
@@ -199,20 +199,6 @@ class Promotion:
     reason: str  # one sentence, for the summary and the log
 
 
-def _champion_comparison(new: Mapping[str, str], old: Mapping[str, str], old_version: str) -> tuple[bool, str]:
-    """Whether the new version (its tags) is at least as good and as fast as the champion's."""
-    if old.get(TEST_SPLIT_TAG) != new.get(TEST_SPLIT_TAG) or "test_accuracy" not in old or "flops_speedup" not in old:
-        return False, (f"the champion (version {old_version}) was not measured on the same test split, so the two "
-                       "can not be compared")
-    accuracy, speedup = float(new["test_accuracy"]), float(new["flops_speedup"])
-    old_accuracy, old_speedup = float(old["test_accuracy"]), float(old["flops_speedup"])
-    figures = (f"test accuracy {accuracy:.4f} vs {old_accuracy:.4f}, FLOPs speedup {speedup:.2f}x vs "
-               f"{old_speedup:.2f}x for the champion (version {old_version}) on the same test split")
-    if accuracy >= old_accuracy and speedup >= old_speedup:
-        return True, f"at least as accurate and as fast: {figures}"
-    return False, f"{'less accurate' if accuracy < old_accuracy else 'slower'}: {figures}"
-
-
 def promote(name: str, version: str, config: PipelineConfig, warning: str = "") -> Promotion:
     """Point ``@challenger`` at ``version`` of ``name``, and ``@champion`` too if it earns it under
     ``config.mlflow.promote`` (better | always | never). Under "better", a version whose run warned
@@ -220,22 +206,14 @@ def promote(name: str, version: str, config: PipelineConfig, warning: str = "") 
     even where the name has no champion yet."""
     client = client_for(tracking_uri(config.mlflow))
     client.set_registered_model_alias(name, CHALLENGER, version)
-    policy = config.mlflow.promote
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champion = None
-    if policy == "never":
-        promoted, reason = False, "mlflow.promote=never"
-    elif policy == "always":
-        promoted, reason = True, "mlflow.promote=always"
-    elif warning:
-        promoted, reason = False, "its run ended with a warning (in the summary and the run's adapler.warning tag)"
-    elif champion is None:
-        promoted, reason = True, f"{name} had no champion yet"
-    else:
-        new = client.get_model_version(name, version).tags
-        promoted, reason = _champion_comparison(new, champion.tags, str(champion.version))
+    promoted, reason = champion_verdict(
+        config.mlflow.promote, warning, client.get_model_version(name, version).tags,
+        champion.tags if champion else None, str(champion.version) if champion else "", name,
+    )
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
         return Promotion(CHAMPION, f"version {version} is the new @champion: {reason}")

@@ -30,17 +30,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from adapler.batching import encode, make_loader
+from adapler.data import DatasetSplits, load_data
 from adapler.evaluate import evaluate
 from adapler.inference import Predictor
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.pictures import HighlightExample, highlight_html, retention_plot
-from adapler.data import load_data
-from adapler_pipelines.config import MlflowConfig, PipelineConfig
+from adapler.run_layout import REPORT_DIR
 from adapler.selection import Candidate, select
+from adapler_pipelines.config import MlflowConfig, PipelineConfig
 from adapler_pipelines.tracking import STAGE_TAG, TrackingError, client_for, read_run_config, tracking_uri
 from adapler_pipelines.tune import TRIAL_PREFIX, searched_values, write_pareto
 
-REPORT_ARTIFACTS = "report"  # the run's artefact folder (the pipeline logs pareto.* there too)
 RETENTION_PNG = "retention.png"
 HIGHLIGHT_HTML = "highlight.html"
 HIGHLIGHT_EXAMPLES = 5
@@ -75,21 +75,20 @@ def highlight_examples(predictor: Predictor, rows: pd.DataFrame, label_names: li
     return examples
 
 
-def model_pictures(model: AdapLeRForSequenceClassification, config: PipelineConfig, directory: Path,
+def model_pictures(model: AdapLeRForSequenceClassification, data: DatasetSplits, run_name: str, directory: Path,
                    examples: int = HIGHLIGHT_EXAMPLES) -> list[Path]:
     """retention.png (dev and test) and highlight.html (the first ``examples`` test rows) of
-    ``model`` on the data of ``config``, written to ``directory``; texts cut to the model's own
-    input budget (``tokenizer.model_max_length``), as it runs in service."""
-    data = load_data(config)
+    ``model`` on ``data`` (the run ``run_name``'s), written to ``directory``; texts cut to the
+    model's own input budget (``tokenizer.model_max_length``), as it runs in service."""
     curves = {}
     for split in ("dev", "test"):
         loader = make_loader(data.split(split), model.tokenizer, 32, model.tokenizer.model_max_length)
         curves[f"{data.name} {split}"] = evaluate(model, loader, removal="packed").retention
-    retention = retention_plot(curves, directory / RETENTION_PNG, title=f"tokens kept per layer ({config.name})")
+    retention = retention_plot(curves, directory / RETENTION_PNG, title=f"tokens kept per layer ({run_name})")
     predictor = Predictor(model)
     page = highlight_html(
         highlight_examples(predictor, data.test.head(examples), data.label_names), model.num_layers,
-        title=f"Kept tokens: {config.name}, {data.name} test",
+        title=f"Kept tokens: {run_name}, {data.name} test",
     )
     highlight = directory / HIGHLIGHT_HTML
     highlight.write_text(page, encoding="utf-8")
@@ -99,13 +98,15 @@ def model_pictures(model: AdapLeRForSequenceClassification, config: PipelineConf
 def log_report(files: list[Path], run_id: str, uri: str) -> None:
     client = client_for(uri)
     for path in files:
-        client.log_artifact(run_id, str(path), artifact_path=REPORT_ARTIFACTS)
+        client.log_artifact(run_id, str(path), artifact_path=REPORT_DIR)
 
 
-def chosen_model_pictures(config: PipelineConfig, model_dir: str, directory: Path, run_id: str) -> list[Path]:
-    """The pipeline's last step: the chosen model's pictures, written and logged to ``run_id``."""
+def chosen_model_pictures(config: PipelineConfig, data: DatasetSplits, model_dir: str | Path, directory: Path,
+                          run_id: str) -> list[Path]:
+    """The pipeline's last step: the chosen model's pictures on the run's ``data``, written and
+    logged to ``run_id``."""
     model = AdapLeRForSequenceClassification.from_pretrained(model_dir)
-    files = model_pictures(model, config, directory)
+    files = model_pictures(model, data, config.name, directory)
     log_report(files, run_id, tracking_uri(config.mlflow))
     return files
 
@@ -181,6 +182,6 @@ def write_report(run_id: str, out: Path, uri: str = "", examples: int = HIGHLIGH
     model = _registered_model(client, run_id, [child for stage, child in stages if stage == "register"])
     selection = select(candidates, reference, config.stage2.selection_tolerance)
     pareto = write_pareto(candidates, selection, out, reference)
-    files = [*pareto.values(), *model_pictures(model, config, out, examples)]
+    files = [*pareto.values(), *model_pictures(model, load_data(config), config.name, out, examples)]
     log_report(files, run_id, uri)
     return files

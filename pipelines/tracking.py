@@ -239,7 +239,7 @@ class StageRun:
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
 
-    def __enter__(self) -> "StageRun":
+    def __enter__(self) -> StageRun:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:

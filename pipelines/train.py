@@ -13,6 +13,7 @@ local or a URI): :class:`EpochCheckpoint` names their location, which any node c
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import tempfile
 from collections.abc import Callable
@@ -23,14 +24,14 @@ import torch
 
 from adapler.batching import make_loader
 from adapler.config import config_from_dict, config_to_dict
-from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.data import load_data
+from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import new_model
+from adapler.run_layout import CHECKPOINT_MODEL_SUBDIR
 from adapler.training import EpochReport, train_stage1, train_stage2
 from adapler_pipelines.config import PipelineConfig, worker_batch_size
 from adapler_pipelines.storage import local_copy, location_of
 
-MODEL_SUBDIR = "model"  # inside every checkpoint: an HF-style AdapLeR directory
 STATE_FILE = "state.json"  # inside every checkpoint: epoch and metrics
 WORKER_NODES = "worker_nodes"  # reported to Ray with each epoch: the Ray node id of each worker, by rank
 
@@ -39,7 +40,7 @@ Reporter = Callable[[dict, "str | None"], None]  # (metrics, checkpoint dir or N
 
 @dataclass
 class EpochCheckpoint:
-    path: str  # location (local dir or URI) holding MODEL_SUBDIR and STATE_FILE
+    path: str  # location (local dir or URI) holding CHECKPOINT_MODEL_SUBDIR and STATE_FILE
     epoch: int
     metrics: dict
     nodes: list[str] = field(default_factory=list)  # the Ray node id of each worker, by rank
@@ -51,26 +52,10 @@ def storage_path(config: PipelineConfig) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-class _FailOnce:
-    """Chaos drill (ray.fail_once_at_step): the loader of the last worker raises once at a given
-    global step, so a test can watch Ray restart the workers from their last checkpoint. A
-    marker file makes it once (all workers of the drill share a machine)."""
-
-    def __init__(self, loader, step: int, marker: Path, start_epoch: int):
-        self.loader, self.step, self.marker = loader, step, marker
-        self.batch_sampler = loader.batch_sampler  # the training loop sets its epoch
-        self.seen = start_epoch * len(loader)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            if self.seen == self.step and not self.marker.exists():
-                self.marker.write_text("failed once")
-                raise RuntimeError(f"injected worker failure at step {self.step}")
-            self.seen += 1
-            yield batch
+def loader_hook(spec: str) -> Callable:
+    """The function ``ray.loader_hook`` names ("package.module:function"), imported on the worker."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_stage(
@@ -86,7 +71,6 @@ def run_stage(
     saliency_path: str | None = None,
     reference_dev_score: float = 0.0,
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
-    fail_marker: Path | None = None,
 ) -> None:
     """One worker's share of a stage: the same loop whether Ray Train or Ray Tune calls it.
 
@@ -102,7 +86,7 @@ def run_stage(
     torch.manual_seed(stage_config.seed)  # a new head and CPs start alike whatever the number of workers
     start_epoch = 0
     if resume_dir:
-        model = AdapLeRForSequenceClassification.from_pretrained(Path(resume_dir) / MODEL_SUBDIR)
+        model = AdapLeRForSequenceClassification.from_pretrained(Path(resume_dir) / CHECKPOINT_MODEL_SUBDIR)
         start_epoch = json.loads((Path(resume_dir) / STATE_FILE).read_text())["epoch"] + 1
     elif init_dir:
         model = AdapLeRForSequenceClassification.from_pretrained(local_copy(init_dir))
@@ -117,8 +101,9 @@ def run_stage(
         saliency = load_saliency(saliency_path, data.train, tokenizer, max_length)
     train_loader = make_loader(data.train, tokenizer, batch_size, max_length, shuffle=True, seed=stage_config.seed,
                                saliency=saliency, replicas=world_size, rank=rank)
-    if config.ray.fail_once_at_step >= 0 and fail_marker is not None and rank == world_size - 1:
-        train_loader = _FailOnce(train_loader, config.ray.fail_once_at_step, fail_marker, start_epoch)
+    if config.ray.loader_hook:
+        train_loader = loader_hook(config.ray.loader_hook)(
+            train_loader, config=config, stage=stage, rank=rank, world_size=world_size, start_epoch=start_epoch)
     # every world_size-th dev row: the workers' shares, joined by the loop, are the dev split once
     dev_loader = make_loader(data.dev.iloc[rank::world_size], tokenizer, batch_size, max_length)
     model = wrap_model(model)
@@ -129,7 +114,8 @@ def run_stage(
             report(metrics, None)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            getattr(epoch_report.model, "module", epoch_report.model).save_pretrained(Path(tmp) / MODEL_SUBDIR)
+            core = getattr(epoch_report.model, "module", epoch_report.model)
+            core.save_pretrained(Path(tmp) / CHECKPOINT_MODEL_SUBDIR)
             (Path(tmp) / STATE_FILE).write_text(json.dumps(metrics))
             report(metrics, tmp)
 
@@ -173,7 +159,6 @@ def stage_worker(loop_config: dict) -> None:
             device=ray.train.torch.get_device(), resume_dir=resume_dir,
             init_dir=loop_config.get("init_dir"), saliency_path=loop_config.get("saliency_path"),
             reference_dev_score=loop_config.get("reference_dev_score", 0.0), wrap_model=wrap,
-            fail_marker=Path(loop_config["fail_marker"]) if loop_config.get("fail_marker") else None,
         )
 
     if checkpoint is None:
@@ -191,8 +176,6 @@ def fit_stage(config: PipelineConfig, stage: str, run_name: str, **extra) -> lis
     from ray.train.torch import TorchTrainer
 
     loop_config = {"config": config_to_dict(config), "stage": stage, **extra}
-    if config.ray.fail_once_at_step >= 0:
-        loop_config["fail_marker"] = str(Path(tempfile.gettempdir()) / f"adapler-fail-once-{run_name}")
     # Ray Train resumes a run from the checkpoints it finds under storage_path/<name>: the name
     # carries a digest of everything the run trains on, so that the same run resumes (a restarted
     # job) and a run with another config or data never starts from an earlier one's weights.

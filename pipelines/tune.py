@@ -25,14 +25,15 @@ import torch
 from adapler.batching import input_budgets, make_loader, token_counts
 from adapler.calibration import calibrate
 from adapler.config import ConfigError, apply_overrides, config_from_dict, config_to_dict, get_dotted
+from adapler.data import load_data
 from adapler.evaluate import budget_gain, evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.data import load_data
+from adapler.run_layout import checkpoint_model_dir
 from adapler.selection import GENTLER_PHI, Candidate, Selection, accuracy_floor, early_stopping_score, select
 from adapler_pipelines.config import PipelineConfig, TuneConfig
-from adapler_pipelines.storage import join, local_copy, location_of
+from adapler_pipelines.storage import local_copy, location_of
 from adapler_pipelines.tracking import StageRun, end_open_runs, tracking_uri
-from adapler_pipelines.train import MODEL_SUBDIR, EpochCheckpoint, run_stage, storage_path
+from adapler_pipelines.train import EpochCheckpoint, run_stage, storage_path
 
 TRIAL_PREFIX = "stage2-"  # stage tag of a stage-2 trial's MLflow run: stage2-<trial id>
 
@@ -216,7 +217,7 @@ def search(config: PipelineConfig, stage1_dir: str, budgets: dict[int, BudgetInp
                 trial=str(metrics.get("trial_id", Path(result.path).name)), epoch=int(metrics["epoch"]),
                 dev_accuracy=metrics["dev_accuracy"], dev_flops_speedup=metrics["dev_flops_speedup"],
                 params={**searched_values(config), **result.config},
-                model_dir=join(location_of(checkpoint.path, checkpoint.filesystem), MODEL_SUBDIR),
+                model_dir=checkpoint_model_dir(location_of(checkpoint.path, checkpoint.filesystem)),
             ))
     if not candidates:
         raise RuntimeError("the search finished without a single reported epoch")
@@ -228,7 +229,7 @@ def without_search(config: PipelineConfig, epochs: list[EpochCheckpoint], refere
     params = searched_values(config)
     candidates = [
         Candidate("stage2", c.epoch, c.metrics["dev_accuracy"], c.metrics["dev_flops_speedup"], params,
-                  join(c.path, MODEL_SUBDIR))
+                  checkpoint_model_dir(c.path))
         for c in epochs
     ]
     return SearchOutcome(candidates, select(candidates, reference, config.stage2.selection_tolerance))

@@ -1,8 +1,11 @@
-"""Shared fixtures: the packaged MiniLM tokenizer, a tiny random BERT wrapped in AdapLeR, row frames."""
+"""Shared fixtures: the packaged MiniLM tokenizer, a tiny random BERT wrapped in AdapLeR, row frames,
+throwaway SQLite MLflow stores."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -36,6 +39,39 @@ def onnx_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("onnx-cache")
     os.environ["ADAPLER_ONNX_CACHE"] = str(cache)  # before any Ray worker starts: they inherit it
     return cache
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty SQLite MLflow store, migrated once per session: a fresh store runs MLflow's schema
+    migrations on first use (10 s and more on two busy cores), a copy of this one does not."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the tables
+    return path
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(mlflow_template):
+    """``mlflow_store(path)``: the URI of a SQLite store at ``path``, started as a copy of the
+    migrated template unless a store is there already (a test may open its store twice)."""
+
+    def store(path: Path) -> str:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(mlflow_template, path)
+        return f"sqlite:///{path}"
+
+    return store
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch, mlflow_store) -> str:
+    """The test's own store (``tmp_path/mlflow.db``), also in $MLFLOW_TRACKING_URI."""
+    uri = mlflow_store(tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 @pytest.fixture(scope="session")

@@ -111,7 +111,7 @@ def test_measured_points_respect_their_budgets(tiny_model_factory, tokenizer, se
     """The search on a tiny model whose removal flips predictions: every named point is a measured
     one, within its budget, and measuring it again gives its figures."""
     model = tiny_model_factory(seed=2, num_labels=2)
-    texts = sentences * 2 + [f"A film about {w}." for w in "love war money time dogs cats rain trains music".split()]
+    texts = sentences * 2 + [f"A film about {w}." for w in ["love", "war", "money", "time", "dogs", "cats", "rain", "trains", "music"]]
     unlabelled = make_loader(make_rows(texts, labels=[0] * len(texts)), tokenizer, 8, 64)
     with torch.no_grad():
         for predictor in model.predictors:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from adapler.selection import Candidate, accuracy_floor, best_epochs, early_stopping_score, pareto_front, select
@@ -129,3 +131,49 @@ def test_pruning_may_cost_at_most_the_tolerance_of_the_models_own_unpruned_accur
     assert select(points[:2], reference=0.67, tolerance=0.01).chosen is points[1]
     # an unpruned accuracy under the reference does not lower the floor
     assert accuracy_floor(Candidate("x", 0, 0.6, 2.0, unpruned_accuracy=0.5), 0.67, 0.01) == pytest.approx(0.66)
+
+
+def test_run_warnings_name_what_to_try_next_for_train_and_for_the_search():
+    """What `adapler train` and `adapler run` warn with, each ending with a command to run next
+    (these sentences replace whole-pipeline runs that only checked them)."""
+    from adapler.config import Stage2Config
+    from adapler.selection import run_warnings
+
+    stage2 = Stage2Config(epochs=3, eta_lr=0.01, phi=0.2, selection_tolerance=0.01)
+    noop = select([Candidate("stage2", 0, 0.70, 0.98)], reference=0.70, tolerance=0.01)
+    train = run_warnings(noop, 0.70, "adapler train --config runs/x/config.json", stage2)
+    assert "removes almost no tokens" in train.no_pruning and not train.accuracy_lost
+    assert train.no_pruning.endswith("try `adapler train --config runs/x/config.json --set stage2.epochs=5 "
+                                     "--set stage2.eta_lr=0.04 --set stage2.phi=1`")
+    assert train.text == train.no_pruning
+    search = SimpleNamespace(phi_min=0.1, phi_max=2.0)
+    tune = run_warnings(noop, 0.70, "adapler tune --config runs/x/config.json", stage2, search)
+    assert tune.no_pruning.endswith("--set stage2.eta_lr=0.04 --set tune.phi_max=10`")
+
+    lossy = select([Candidate("stage2", 0, 0.60, 3.0)], reference=0.70, tolerance=0.01)
+    train = run_warnings(lossy, 0.70, "adapler train --config c.json", stage2)
+    assert not train.no_pruning and "no model stage 2 trained stayed within" in train.accuracy_lost
+    assert train.accuracy_lost.endswith("try `adapler train --config c.json --set stage2.init=finetuned "
+                                        "--set stage2.phi=0.1`")
+    tune = run_warnings(lossy, 0.70, "adapler tune --config c.json", stage2, SimpleNamespace(phi_min=0.3, phi_max=2.0))
+    assert tune.accuracy_lost.endswith("try `adapler tune --config c.json --set tune.inits=[finetuned] "
+                                       "--set tune.phi_min=0.1 --set tune.phi_max=0.5 --set stage2.phi=0.22`")
+    both = run_warnings(select([Candidate("s", 0, 0.6, 1.0)], 0.7, 0.01), 0.7, "adapler train", stage2)
+    assert both.text == f"{both.no_pruning} {both.accuracy_lost}" and "\n" not in both.text
+
+
+def test_champion_verdict_policy_warning_split_and_figures():
+    from adapler.selection import TEST_SPLIT_TAG, champion_verdict
+
+    new = {TEST_SPLIT_TAG: "a", "test_accuracy": "0.9", "flops_speedup": "2.0"}
+    assert champion_verdict("always", "a warning", new, None) == (True, "mlflow.promote=always")
+    assert champion_verdict("never", "", new, None) == (False, "mlflow.promote=never")
+    promoted, reason = champion_verdict("better", "removed no token", new, None, name="m")
+    assert not promoted and "warning" in reason
+    assert champion_verdict("better", "", new, None, name="m") == (True, "m had no champion yet")
+    promoted, reason = champion_verdict("better", "", new, {**new, TEST_SPLIT_TAG: "b"}, "1")
+    assert not promoted and "same test split" in reason
+    promoted, reason = champion_verdict("better", "", new, {**new, "test_accuracy": "0.85"}, "1")
+    assert promoted and reason.startswith("at least as accurate and as fast: test accuracy 0.9000 vs 0.8500")
+    promoted, reason = champion_verdict("better", "", new, {**new, "flops_speedup": "3"}, "1")
+    assert not promoted and reason.startswith("slower:")

@@ -56,9 +56,8 @@ def test_a_directory_that_is_not_a_model(command, tmp_path, capsys):
     assert_one_line_error(capsys, _argv(command, str(tmp_path)), "is not an AdapLeR model directory")
 
 
-def test_unknown_registered_model(tmp_path, capsys):
-    argv = ["predict", "--model", "models:/adapler-nothing@champion",
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "x"]
+def test_unknown_registered_model(mlflow_uri, capsys):
+    argv = ["predict", "--model", "models:/adapler-nothing@champion", "--tracking-uri", mlflow_uri, "x"]
     assert_one_line_error(capsys, argv, "adapler-nothing")
 
 
@@ -66,8 +65,15 @@ def test_tune_without_stage1_fails_before_ray_and_mlflow(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    argv = ["tune", "--config", "demo", "--set", f"output_dir={tmp_path / 'runs'}",
-            "--set", f"ray.storage_path={tmp_path / 'ray'}"]
+    argv = [
+        "tune",
+        "--config",
+        "demo",
+        "--set",
+        f"output_dir={tmp_path / 'runs'}",
+        "--set",
+        f"ray.storage_path={tmp_path / 'ray'}",
+    ]
     assert_one_line_error(capsys, argv, "no stage-1 results")
     ray = sys.modules.get("ray")
     assert ray is None or not ray.is_initialized(), "tune started Ray before finding no stage 1"
@@ -85,7 +91,7 @@ def test_expected_errors_import_nothing_heavy_and_commands_never_import_main():
         "import sys\n"
         "from adapler_cli.errors import expected_errors\n"
         "import adapler_cli.calibrate, adapler_cli.rationales, adapler_cli.report, adapler_cli.models\n"
-        "import adapler_deploy.cli\n"
+        "import adapler_cli.serve\n"
         "classes = {c.__name__ for c in expected_errors()}\n"
         "assert {'UserError', 'ArtifactError', 'ConfigError', 'DataError'} <= classes, classes\n"
         "heavy = [m for m in ('mlflow', 'ray', 'adapler_pipelines.registry', 'adapler_cli.main') if m in sys.modules]\n"

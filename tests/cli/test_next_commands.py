@@ -5,9 +5,8 @@ from __future__ import annotations
 import shlex
 from types import SimpleNamespace
 
-from adapler.config import load_config
+from adapler.config import load_config, resolve_preset
 from adapler_cli.main import build_parser, next_commands
-from adapler.config import resolve_preset
 from adapler_pipelines.config import PipelineConfig
 
 

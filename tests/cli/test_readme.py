@@ -17,7 +17,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- readme-test:"
@@ -94,12 +95,6 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = COMMA
     print(f"{time.perf_counter() - started:6.1f} s  {shown}", file=sys.stderr)
     assert done.returncode == 0, f"{shown} exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http(url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 60):
@@ -196,7 +191,7 @@ def test_readme_commands_work_after_the_demo(tmp_path):
             if argv[1] == "serve":
                 assert serve is None, "one serve at a time"
                 started = time.perf_counter()
-                serve = Serve(argv, work, env, _free_port(), tmp_path / "serve.log")
+                serve = Serve(argv, work, env, free_port(), tmp_path / "serve.log")
                 serve.wait_ready()
                 print(f"{time.perf_counter() - started:6.1f} s  {shlex.join(argv[1:])} (ready)", file=sys.stderr)
                 continue

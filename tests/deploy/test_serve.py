@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 
 import pytest
+
+from helpers import adapler_serve, free_port, save_tiny_backbone
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -18,6 +19,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("ray.serve")
+pytestmark = pytest.mark.slow  # a real Ray Serve on 127.0.0.1 (minutes); the decoder's tests are quick
 
 TEXTS = [
     "A gripping, beautifully acted film.",
@@ -29,33 +31,23 @@ TEXTS = [
 LONG = " ".join(["the film is long and slow but sometimes quite lovely"] * 8)  # > 64 tokens: truncated to 64
 BUDGET = 256  # max_batch_tokens of the test app: 4 truncated long texts
 SETTINGS = {
-    "max_texts": 16, "max_chars": 2000, "max_request_tokens": 200, "max_batch_tokens": BUDGET,
-    "max_body_bytes": 200_000, "batch_wait_timeout_s": 0.2, "num_cpus": 0.5, "max_ongoing_requests": 32,
+    "max_texts": 16,
+    "max_chars": 2000,
+    "max_request_tokens": 200,
+    "max_batch_tokens": BUDGET,
+    "max_body_bytes": 200_000,
+    "batch_wait_timeout_s": 0.2,
+    "num_cpus": 0.5,
+    "max_ongoing_requests": 32,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from adapler.config import default_backbone
     from adapler.modeling import AdapLeRForSequenceClassification
 
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
-    backbone = tmp_path_factory.mktemp("backbone")
-    BertModel(config).save_pretrained(backbone)
-    tokenizer.save_pretrained(backbone)
-    model = AdapLeRForSequenceClassification.from_backbone(str(backbone), num_labels=2, label_names=["neg", "pos"])
+    backbone = save_tiny_backbone(tmp_path_factory.mktemp("backbone"))
+    model = AdapLeRForSequenceClassification.from_backbone(backbone, num_labels=2, label_names=["neg", "pos"])
     model.tokenizer.model_max_length = 64
     out = tmp_path_factory.mktemp("adapler-model")
     model.save_pretrained(out)
@@ -69,7 +61,7 @@ def server(model_dir):
 
     from adapler_deploy.app import build_app
 
-    port = _free_port()
+    port = free_port()
     # address="local": a private instance, even when a `ray start` cluster runs on this machine
     ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
@@ -100,7 +92,6 @@ def test_predictions_match_predictor(server, model_dir):
         assert abs(g["flops_speedup"] - w.flops_speedup) < 1e-6
         assert "kept_tokens" not in g
     assert httpx.get(server + "/healthz", timeout=10).json()["status"] == "ok"
-
 
 
 def test_runtime_onnx_serves_the_labels_of_the_torch_runtime(server, model_dir):
@@ -158,7 +149,11 @@ def test_explain_lists_kept_tokens_of_the_input(server, model_dir):
 BAD = [
     ("empty body", {"content": b""}, 400),
     ("invalid JSON", {"content": b'{"texts": ["a",', "headers": {"content-type": "application/json"}}, 400),
-    ("non-UTF-8", {"content": b'{"texts": ["\xff\xfe caf\xe9"]}', "headers": {"content-type": "application/json"}}, 400),
+    (
+        "non-UTF-8",
+        {"content": b'{"texts": ["\xff\xfe caf\xe9"]}', "headers": {"content-type": "application/json"}},
+        400,
+    ),
     ("arrays nested 5,000 deep", {"content": b"[" * 5000 + b"]" * 5000}, 400),
     ("objects nested 3,000 deep", {"content": b'{"a":' * 3000 + b"1" + b"}" * 3000}, 400),
     ("not an object", {"json": ["a", "b"]}, 422),
@@ -171,6 +166,10 @@ BAD = [
     ("lone surrogate", {"content": rb'{"texts": ["caf\ud800"]}'}, 422),
     ("lone surrogate in a pair", {"content": rb'{"texts": ["a"], "text_pairs": ["\udc00 x"]}'}, 422),
     ("unknown field", {"json": {"texts": ["a"], "txt": 1}}, 422),
+    # both got a 500 before adapler_deploy.decoder: json.loads' ValueError (not a JSONDecodeError)
+    # and OverflowError when a factor beyond the float range met the operating points
+    ("a number of 5,000 digits", {"content": b'{"texts": ["a"], "factor": ' + b"1" * 5000 + b"}"}, 400),
+    ("a factor beyond the float range", {"content": b'{"texts": ["a"], "factor": 1' + b"0" * 400 + b"}"}, 422),
     ("1 MB text", {"json": {"texts": ["x" * 1_000_000]}}, 413),
     ("10,000 texts", {"json": {"texts": ["good film"] * 10_000}}, 413),
     ("too many tokens", {"json": {"texts": [LONG] * 4}}, 413),
@@ -227,11 +226,21 @@ def test_autoscaling_adds_a_replica_under_load(server, model_dir):
     from adapler_deploy.app import build_app
 
     autoscaling = {
-        "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
-        "upscale_delay_s": 1, "downscale_delay_s": 3, "metrics_interval_s": 0.5, "look_back_period_s": 2,
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 1,
+        "downscale_delay_s": 3,
+        "metrics_interval_s": 0.5,
+        "look_back_period_s": 2,
     }
-    args = {**SETTINGS, "model": model_dir, "batch_wait_timeout_s": 0.05, "num_cpus": 0.25,
-            "autoscaling_config": autoscaling}
+    args = {
+        **SETTINGS,
+        "model": model_dir,
+        "batch_wait_timeout_s": 0.05,
+        "num_cpus": 0.25,
+        "autoscaling_config": autoscaling,
+    }
     serve.run(build_app(args), name="auto", route_prefix="/auto")
     try:
         assert _running_replicas("auto") == 1
@@ -290,8 +299,19 @@ def test_open_loop_load_keeps_its_rate_and_checks_the_labels(server, model_dir):
 
     texts = TEXTS * 3
     labels = [p.label for p in Predictor.from_directory(model_dir).predict(texts)]
-    record = asyncio.run(run_load(server, texts, arrival_rate=8, duration_s=5, warmup_s=0, max_requests=12,
-                                  texts_per_request=2, labels=labels, concurrency=64))
+    record = asyncio.run(
+        run_load(
+            server,
+            texts,
+            arrival_rate=8,
+            duration_s=5,
+            warmup_s=0,
+            max_requests=12,
+            texts_per_request=2,
+            labels=labels,
+            concurrency=64,
+        )
+    )
     assert record["requests_sent"] == record["requests_ok"] == 12, record  # bounded by count before time
     assert record["arrival_rate"] == 8 and record["duration_s"] >= 11 / 8  # the 12th starts at 1.375 s
     assert record["accuracy"] == 1.0 and record["share_per_point"] == {"default": 1.0}
@@ -300,100 +320,36 @@ def test_open_loop_load_keeps_its_rate_and_checks_the_labels(server, model_dir):
     assert record["requests_sent"] == record["requests_ok"] == 10 and record["accuracy"] == 0.0
 
 
-def test_serve_command_checks_its_arguments(model_dir, tmp_path):
-    import argparse
-
-    from adapler_cli.errors import UserError
-    from adapler_deploy.cli import add_serve_command, check_model, serve_args
-
-    parser = argparse.ArgumentParser()
-    add_serve_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", "--model", model_dir, "--set", "max_batch_tokens=4096", "--max-replicas", "3"])
-    app_args = serve_args(args)
-    assert app_args["max_batch_tokens"] == 4096 and app_args["autoscaling_config"]["max_replicas"] == 3
-    check_model(model_dir)
-    (tmp_path / "bad").mkdir()
-    for argv, message in (
-        (["serve", "--model", str(tmp_path / "nope")], "not found"),
-        (["serve", "--model", str(tmp_path / "bad")], "not an AdapLeR model directory"),
-        (["serve", "--model", "models:/no-alias"], "models:/<name>@<alias>"),
-        (["serve", "--model", model_dir, "--set", "max_request_tokens=99999"], "max_request_tokens"),
-        (["serve", "--model", model_dir, "--set", "colour=red"], "KEY=VALUE"),
-    ):
-        with pytest.raises(UserError, match=message):
-            args = parser.parse_args(argv)
-            serve_args(args)
-            check_model(args.model)
-    (tmp_path / "pickled").mkdir()
-    for name in ("config.json", "model.safetensors", "adapler.safetensors", "pytorch_model.bin"):
-        (tmp_path / "pickled" / name).write_text("{}")
-    with pytest.raises(UserError, match="pickle"):
-        check_model(str(tmp_path / "pickled"))
-
-
 def test_serve_command_stops_cleanly_on_sigterm(model_dir):
     """`adapler serve` as systemd or Kubernetes run it: on SIGTERM the request in flight is
     answered, Serve and Ray shut down, and the process exits 0 without a native stack dump."""
-    import shutil
     import signal
-    import subprocess
-    import sys
-    import tempfile
     from concurrent.futures import ThreadPoolExecutor
-    from pathlib import Path
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    # A short path of its own: Ray's session directory (unix sockets, at most 107 bytes) goes under it.
-    tmp = tempfile.mkdtemp(prefix="adapler-serve-")
-    env = {**os.environ, "RAY_TMPDIR": tmp}
-    env.pop("RAY_ADDRESS", None)  # a private Ray instance, never the one of this test session
-    command = [str(Path(sys.executable).with_name("adapler")), "serve", "--model", model_dir,
-               "--host", "127.0.0.1", "--port", str(port), "--replicas", "1", "--num-cpus", "0.5",
-               # a request waits 5 s for its batch to fill: it is still in flight at the SIGTERM
-               "--set", "batch_wait_timeout_s=5"]
-    with open(f"{tmp}/out", "w") as out, open(f"{tmp}/err", "w") as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=tmp, start_new_session=True)
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=5).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        deadline = time.monotonic() + 240
-        while not healthy():
-            assert proc.poll() is None and time.monotonic() < deadline, Path(f"{tmp}/err").read_text()[-3000:]
-            time.sleep(1)
+    # a request waits 5 s for its batch to fill: it is still in flight at the SIGTERM
+    options = ["--replicas", "1", "--num-cpus", "0.5", "--set", "batch_wait_timeout_s=5"]
+    with adapler_serve(model_dir, *options) as served:
         with ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(_post, url, json={"texts": TEXTS[:2]})
+            in_flight = pool.submit(_post, served.url, json={"texts": TEXTS[:2]})
             time.sleep(1.5)
-            proc.send_signal(signal.SIGTERM)
+            served.proc.send_signal(signal.SIGTERM)
             answer = in_flight.result()
-        assert proc.wait(timeout=120) == 0
-        stderr = Path(f"{tmp}/err").read_text()
-        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 2, answer.text
-        assert "adapler serve: stopping" in stderr
-        for crash in ("SIGTERM received", "Aborted", "Traceback"):
-            assert crash not in stderr, stderr[-3000:]
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # what is left of the process group started here
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
+        assert served.proc.wait(timeout=120) == 0
+        stderr = served.stderr()
+    assert answer.status_code == 200 and len(answer.json()["predictions"]) == 2, answer.text
+    assert "adapler serve: stopping" in stderr
+    for crash in ("SIGTERM received", "Aborted", "Traceback"):
+        assert crash not in stderr, stderr[-3000:]
 
 
-def test_models_uri_resolves_to_a_safetensors_directory(model_dir, tmp_path):
+def test_models_uri_resolves_to_a_safetensors_directory(model_dir, mlflow_uri, tmp_path):
     """models:/<name>@<alias> -> the registered AdapLeR directory (in a subprocess: MLflow's
     registration and download set process-wide tracking URIs)."""
     import json
     import subprocess
     import sys
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     script = f"""
 import json
 from adapler_pipelines.config import MlflowConfig, PipelineConfig
@@ -410,8 +366,14 @@ except RegistryError as err:
     error = str(err)
 print(json.dumps({{"dir": str(directory), "error": error}}))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     from adapler.inference import Predictor
@@ -427,8 +389,9 @@ def _kill_one_replica(app: str) -> str:
     notice and start a replacement)."""
     import ray
 
-    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["name"].startswith(f"SERVE_REPLICA::{app}#")]
+    replicas = [
+        a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"SERVE_REPLICA::{app}#")
+    ]
     assert len(replicas) >= 2, replicas
     victim = replicas[0]
     ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
@@ -441,14 +404,26 @@ def test_a_replica_killed_under_load_loses_no_request(server, model_dir):
     from adapler_deploy.app import build_app
     from adapler_deploy.loadtest import run_load
 
-    serve.run(build_app({**SETTINGS, "model": model_dir, "num_replicas": 2, "num_cpus": 0.25}),
-              name="fragile", route_prefix="/fragile")
+    serve.run(
+        build_app({**SETTINGS, "model": model_dir, "num_replicas": 2, "num_cpus": 0.25}),
+        name="fragile",
+        route_prefix="/fragile",
+    )
     try:
+
         async def scenario() -> dict:
-            load = asyncio.create_task(run_load(
-                server + "/fragile", TEXTS * 5, concurrency=6, duration_s=10, warmup_s=0,
-                texts_per_request=2, retries=4, backoff_s=0.5,
-            ))
+            load = asyncio.create_task(
+                run_load(
+                    server + "/fragile",
+                    TEXTS * 5,
+                    concurrency=6,
+                    duration_s=10,
+                    warmup_s=0,
+                    texts_per_request=2,
+                    retries=4,
+                    backoff_s=0.5,
+                )
+            )
             await asyncio.sleep(3)
             await asyncio.to_thread(_kill_one_replica, "fragile")
             return await load
@@ -496,12 +471,24 @@ def test_each_request_runs_at_the_point_it_names(server, points_model_dir):
     try:
         url = server + "/points"
         predictor = Predictor.from_directory(points_model_dir)
-        stored = {"accurate": (1.0, 0.80, 1.0), "balanced": (2.0, 0.795, 1.5), "fast": (4.0, 0.78, 3.0),
-                  "default": (1.0, 0.80, 1.0), "factor=8": (8.0, 0.70, 10.0), "factor=3": (3.0, None, None)}
+        stored = {
+            "accurate": (1.0, 0.80, 1.0),
+            "balanced": (2.0, 0.795, 1.5),
+            "fast": (4.0, 0.78, 3.0),
+            "default": (1.0, 0.80, 1.0),
+            "factor=8": (8.0, 0.70, 10.0),
+            "factor=3": (3.0, None, None),
+        }
         kept = {}
-        for knob, name in (({}, "default"), ({"operating_point": "accurate"}, "accurate"),
-                           ({"operating_point": "balanced"}, "balanced"), ({"operating_point": "fast"}, "fast"),
-                           ({"target_speedup": 2}, "fast"), ({"factor": 8}, "factor=8"), ({"factor": 3.0}, "factor=3")):
+        for knob, name in (
+            ({}, "default"),
+            ({"operating_point": "accurate"}, "accurate"),
+            ({"operating_point": "balanced"}, "balanced"),
+            ({"operating_point": "fast"}, "fast"),
+            ({"target_speedup": 2}, "fast"),
+            ({"factor": 8}, "factor=8"),
+            ({"factor": 3.0}, "factor=3"),
+        ):
             r = _post(url, json={"texts": TEXTS, **knob})
             assert r.status_code == 200, (knob, r.text)
             got = r.json()["predictions"]
@@ -510,7 +497,11 @@ def test_each_request_runs_at_the_point_it_names(server, points_model_dir):
             assert all(p["operating_point"] == {k: v for k, v in want_point.items() if v is not None} for p in got), got
             want = predictor.predict(TEXTS, **knob)  # the same point through the library
             assert [p["kept_lengths"] for p in got] == [p.kept_lengths for p in want], knob
-            assert all(abs(g["probabilities"][k] - w.probabilities[k]) < 1e-5 for g, w in zip(got, want) for k in w.probabilities)
+            assert all(
+                abs(g["probabilities"][k] - w.probabilities[k]) < 1e-5
+                for g, w in zip(got, want)
+                for k in w.probabilities
+            )
             kept[name] = sum(sum(p["kept_lengths"]) for p in got)
         assert kept["factor=8"] < kept["default"]  # the points really differ
 
@@ -537,7 +528,10 @@ def test_each_request_runs_at_the_point_it_names(server, points_model_dir):
             assert r.status_code == 422 and message in r.json()["error"], (body, r.status_code, r.text)
         stats = httpx.get(url + "/stats", timeout=10).json()
         assert stats["requests_per_point"]["fast"] == 4 and stats["requests_per_point"]["default"] == 3, stats
-        assert "balanced (factor 2, dev accuracy 0.7950, 1.50x)" in httpx.get(url + "/healthz", timeout=10).json()["operating_points"]
+        assert (
+            "balanced (factor 2, dev accuracy 0.7950, 1.50x)"
+            in httpx.get(url + "/healthz", timeout=10).json()["operating_points"]
+        )
     finally:
         serve.delete("points")
     r = _post(server, json={"texts": TEXTS[:1], "operating_point": "fast"})  # a model without points
@@ -550,16 +544,21 @@ def test_adaptive_policy_speeds_up_unasked_requests_under_a_burst_and_switches_b
     from adapler_deploy.app import build_app
 
     adaptive = {"high_water": 4, "low_water": 1, "cooldown_s": 0.5, "max_accuracy_drop": 0.02}
-    serve.run(build_app({**SETTINGS, "model": points_model_dir, "adaptive": adaptive}),
-              name="adaptive", route_prefix="/adaptive")
+    serve.run(
+        build_app({**SETTINGS, "model": points_model_dir, "adaptive": adaptive}),
+        name="adaptive",
+        route_prefix="/adaptive",
+    )
     try:
         url = server + "/adaptive"
 
         async def burst() -> tuple[list[str], list[str]]:
             async with httpx.AsyncClient(timeout=60) as client:
                 unasked = [client.post(url + "/predict", json={"texts": [LONG]}) for _ in range(16)]
-                asked = [client.post(url + "/predict", json={"texts": [LONG], "operating_point": "accurate"})
-                         for _ in range(4)]
+                asked = [
+                    client.post(url + "/predict", json={"texts": [LONG], "operating_point": "accurate"})
+                    for _ in range(4)
+                ]
                 responses = await asyncio.gather(*unasked, *asked)
             names = [r.json()["predictions"][0]["operating_point"]["name"] for r in responses]
             return names[:16], names[16:]

@@ -1,6 +1,6 @@
 """Fixtures for the Ray stages: a tiny random BERT saved as a backbone directory (with the real
 MiniLM tokenizer), one local Ray cluster per test module (or a cluster of two nodes on this
-machine), a throwaway SQLite MLflow store."""
+machine), pipeline overrides for a tiny run."""
 
 from __future__ import annotations
 
@@ -10,29 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import save_tiny_backbone
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray 2.60 turns token auth on for new local clusters; the tests start their own, in-process.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-
-def save_tiny_backbone(directory: Path, **settings) -> str:
-    """A 2-layer, hidden-32 BERT (seeded; ``settings`` override its BertConfig) with the packaged
-    MiniLM tokenizer, saved in ``directory``."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from adapler.config import default_backbone
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128, **settings,
-    )
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +27,9 @@ def tiny_backbone_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def still_backbone_dir(tmp_path_factory) -> str:
     """The tiny BERT with dropout off: two runs of the same recipe differ only by float rounding."""
-    return save_tiny_backbone(tmp_path_factory.mktemp("still-backbone"), hidden_dropout_prob=0.0,
-                              attention_probs_dropout_prob=0.0)
+    return save_tiny_backbone(
+        tmp_path_factory.mktemp("still-backbone"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +52,11 @@ def cluster_env() -> dict:
 @pytest.fixture(scope="module")
 def two_node_cluster(cluster_env):
     """Two Ray nodes on this machine, 2 CPUs each, for the scale-out tests of a module (~20 s):
-    adapler_pipelines.local_cluster (`ray start --head` and `ray start --address`, own temp dirs
+    tests/local_cluster.py (`ray start --head` and `ray start --address`, own temp dirs
     and ports, stopped by process group), this process their driver."""
     import logging
 
-    from adapler_pipelines.local_cluster import RAY_CLI, local_cluster
+    from local_cluster import RAY_CLI, local_cluster
 
     # Ray Data's usage poller (a daemon thread of the driver, polling every 10 s once a dataset
     # ran) logs each failed Prometheus query at debug level with a traceback; after pytest has
@@ -123,26 +107,33 @@ def isolated_mlflow():
         yield
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
 @pytest.fixture(scope="session")
-def tiny_overrides():
-    """--set overrides for a pipeline run on a tiny slice with the tiny backbone, all under tmp_path."""
+def tiny_overrides(mlflow_store):
+    """--set overrides for a pipeline run on a tiny slice with the tiny backbone, all under tmp_path
+    (its MLflow store a copy of the migrated template)."""
 
     def tiny_overrides(backbone: str, tmp_path: Path, name: str) -> list[str]:
         return [
-            f"name={name}", f"output_dir={tmp_path / 'runs'}", f"model.backbone={backbone}",
-            "data.source=rotten_tomatoes", "data.limit=48", "data.max_length=32",
-            "stage1.epochs=1", "stage1.batch_size=16", "stage1.lr=1e-3",
-            "stage2.epochs=1", "stage2.batch_size=16", "stage2.eta_lr=0.1", "stage2.predictor_lr=1e-3",
-            "saliency_checkpoints=1", "tune.num_samples=2", "tune.inits=[finetuned]",
-            "ray.cpus_per_worker=1", f"ray.storage_path={tmp_path / 'ray'}",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "mlflow.registered_model=adapler-tiny",
+            f"name={name}",
+            f"output_dir={tmp_path / 'runs'}",
+            f"model.backbone={backbone}",
+            "data.source=rotten_tomatoes",
+            "data.limit=48",
+            "data.max_length=32",
+            "stage1.epochs=1",
+            "stage1.batch_size=16",
+            "stage1.lr=1e-3",
+            "stage2.epochs=1",
+            "stage2.batch_size=16",
+            "stage2.eta_lr=0.1",
+            "stage2.predictor_lr=1e-3",
+            "saliency_checkpoints=1",
+            "tune.num_samples=2",
+            "tune.inits=[finetuned]",
+            "ray.cpus_per_worker=1",
+            f"ray.storage_path={tmp_path / 'ray'}",
+            f"mlflow.tracking_uri={mlflow_store(tmp_path / 'mlflow.db')}",
+            "mlflow.registered_model=adapler-tiny",
         ]
 
     return tiny_overrides

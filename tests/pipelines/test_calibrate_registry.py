@@ -41,6 +41,7 @@ def registered(mlflow_uri, tiny_backbone_dir, tmp_path) -> dict:
     return {"uri": mlflow_uri, "etas": model.etas.detach().clone(), "backbone": tiny_backbone_dir}
 
 
+@pytest.mark.slow
 def test_calibrated_model_is_a_new_version_with_its_curve(registered, tmp_path, capsys):
     uri = registered["uri"]
     argv = ["calibrate", "--model", f"models:/{NAME}@champion", "--tracking-uri", uri, *DATA, "--target-speedup", "2.5"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+from chaos import HOOK
+from chaos import marker as chaos_marker
 from mlflow import MlflowClient
 
 from adapler.artifacts import check_model_dir
@@ -18,6 +19,7 @@ from adapler_pipelines.run import run_pipeline
 from adapler_pipelines.train import fit_stage
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative output_dir, as in the presets: trials run elsewhere
     overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "e2e") + [
@@ -88,11 +90,12 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
     assert ensure_export(registered_dir, "int8").directory == registered_dir / "onnx"
 
 
+@pytest.mark.slow
 def test_worker_failure_resumes_from_the_last_checkpoint(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path):
     # 48 rows / batch 16 = 3 steps per epoch: step 4 is the middle of epoch 1, after epoch 0's checkpoint.
-    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "chaos") + ["stage1.epochs=2", "ray.fail_once_at_step=4"]
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "chaos") + ["stage1.epochs=2", f"ray.loader_hook={HOOK}"]
     config = load_config(None, overrides, cls=PipelineConfig)
-    marker = Path(tempfile.gettempdir()) / "adapler-fail-once-chaos-stage1"
+    marker = chaos_marker(config.name)
     marker.unlink(missing_ok=True)
     epochs = fit_stage(config, "stage1", "chaos-stage1")
 
@@ -102,6 +105,7 @@ def test_worker_failure_resumes_from_the_last_checkpoint(ray_local, tiny_backbon
     marker.unlink()
 
 
+@pytest.mark.slow
 def test_a_rerun_with_another_config_does_not_resume_the_first_runs_checkpoints(
         ray_local, tiny_backbone_dir, tiny_overrides, tmp_path):
     # Ray Train resumes from a snapshot under storage_path/<name>: a second `adapler run` of the same
@@ -120,6 +124,7 @@ NOTHING_REMOVED = ["model.adapler.eta_init=1e-4", "model.adapler.eta_min=1e-4", 
                    "stage2.eta_lr=0", "stage2.phi=0"]
 
 
+@pytest.mark.slow
 def test_a_run_that_removes_nothing_says_so(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path, capsys):
     # no calibration in the loop: on a model at chance level it would scale the etas until only [CLS] is left
     overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "noop") + ["tune.num_samples=0", "tune.calibrate=false",
@@ -141,30 +146,6 @@ def test_a_run_that_removes_nothing_says_so(ray_local, tiny_backbone_dir, tiny_o
     assert len(trial) == 1  # the no-search stage-2 run, logged like a trial
 
 
-def test_train_without_ray_warns_when_nothing_is_removed(tiny_backbone_dir, tiny_overrides, tmp_path, capsys):
-    from adapler_cli.main import main
-
-    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "noop-recipe") + NOTHING_REMOVED
-    assert main(["train", *[arg for item in overrides for arg in ("--set", item)]]) == 0
-    err = capsys.readouterr().err
-    assert "warning: the chosen model removes almost no tokens" in err
-    result = json.loads((tmp_path / "runs" / "noop-recipe" / "result.json").read_text())
-    assert result["no_pruning"] is True and result["dev_flops_speedup"] < 1.1
-    assert result["within_tolerance"] is True and "stage 2 trained" not in result["warning"]
-
-
-def test_train_without_ray_warns_when_every_epoch_loses_accuracy(tiny_backbone_dir, tiny_overrides, tmp_path, capsys):
-    from adapler_cli.main import main
-
-    # a negative tolerance puts the floor above stage 1's dev accuracy: no stage-2 epoch can reach it
-    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "lossy-recipe") + ["stage2.selection_tolerance=-1"]
-    assert main(["train", *[arg for item in overrides for arg in ("--set", item)]]) == 0
-    err = capsys.readouterr().err
-    assert "warning: " in err and "no model stage 2 trained stayed within" in err and "adapler train --config" in err
-    result = json.loads((tmp_path / "runs" / "lossy-recipe" / "result.json").read_text())
-    assert result["within_tolerance"] is False and "stage2.init=finetuned" in result["warning"]
-
-
 def test_retrained_stage1_forgets_an_earlier_runs_epochs(tiny_backbone_dir, tiny_overrides, tmp_path):
     """A rerun with fewer stage-1 epochs must not average saliency over stale checkpoints."""
     from adapler.recipe import run_recipe, top_checkpoints
@@ -179,33 +160,60 @@ def test_retrained_stage1_forgets_an_earlier_runs_epochs(tiny_backbone_dir, tiny
     assert [Path(p).name for p in top_checkpoints(checkpoints, "stage1", 3)] == ["stage1-epoch0"]
 
 
-def test_a_run_whose_models_all_lose_accuracy_says_so(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path, capsys):
-    # a negative tolerance puts the floor above stage 1's dev accuracy: no stage-2 epoch can reach it
-    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "lossy") + ["tune.num_samples=0", "tune.calibrate=false",
-                                                                        "stage2.selection_tolerance=-1"]
-    config = load_config(None, overrides, cls=PipelineConfig)
-    summary = run_pipeline(config)
+def test_train_writes_its_result_and_a_rerun_reuses_stage_1(tiny_backbone_dir, tiny_overrides, tmp_path, capsys):
+    """`adapler train`: the result in summary.json (the record `adapler run` writes too); a rerun
+    with the same model, data and stage-1 config reuses the stage-1 record instead of training."""
+    from adapler.recipe import run_recipe
+    from adapler.run_layout import RunLayout
 
-    assert not summary.within_tolerance
-    assert summary.alias == "challenger" and "warning" in summary.promotion  # not a first champion either
-    assert "no model stage 2 trained stayed within" in summary.warning
-    assert "tune.inits=[finetuned]" in summary.warning and "adapler tune --config" in summary.warning
-    assert f"warning: {summary.warning}" in capsys.readouterr().out
-    saved = json.loads((Path(summary.run_dir) / "summary.json").read_text())
-    assert saved["within_tolerance"] is False and saved["warning"] == summary.warning
-    client = MlflowClient(config.mlflow.tracking_uri)
-    parent = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id],
-                                filter_string="attributes.run_name = 'lossy'")[0]
-    assert parent.data.tags["adapler.within_tolerance"] == "false"
+    config = load_config(None, tiny_overrides(tiny_backbone_dir, tmp_path, "again"), cls=PipelineConfig)
+    layout = RunLayout.of(config)
+    result = run_recipe(config, progress=False)
+    saved = json.loads(layout.summary.read_text())
+    assert saved == json.loads(json.dumps(result.to_dict()))
+    assert saved["model_dir"] == str(layout.model) and saved["registered_model"] == ""
+    assert saved["no_pruning"] is (saved["dev_flops_speedup"] < 1.1) and saved["within_tolerance"] in (True, False)
+    check_model_dir(layout.model)
+    record = layout.stage1.read_text()
+    assert "training stage 1" in capsys.readouterr().out
+
+    run_recipe(config, progress=False)
+    assert "reusing the stage-1 checkpoints" in capsys.readouterr().out
+    assert layout.stage1.read_text() == record
 
 
-def test_earlier_stage1_is_the_run_dir_only_where_a_stage1_manifest_is(tmp_path, capsys):
-    from adapler_pipelines.run import STAGE1_MANIFEST, earlier_stage1
+def test_the_parent_run_tags_say_how_the_run_ended(mlflow_uri):
+    """The warnings reach the parent run's adapler.* tags (the sentences: tests/test_selection.py)."""
+    from adapler.selection import RunWarnings
+    from adapler_pipelines.registry import Promotion
+    from adapler_pipelines.run import tag_parent_run
+
+    config = load_config(None, [f"mlflow.tracking_uri={mlflow_uri}"], cls=PipelineConfig)
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(client.create_experiment("tags")).info.run_id
+    warnings = RunWarnings("", "no model stage 2 trained stayed within 1 point(s) ...")
+    tag_parent_run(config, run_id, "adapler-x", "2", Promotion("challenger", "version 2 is @challenger"), warnings)
+    tags = client.get_run(run_id).data.tags
+    assert tags["adapler.within_tolerance"] == "false" and tags["adapler.no_pruning"] == "false"
+    assert tags["adapler.warning"] == warnings.text and tags["adapler.alias"] == "challenger"
+    assert tags["adapler.registered_model"] == "adapler-x" and tags["adapler.version"] == "2"
+
+
+def test_earlier_stage1_is_the_run_dir_only_where_a_matching_stage1_record_is(tmp_path, capsys):
+    from adapler.run_layout import RunLayout
+    from adapler.stage1_record import Stage1Record, trained_with
+    from adapler_pipelines.run import absolute_paths, earlier_stage1
 
     config = load_config(None, [f"output_dir={tmp_path}", "name=again"], cls=PipelineConfig)
+    layout = RunLayout.of(config)
     assert earlier_stage1(config) is None
-    assert f"no {config.run_dir / STAGE1_MANIFEST} to reuse yet: training stage 1" in capsys.readouterr().out
-    config.run_dir.mkdir(parents=True)
-    (config.run_dir / STAGE1_MANIFEST).write_text("{}")
+    assert f"no {layout.stage1} to reuse yet: training stage 1" in capsys.readouterr().out
+    layout.root.mkdir(parents=True)
+    checkpoints = [{"path": "ckpt", "epoch": 0, "dev_accuracy": 0.5}]
+    record = Stage1Record(checkpoints, "sal", trained_with(absolute_paths(config)))
+    record.write(layout)
     assert earlier_stage1(config) == config.run_dir
     assert f"reusing the stage-1 checkpoints and saliency labels of {config.run_dir}" in capsys.readouterr().out
+    other = load_config(None, [f"output_dir={tmp_path}", "name=again", "stage1.lr=1e-3"], cls=PipelineConfig)
+    assert earlier_stage1(other) is None  # trained with another stage-1 config: trained again
+    assert "training stage 1 again" in capsys.readouterr().out

@@ -1,8 +1,7 @@
 """The registry stage on a real (throwaway) SQLite MLflow store: stage runs, registration as a
 models-from-code pyfunc, the champion alias, and reading the model back.
 
-A fresh MLflow SQLite store runs its schema migrations on first use (~8 s on two busy cores), so
-this module migrates one database and copies it for every store it opens.
+Every store is a copy of the session's migrated template (tests/conftest.py, ``mlflow_store``).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from adapler.artifacts import ArtifactError
 from adapler.config import config_to_dict
 from adapler.inference import Predictor
 from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.selection import TEST_SPLIT_TAG
 from adapler_pipelines import registry, tracking
 from adapler_pipelines.config import MlflowConfig, PipelineConfig
 from adapler_pipelines.registry import RegistryError
@@ -36,20 +36,6 @@ METRICS = {"dev_accuracy": 0.8, "test_accuracy": 0.75, "dev_flops_speedup": 1.5,
 
 # ----------------------------------------------------------------------------------- fixtures
 pytestmark = pytest.mark.usefixtures("isolated_mlflow")
-
-
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the tables
-    return path
-
-
-@pytest.fixture
-def mlflow_uri(mlflow_uri, migrated_db):
-    """conftest's store (same URI, same $MLFLOW_TRACKING_URI), started from the migrated copy."""
-    shutil.copyfile(migrated_db, mlflow_uri.removeprefix("sqlite:///"))
-    return mlflow_uri
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +63,9 @@ def make_config(backbone: str, uri: str = "", phi: float = 0.003) -> PipelineCon
 
 
 @pytest.fixture(scope="module")
-def registered(model_dir, tiny_backbone_dir, migrated_db, tmp_path_factory, mlflow_globals_restored) -> dict:
+def registered(model_dir, tiny_backbone_dir, mlflow_store, tmp_path_factory, mlflow_globals_restored) -> dict:
     """One registration shared by the read-side tests (registering takes seconds)."""
-    db = tmp_path_factory.mktemp("registered-store") / "mlflow.db"
-    shutil.copyfile(migrated_db, db)
-    uri = f"sqlite:///{db}"
+    uri = mlflow_store(tmp_path_factory.mktemp("registered-store") / "mlflow.db")
     config = make_config(tiny_backbone_dir, uri)
     with mlflow_globals_restored():
         name, version = registry.register_model(model_dir, config, METRICS, "adapler-tiny", alias="champion")
@@ -206,7 +190,7 @@ def test_champion_moves_only_for_a_better_model_on_the_same_split(mlflow_uri, mo
     def run(accuracy: float, speedup: float, split: str = "split-a", policy: str = "better", warning: str = ""):
         config.mlflow.promote = policy
         metrics = {"test_accuracy": accuracy, "flops_speedup": speedup}
-        _, version = registry.register_model(model_dir, config, metrics, "tiny", tags={registry.TEST_SPLIT_TAG: split})
+        _, version = registry.register_model(model_dir, config, metrics, "tiny", tags={TEST_SPLIT_TAG: split})
         return version, registry.promote("tiny", version, config, warning)
 
     def champion() -> str:

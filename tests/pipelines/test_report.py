@@ -81,6 +81,7 @@ def pipeline_run(tiny_backbone_dir, tiny_overrides, tmp_path_factory) -> dict:
     return {**ids, "uri": config.mlflow.tracking_uri}
 
 
+@pytest.mark.slow
 def test_report_writes_the_pictures_and_logs_them_to_the_run(pipeline_run, tmp_path):
     uri_before = mlflow.get_tracking_uri()
     out = tmp_path / "pictures"
@@ -112,6 +113,7 @@ def test_report_writes_the_pictures_and_logs_them_to_the_run(pipeline_run, tmp_p
     assert mlflow.get_tracking_uri() == uri_before  # the report left MLflow's process-wide URI alone
 
 
+@pytest.mark.slow
 def test_report_rejects_unknown_and_stage_runs_and_no_examples(pipeline_run, tmp_path, capsys):
     args = ["--out", str(tmp_path / "out"), "--tracking-uri", pipeline_run["uri"]]
     assert main(["report", "--run", "0123456789abcdef", *args]) == 2

@@ -27,7 +27,8 @@ from adapler_pipelines.saliency import (
 )
 
 MAX_LENGTH = 24
-WORDS = "the movie was good bad great awful plot actors boring fun long short story music dull".split()
+WORDS = ["the", "movie", "was", "good", "bad", "great", "awful", "plot", "actors", "boring", "fun", "long", "short",
+         "story", "music", "dull"]
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,7 @@ def test_labeler_without_ray(checkpoints, rows, direct):
         np.testing.assert_allclose(np.asarray(values, dtype=np.float32), direct[example_id], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ray_data_saliency_equals_direct_average(computed, rows, tokenizer, direct):
     assert (computed / SUCCESS_MARKER).is_file()
     table = pq.read_table([str(p) for p in computed.glob("*.parquet")])
@@ -109,6 +111,7 @@ def test_ray_data_saliency_equals_direct_average(computed, rows, tokenizer, dire
         np.testing.assert_allclose(loaded[example_id], expected, rtol=1e-5, atol=1e-5, err_msg=example_id)
 
 
+@pytest.mark.slow
 def test_second_run_reuses_result(computed, checkpoints, rows, caplog):
     manifest = (computed / MANIFEST).read_text()
     assert '"num_rows": 40' in manifest

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +31,13 @@ from adapler.config import ConfigError, load_config
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.data import load_data
+from adapler.run_layout import CHECKPOINT_MODEL_SUBDIR
 from adapler_pipelines.config import PipelineConfig, worker_batch_size
 from adapler_pipelines.saliency import SUCCESS_MARKER, compute_saliency, load_saliency
 from adapler_pipelines.storage import join, local_copy
-from adapler_pipelines.train import MODEL_SUBDIR, STATE_FILE, fit_stage, run_stage
+from adapler_pipelines.train import STATE_FILE, fit_stage, run_stage
+from chaos import HOOK
+from chaos import marker as chaos_marker
 
 BUCKET = "adapler-test"
 DEV_ROWS = 48  # data.limit in tiny_overrides: every split has 48 rows
@@ -88,7 +90,7 @@ def stage1_two_workers(two_node_cluster, scale_config):
 def saliency_one_actor(stage1_two_workers, scale_config, tmp_path_factory) -> str:
     data = load_data(scale_config)
     best = stage1_two_workers[-1]
-    return compute_saliency(data.train, [join(best.path, MODEL_SUBDIR)], scale_config.data.max_length,
+    return compute_saliency(data.train, [join(best.path, CHECKPOINT_MODEL_SUBDIR)], scale_config.data.max_length,
                             tmp_path_factory.mktemp("saliency-1"), num_actors=1, batch_size=8)
 
 
@@ -110,6 +112,7 @@ def assert_agree(two: list[dict], one: list[dict], losses: tuple[str, ...]) -> N
 
 
 # ---------------------------------------------------------------------------------------- tests
+@pytest.mark.slow
 def test_the_cluster_has_two_nodes_with_their_own_cpus(two_node_cluster):
     import ray
 
@@ -132,17 +135,18 @@ def test_an_indivisible_batch_is_one_line_from_the_cli(capsys):
     assert err.startswith("adapler: error: stage1.batch_size=32 is the global batch") and "\n" not in err
 
 
+@pytest.mark.slow
 def test_stage1_on_two_nodes_agrees_with_one_worker(stage1_two_workers, scale_config, two_node_cluster):
     epochs = stage1_two_workers
     assert [c.epoch for c in epochs] == [0, 1]
     assert all(sorted(c.nodes) == sorted(two_node_cluster.node_ids) for c in epochs)  # one worker per node
     # one checkpoint per epoch, written by rank 0 alone: the model and the state, nothing else
     for checkpoint in epochs:
-        assert sorted(p.name for p in Path(checkpoint.path).iterdir()) == [MODEL_SUBDIR, STATE_FILE]
+        assert sorted(p.name for p in Path(checkpoint.path).iterdir()) == [CHECKPOINT_MODEL_SUBDIR, STATE_FILE]
     assert len(list(Path(scale_config.ray.storage_path).glob(f"scale-stage1-*/**/{STATE_FILE}"))) == 2
     # dev metrics are those of the whole dev split, computed once: the checkpoint evaluated here agrees
     data = load_data(scale_config)
-    model = AdapLeRForSequenceClassification.from_pretrained(Path(epochs[-1].path) / MODEL_SUBDIR)
+    model = AdapLeRForSequenceClassification.from_pretrained(Path(epochs[-1].path) / CHECKPOINT_MODEL_SUBDIR)
     whole = evaluate(model, make_loader(data.dev, model.tokenizer, 16, scale_config.data.max_length), removal="none")
     assert whole.num_examples == DEV_ROWS
     assert epochs[-1].metrics["dev_accuracy"] == pytest.approx(whole.accuracy, abs=1e-9)
@@ -150,8 +154,9 @@ def test_stage1_on_two_nodes_agrees_with_one_worker(stage1_two_workers, scale_co
     assert_agree([c.metrics for c in epochs], alone(scale_config, "stage1"), ("train_loss",))
 
 
+@pytest.mark.slow
 def test_stage2_under_ddp_on_two_nodes_agrees_with_one_worker(stage1_two_workers, saliency_one_actor, scale_config):
-    init = join(stage1_two_workers[-1].path, MODEL_SUBDIR)
+    init = join(stage1_two_workers[-1].path, CHECKPOINT_MODEL_SUBDIR)
     reference = stage1_two_workers[-1].metrics["dev_accuracy"]
     common = dict(init_dir=init, saliency_path=saliency_one_actor, reference_dev_score=reference)
     epochs = fit_stage(scale_config, "stage2", "scale-stage2", **common)
@@ -164,14 +169,15 @@ def test_stage2_under_ddp_on_two_nodes_agrees_with_one_worker(stage1_two_workers
             assert a[f"eta_layer{layer}"] == pytest.approx(b[f"eta_layer{layer}"], rel=LOSS_RTOL)
 
 
+@pytest.mark.slow
 def test_two_saliency_actors_give_the_labels_of_one(saliency_one_actor, stage1_two_workers, scale_config, tmp_path):
     data = load_data(scale_config)
     shuffled = data.train.sample(frac=1.0, random_state=7).reset_index(drop=True)  # other blocks, other order
     best = stage1_two_workers[-1]
-    two = compute_saliency(shuffled, [join(best.path, MODEL_SUBDIR)], scale_config.data.max_length, tmp_path,
+    two = compute_saliency(shuffled, [join(best.path, CHECKPOINT_MODEL_SUBDIR)], scale_config.data.max_length, tmp_path,
                            num_actors=2, batch_size=4)
     assert Path(two, SUCCESS_MARKER).is_file()
-    tokenizer = AdapLeRForSequenceClassification.from_pretrained(Path(best.path) / MODEL_SUBDIR).tokenizer
+    tokenizer = AdapLeRForSequenceClassification.from_pretrained(Path(best.path) / CHECKPOINT_MODEL_SUBDIR).tokenizer
     one_labels = load_saliency(saliency_one_actor, data.train, tokenizer, scale_config.data.max_length)
     two_labels = load_saliency(two, data.train, tokenizer, scale_config.data.max_length)
     assert sorted(two_labels) == sorted(one_labels) == sorted(data.train["id"].astype(str))
@@ -197,12 +203,12 @@ def test_pipeline_with_storage_in_s3_and_a_failing_worker(two_node_cluster, tiny
 
     storage = f"s3://{BUCKET}/adapler"
     overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "s3run") + TWO_WORKERS + [
-        "stage1.epochs=2", "ray.fail_once_at_step=4", "tune.num_samples=1", f"ray.storage_path={storage}",
+        "stage1.epochs=2", f"ray.loader_hook={HOOK}", "tune.num_samples=1", f"ray.storage_path={storage}",
         f"mlflow.artifact_location={storage}/mlflow", "mlflow.experiment=adapler-s3",
         "mlflow.promote=always",  # @champion whether or not the tiny model's run warns: storage is the subject
     ]
     config = load_config(None, overrides, cls=PipelineConfig)
-    marker = Path(tempfile.gettempdir()) / "adapler-fail-once-s3run-stage1"
+    marker = chaos_marker(config.name)
     marker.unlink(missing_ok=True)
     summary = run_pipeline(config)
 

@@ -10,12 +10,19 @@ import pytest
 from adapler.batching import make_loader
 from adapler.calibration import apply_factor
 from adapler.config import apply_overrides, load_config
-from adapler.evaluate import budget_gain, evaluate
 from adapler.data import load_data
+from adapler.evaluate import budget_gain, evaluate
 from adapler.selection import Candidate, select
 from adapler_pipelines.config import PipelineConfig
-from adapler_pipelines.tune import (SEARCHED, SearchOutcome, calibrate_front, first_points, gentler_point,
-                                    param_space, searched_values)
+from adapler_pipelines.tune import (
+    SEARCHED,
+    SearchOutcome,
+    calibrate_front,
+    first_points,
+    gentler_point,
+    param_space,
+    searched_values,
+)
 
 
 def test_search_space_is_dotted_config_keys_applied_like_set():

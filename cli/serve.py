@@ -19,45 +19,66 @@ import sys
 import threading
 import time
 
-from adapler.artifacts import model_uri, registered_model_name
-
-DEFAULT_MODEL = model_uri(registered_model_name("demo"))  # what the README's first command registers
+from adapler_cli.errors import UserError
+from adapler_deploy import DEFAULT_MODEL
 
 
 def add_serve_command(subparsers) -> argparse.ArgumentParser:
     s = subparsers.add_parser(
-        "serve", help="serve a model over HTTP with Ray Serve (127.0.0.1, autoscaling) until Ctrl-C",
-        description="POST /predict {\"texts\": [...], \"explain\": false}, GET /healthz, GET /stats.",
+        "serve",
+        help="serve a model over HTTP with Ray Serve (127.0.0.1, autoscaling) until Ctrl-C",
+        description='POST /predict {"texts": [...], "explain": false}, GET /healthz, GET /stats.',
     )
-    s.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"AdapLeR model directory or models:/<name>@<alias> (default: {DEFAULT_MODEL})")
-    s.add_argument("--tracking-uri", default="", help="MLflow tracking URI for models:/ (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    s.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"AdapLeR model directory or models:/<name>@<alias> (default: {DEFAULT_MODEL})",
+    )
+    s.add_argument(
+        "--tracking-uri",
+        default="",
+        help="MLflow tracking URI for models:/ (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)",
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""),
-                   help="join this Ray cluster (default: $RAY_ADDRESS, else a private local instance); "
-                        "Ctrl-C then shuts down Serve on that cluster")
-    s.add_argument("--removal", default="packed", choices=["packed", "masked", "none"],
-                   help="packed: AdapLeR (default); none: the plain backbone, as a baseline")
-    s.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"],
-                   help="onnx: ONNX Runtime (exported on first load, then cached); torch: PyTorch eager; "
-                        "auto (default): onnx on CPU, torch on GPU or with --removal masked")
+    s.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS", ""),
+        help="join this Ray cluster (default: $RAY_ADDRESS, else a private local instance); "
+        "Ctrl-C then shuts down Serve on that cluster",
+    )
+    s.add_argument(
+        "--removal",
+        default="packed",
+        choices=["packed", "masked", "none"],
+        help="packed: AdapLeR (default); none: the plain backbone, as a baseline",
+    )
+    s.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="onnx: ONNX Runtime (exported on first load, then cached); torch: PyTorch eager; "
+        "auto (default): onnx on CPU, torch on GPU or with --removal masked",
+    )
     s.add_argument("--replicas", type=int, help="a fixed number of replicas (default: autoscale)")
     s.add_argument("--min-replicas", type=int, default=1)
     s.add_argument("--max-replicas", type=int, default=2)
-    s.add_argument("--target-ongoing-requests", type=float, default=8.0,
-                   help="autoscaling target of in-flight requests per replica")
+    s.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=8.0,
+        help="autoscaling target of in-flight requests per replica",
+    )
     s.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per replica")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any application setting, e.g. --set max_batch_tokens=4096 --set max_texts=64 (repeatable)")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any application setting, e.g. --set max_batch_tokens=4096 --set max_texts=64 (repeatable)",
+    )
     s.set_defaults(func=run_serve)
     return s
-
-
-def _user_error(message: str) -> Exception:
-    from adapler_cli.errors import UserError  # the CLI's one error class (adapler_cli imports this module)
-
-    return UserError(message)
 
 
 def serve_args(args: argparse.Namespace) -> dict:
@@ -66,12 +87,19 @@ def serve_args(args: argparse.Namespace) -> dict:
 
     from adapler_deploy.schemas import ServeSettings
 
-    values: dict = {"model": args.model, "tracking_uri": args.tracking_uri, "removal": args.removal,
-                    "runtime": args.runtime, "num_cpus": args.num_cpus}
+    values: dict = {
+        "model": args.model,
+        "tracking_uri": args.tracking_uri,
+        "removal": args.removal,
+        "runtime": args.runtime,
+        "num_cpus": args.num_cpus,
+    }
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or key not in ServeSettings.model_fields:
-            raise _user_error(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(ServeSettings.model_fields)}")
+            raise UserError(
+                f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(ServeSettings.model_fields)}"
+            )
         values[key] = value
     try:
         settings = ServeSettings(**values)
@@ -79,19 +107,21 @@ def serve_args(args: argparse.Namespace) -> dict:
         first = err.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ())) or "settings"
         message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-        raise _user_error(f"invalid serve setting {where}: {message}") from None
+        raise UserError(f"invalid serve setting {where}: {message}") from None
     out = settings.model_dump()
     if args.replicas is not None:
         if args.replicas < 1:
-            raise _user_error("--replicas must be >= 1")
+            raise UserError("--replicas must be >= 1")
         out["num_replicas"] = args.replicas
     else:
         if not 1 <= args.min_replicas <= args.max_replicas:
-            raise _user_error(f"need 1 <= --min-replicas ({args.min_replicas}) <= --max-replicas ({args.max_replicas})")
+            raise UserError(f"need 1 <= --min-replicas ({args.min_replicas}) <= --max-replicas ({args.max_replicas})")
         out["autoscaling_config"] = {
-            "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+            "min_replicas": args.min_replicas,
+            "max_replicas": args.max_replicas,
             "target_ongoing_requests": args.target_ongoing_requests,
-            "upscale_delay_s": 5, "downscale_delay_s": 60,
+            "upscale_delay_s": 5,
+            "downscale_delay_s": 60,
         }
     return out
 
@@ -109,7 +139,7 @@ def check_model(model: str, tracking_uri: str = "") -> None:
         else:
             find_model_dir(model)
     except ValueError as err:  # ArtifactError, RegistryError, a malformed URI
-        raise _user_error(str(err)) from None
+        raise UserError(str(err)) from None
 
 
 def _check_port(host: str, port: int) -> None:
@@ -117,7 +147,7 @@ def _check_port(host: str, port: int) -> None:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.bind((host, port))
     except OSError as err:
-        raise _user_error(f"can not listen on {host}:{port}: {err.strerror}") from None
+        raise UserError(f"can not listen on {host}:{port}: {err.strerror}") from None
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; systemd, Kubernetes, `ray job stop`
@@ -139,8 +169,11 @@ def run_serve(args: argparse.Namespace) -> None:
     _check_port(args.host, args.port)
     try:
         if not ipaddress.ip_address(args.host).is_loopback:
-            print(f"adapler serve: warning: listening on {args.host}, not only on this machine; "
-                  "the service has no authentication", file=sys.stderr)
+            print(
+                f"adapler serve: warning: listening on {args.host}, not only on this machine; "
+                "the service has no authentication",
+                file=sys.stderr,
+            )
     except ValueError:
         pass
 
@@ -149,7 +182,6 @@ def run_serve(args: argparse.Namespace) -> None:
     from ray import serve
 
     from adapler.inference import resolve_runtime
-
     from adapler_deploy.app import build_app
 
     # Default: a private local Ray instance, so that Ctrl-C (serve.shutdown) can not take down the
@@ -168,8 +200,11 @@ def run_serve(args: argparse.Namespace) -> None:
         serve.run(build_app(app_args), name="adapler", route_prefix="/", blocking=False)
         url = f"http://{args.host}:{args.port}"
         runtime = resolve_runtime(app_args["runtime"], app_args["device"], app_args["removal"])
-        print(f"adapler serve: {args.model} (removal={app_args['removal']}, runtime={runtime}) at {url}/predict "
-              f"(also {url}/healthz, {url}/stats, {url}/docs); Ctrl-C to stop", flush=True)
+        print(
+            f"adapler serve: {args.model} (removal={app_args['removal']}, runtime={runtime}) at {url}/predict "
+            f"(also {url}/healthz, {url}/stats, {url}/docs); Ctrl-C to stop",
+            flush=True,
+        )
         while True:
             time.sleep(1)
     except KeyboardInterrupt:

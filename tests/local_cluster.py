@@ -1,6 +1,7 @@
 """A Ray cluster of separate nodes on one machine, as on a real cluster: `ray start --head` plus
 `ray start --address` for each further node, each node with its own temp dir, free ports and
-declared CPUs. For the scale-out tests (tests/pipelines/conftest.py) and bench/scale.py.
+declared CPUs. For the scale-out tests (tests/pipelines/conftest.py) and bench/scale.py: a test
+helper, not part of the installed product (imported as ``local_cluster``, with ``tests/`` on the path).
 
 Every node runs in a process group of its own and is ended by signalling that group, never by
 `ray stop` (which ends every Ray instance on the machine, other people's too); its own temp dir
@@ -14,7 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,27 +45,44 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 2, env: dict | None = Non
     afterwards the driver disconnects and the nodes are stopped and their temp dirs removed."""
     import ray
 
+    from adapler_deploy.ports import free_ports
     from adapler_pipelines.ray_local import init_ray
 
     if not RAY_CLI.exists():
         raise FileNotFoundError(f"no `ray` command at {RAY_CLI}: install ray[default] in this environment")
     env = {**os.environ, **(env or {}), "PATH": f"{RAY_CLI.parent}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard, *agents = _free_ports(2 + nodes)
+    gcs, dashboard, *agents = free_ports(2 + nodes)
     # short temp dirs: Ray's socket paths must fit 107 bytes
     temp_dirs = [tempfile.mkdtemp(prefix=f"ray-{'head' if i == 0 else 'node'}-", dir="/tmp") for i in range(nodes)]
     common = ["--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}"]
-    head = ["--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}"]
+    head = [
+        "--head",
+        f"--port={gcs}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+    ]
     processes: list[subprocess.Popen] = []
     try:
         for i, (temp_dir, agent) in enumerate(zip(temp_dirs, agents)):
             role = head if i == 0 else [f"--address=127.0.0.1:{gcs}"]
-            processes.append(subprocess.Popen(
-                [str(RAY_CLI), "start", *role, f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent}",
-                 *common],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            ))
+            processes.append(
+                subprocess.Popen(
+                    [
+                        str(RAY_CLI),
+                        "start",
+                        *role,
+                        f"--temp-dir={temp_dir}",
+                        f"--dashboard-agent-listen-port={agent}",
+                        *common,
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
             if i == 0:
                 _wait_for(lambda: Path(temp_dirs[0], "ray_current_cluster").is_file(), processes[0], "the head node")
         init_ray(f"127.0.0.1:{gcs}")
@@ -90,17 +107,6 @@ def _wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not come up within {timeout:.0f} s")
         time.sleep(0.5)
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports free on 127.0.0.1 now."""
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _stop_groups(processes: list[subprocess.Popen]) -> None:
