@@ -57,7 +57,7 @@ def default_of(field: dataclasses.Field):
 
 def type_name(annotation) -> str:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    return text.replace("typing.", "").replace("|", "\\|")
+    return text.replace("typing.", "")  # a pipe inside a code span does not split a table cell
 
 
 def cell(text: str) -> str:
@@ -72,7 +72,7 @@ def section_rows(cls: type, prefix: str, out: list[str], sections: list[tuple[st
         if dataclasses.is_dataclass(value):
             sections.append((f"{prefix}{field.name}", type(value)))
             continue
-        out.append(f"| `{prefix}{field.name}` | `{type_name(hints[field.name])}` | `{cell(repr(value))}` "
+        out.append(f"| `{prefix}{field.name}` | `{type_name(hints[field.name])}` | `{repr(value)}` "
                    f"| {cell(comments.get(field.name, ''))} |")
 
 
