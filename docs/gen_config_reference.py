@@ -13,10 +13,13 @@ import inspect
 import re
 import tokenize
 from io import StringIO
+from pathlib import Path
 
 import mkdocs_gen_files
 
-from adapler.config import ExperimentConfig
+import yaml
+
+from adapler.config import ExperimentConfig, preset_names, resolve_preset
 from adapler_pipelines.config import PipelineConfig
 
 FIELD = re.compile(r"^\s+(\w+)\s*:")
@@ -76,6 +79,36 @@ def section_rows(cls: type, prefix: str, out: list[str], sections: list[tuple[st
                    f"| {cell(comments.get(field.name, ''))} |")
 
 
+def flat(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Dotted keys of a nested mapping: ``{"data": {"source": x}}`` -> ``[("data.source", x)]``."""
+    items = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items += flat(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def presets() -> list[str]:
+    """One section per preset in configs/: its first comment lines and the keys it sets."""
+    lines = ["## Presets", "", "`--config NAME` loads `configs/NAME.yaml`; these are the keys each one sets "
+             "(everything else keeps the defaults above).", ""]
+    for name in preset_names():
+        text = Path(resolve_preset(name)).read_text()
+        about = []
+        for line in text.splitlines():
+            if not line.startswith("#"):
+                break
+            about.append(line.lstrip("# ").strip())
+        lines += [f"### `{name}`", ""]
+        if about:
+            lines += [" ".join(about), ""]
+        lines += ["| key | value |", "|---|---|",
+                  *[f"| `{key}` | `{value!r}` |" for key, value in flat(yaml.safe_load(text) or {})], ""]
+    return lines
+
+
 def render() -> str:
     lines = [
         "# Configuration reference",
@@ -101,6 +134,7 @@ def render() -> str:
         if rows:
             lines += ["| key | type | default | what it is |", "|---|---|---|---|", *rows, ""]
         queue.extend(found)
+    lines += presets()
     lines += ["", f"The method alone (`adapler train`, no Ray) reads the sections of "
               f"`{ExperimentConfig.__name__}`; the pipeline adds `ray`, `tune`, `mlflow` and `operating_points`."]
     return "\n".join(lines) + "\n"
