@@ -6,6 +6,7 @@ labels, when given, join by ``id`` (never by position) and are padded to the bat
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -25,13 +26,72 @@ def _pairs(text_pairs: Sequence[str | None] | None) -> list[str] | None:
     return [p or "" for p in text_pairs]
 
 
+# A prefix of this many characters a token nearly always holds a token budget (English prose
+# averages 4 to 5 characters a token with WordPiece, BPE or SentencePiece vocabularies); a text
+# whose prefix falls short is tokenized whole, so the figure only moves speed, never tokens.
+CHARS_PER_TOKEN = 8
+# Pre-tokenizers that split at spaces (and maybe also at punctuation or digits): the pieces before a
+# space never depend on the text after it. BERT, DistilBERT, ELECTRA (BertPreTokenizer), DeBERTa-v2/3
+# (Metaspace), RoBERTa and ModernBERT (ByteLevel) all use one of them.
+_SPACE_SPLITTING = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Metaspace", "ByteLevel", "Punctuation",
+                    "Digits"}
+
+
+def _splits_at_spaces(tokenizer) -> bool:
+    """Whether a text cut just before a space keeps its tokens: a fast tokenizer whose
+    pre-tokenizer splits at spaces (Metaspace with its split on, ByteLevel with its regex on)."""
+    pre_tokenizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    if pre_tokenizer is None:
+        return False
+    spec = json.loads(pre_tokenizer.__getstate__())
+    parts = spec.get("pretokenizers", []) if spec.get("type") == "Sequence" else [spec]
+    return bool(parts) and all(
+        part.get("type") in _SPACE_SPLITTING and part.get("split", True) and part.get("use_regex", True)
+        for part in parts
+    )
+
+
+def budget_prefix(text: str, max_length: int) -> str:
+    """``text`` up to the first space at or after ``CHARS_PER_TOKEN * max_length`` characters (the
+    whole text when shorter or when no space follows). Tokenized, such a prefix gives a space-splitting
+    tokenizer the same first tokens as the whole text: every word before the cut is whole."""
+    cut = text.find(" ", CHARS_PER_TOKEN * max_length) if len(text) > CHARS_PER_TOKEN * max_length else -1
+    return text if cut < 0 else text[:cut]
+
+
+def _lengths(enc) -> list[int]:
+    """Tokens per row of a tokenizer's output: padded (B, T) tensors or ragged lists."""
+    if isinstance(enc["input_ids"], torch.Tensor):
+        return enc["attention_mask"].sum(-1).tolist()
+    return [len(row) for row in enc["input_ids"]]
+
+
+def _tokenize(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None, max_length: int | None,
+              **padding):
+    """The tokenizer on texts cut to what ``max_length`` can reach (:func:`budget_prefix`): a long
+    article costs the tokens it keeps, not its whole length. The first ``max_length`` tokens are
+    those of the whole text whenever the prefix's own tokens reach ``max_length``; the rare rows
+    whose prefix falls short are tokenized whole. Pairs (whose truncation weighs both segments'
+    full lengths) and tokenizers that do not split at spaces read the whole text."""
+    max_length = max_length or tokenizer.model_max_length
+    pairs = _pairs(text_pairs)
+    texts = list(texts)
+    if pairs is not None or not _splits_at_spaces(tokenizer):
+        return tokenizer(texts, pairs, truncation=True, max_length=max_length, **padding)
+    cut = [budget_prefix(text, max_length) for text in texts]
+    enc = tokenizer(cut, truncation=True, max_length=max_length, **padding)
+    short = [i for i, n in enumerate(_lengths(enc)) if n < max_length and len(cut[i]) < len(texts[i])]
+    if short:
+        for i in short:
+            cut[i] = texts[i]
+        enc = tokenizer(cut, truncation=True, max_length=max_length, **padding)
+    return enc
+
+
 def encode(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None, max_length: int | None = None) -> dict[str, torch.Tensor]:
     """Tokenize and pad on the right to the longest in the batch ([CLS] at position 0, as the
     model requires). (B, T) input_ids, attention_mask, token_type_ids."""
-    enc = tokenizer(
-        list(texts), _pairs(text_pairs), truncation=True, max_length=max_length or tokenizer.model_max_length,
-        padding=True, padding_side="right", return_tensors="pt",
-    )
+    enc = _tokenize(tokenizer, texts, text_pairs, max_length, padding=True, padding_side="right", return_tensors="pt")
     return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
@@ -39,8 +99,7 @@ def token_counts(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | Non
                  max_length: int | None = None) -> list[int]:
     """Tokens each example becomes as :func:`encode` tokenizes it (after truncation, special
     tokens counted, no padding): the unit of length sorting and of token budgets."""
-    enc = tokenizer(list(texts), _pairs(text_pairs), truncation=True, max_length=max_length or tokenizer.model_max_length)
-    return [len(ids) for ids in enc["input_ids"]]
+    return _lengths(_tokenize(tokenizer, texts, text_pairs, max_length))
 
 
 def input_budgets(max_length: int, longest: int, smallest: int = 32) -> list[int]:

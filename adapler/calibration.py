@@ -16,8 +16,7 @@ removal="packed": dev accuracy, FLOPs speedup (spec section 6) and measured exam
      every threshold is >= 1 and each layer keeps only [CLS], so no larger factor is faster.
      Downwards it stops at ``min_factor``. Walking down for ``min_accuracy`` it first takes
      quarter octaves (:data:`GIVE_BACK_STEP`) to f = 1/2: a model trained to prune reads best
-     near its trained level, and halving can step over that (the full-data Rotten Tomatoes run
-     of 2026-12-02: dev 0.779 at f = 1, 0.783 at 1/2, 0.800 at 0.88).
+     near its trained level, and halving can step over that.
   2. Bisection (geometric midpoints) between the last factor on one side of the flip and the
      first on the other, until they are within ``tolerance`` (relative) of each other.
 Speedup grows with f: layer 1 keeps a subset of its tokens when its threshold rises, and later

@@ -95,7 +95,7 @@ class Stage1Config:
     weight_decay: float = 0.01
     # Attention-probability dropout while fine-tuning; None keeps the backbone's own (0.1 in BERT).
     # 0 lets CPU SDPA use its fused kernel: a MiniLM step at 16 x 512 tokens takes 8 s instead
-    # of 20 s on 2 cores (measured). Stage 2's soft removal always runs without it.
+    # of 20 s on 2 cores. Stage 2's soft removal always runs without it.
     attention_dropout: float | None = None
     seed: int = 0
 
@@ -107,16 +107,16 @@ class Stage2Config:
     lr: float = 3e-5  # AdamW on backbone and classifier (and the CPs when predictor_lr is None)
     # The paper trains the CPs at lr and the etas at 5e-4 for thousands of steps (configs/paper.yaml).
     # In the few hundred steps users run, fresh CPs (near-uniform scores: nothing leaves) and the
-    # etas barely move at those rates: measured (README, "Choices where the paper is silent"), BBC
-    # headlines, 168 stage-2 steps: 0.99x FLOPs at the paper's rates, 1.50x at these.
+    # etas barely move at those rates (docs/benchmarks.md, "Stage-2 learning rates": BBC
+    # headlines, 168 stage-2 steps: 0.99x FLOPs at the paper's rates, 1.50x at these).
     eta_lr: float = 5e-3  # Adam on the etas only
     predictor_lr: float | None = 3e-2  # AdamW on the CPs; None = lr (the paper)
     gamma: float = 0.005  # weight of the CP (KL to saliency) loss; search in [5e-4, 1e-2]
     # Weight of the length loss (the speed/accuracy knob), in the unit of length_unit:
     # "input": each example's sum_l n_l divided by its own input length n_0 (the fraction of its
     # tokens each layer keeps, summed over layers): one phi range holds for 27-token reviews and
-    # 420-token articles alike, and for every input budget a search tries (README, "Choices
-    # where the paper is silent"). "tokens": sum_l n_l in absolute tokens, the paper's unit
+    # 420-token articles alike, and for every input budget a search tries (docs/how-it-works.md,
+    # "Choices where the paper is silent"). "tokens": sum_l n_l in absolute tokens, the paper's unit
     # (configs/paper.yaml: phi 0.0005 on SST-2's ~25 tokens, i.e. about 0.013 in "input").
     phi: float = 0.3
     length_unit: Literal["input", "tokens"] = "input"

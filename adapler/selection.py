@@ -115,8 +115,8 @@ def best_epochs(history: Sequence[Mapping[str, float]], k: int) -> list[int]:
 # The gentler side of a phi that pruned too hard: a trial from this fraction of it (the search's
 # last fixed point, pipelines/tune.py first_points; the next step a lossy `adapler train` suggests).
 # Half, not less: on the full Rotten Tomatoes data a third of the preset's phi (0.1) trained to
-# 1.91x on dev in three epochs, under 2x, and scaling its etas up from there lost 1.7 dev points
-# for 0.1x (README, "Rotten Tomatoes with the preset's defaults on the full data").
+# under 2x on dev in three epochs, and scaling its etas up from there cost more dev accuracy than
+# it gained speed.
 GENTLER_PHI = 1 / 2
 
 

