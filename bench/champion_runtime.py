@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +30,23 @@ from adapler.config import parse_overrides
 from adapler.data import load_splits
 from adapler.flops import adapler_flops, backbone_flops
 from adapler.inference import Predictor
-from adapler_pipelines.run import load_stage1
+from adapler.run_layout import RunLayout
+from adapler.stage1_record import read_stage1
+from harness import interleaved  # bench/harness.py
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def timed_predict(predictor: Predictor, texts: list[str]) -> tuple[float, list]:
+@dataclass
+class TimedPredict:
+    seconds: float
+    predictions: list
+
+
+def timed_predict(predictor: Predictor, texts: list[str]) -> TimedPredict:
     started = time.perf_counter()
     predictions = predictor.predict(texts)
-    return time.perf_counter() - started, predictions
+    return TimedPredict(time.perf_counter() - started, predictions)
 
 
 def main() -> None:
@@ -48,7 +57,7 @@ def main() -> None:
                         help="data option of the run, e.g. limit=600 (as `adapler evaluate --set`)")
     parser.add_argument("--split", default="test", choices=["dev", "test"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved passes per side (the fastest is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved passes per side (the median is kept)")
     parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"])
     parser.add_argument("--quantize", default="int8", choices=["int8", "none"])
     parser.add_argument("--threads", type=int, default=2)
@@ -60,7 +69,7 @@ def main() -> None:
     rows = getattr(splits, args.split)
     texts = rows["text"].tolist()
     labels = np.array([splits.label_names[i] for i in rows["label"]])
-    backbone_dir = load_stage1(run).best_model_dir
+    backbone_dir = read_stage1(RunLayout(run)).best_model_dir
     records = []
     for batch_size in args.batch_sizes:
         model = Predictor.from_directory(run / "model", runtime=args.runtime, quantize=args.quantize,
@@ -68,13 +77,10 @@ def main() -> None:
         reference = model.model.settings.reference_max_length or model.max_length
         backbone = Predictor.from_directory(backbone_dir, runtime=args.runtime, quantize=args.quantize,
                                             batch_size=batch_size, removal="none", max_length=reference)
-        seconds = {"model": [], "backbone": []}
-        outputs = {}
-        for _ in range(args.repeats):  # interleaved: a busy machine slows both sides alike
-            for name, predictor in (("model", model), ("backbone", backbone)):
-                elapsed, outputs[name] = timed_predict(predictor, texts)
-                seconds[name].append(elapsed)
-        best = {name: min(times) for name, times in seconds.items()}
+        timed = interleaved({"model": lambda t: timed_predict(model, t),
+                             "backbone": lambda t: timed_predict(backbone, t)}, texts, args.repeats)
+        best = {name: seconds for name, (seconds, _) in timed.items()}
+        outputs = {name: last.predictions for name, (_, last) in timed.items()}
         # the spec's speedup: the backbone's FLOPs on the texts at the reference length over the model's
         full = np.array([p.input_tokens for p in outputs["backbone"]])  # (N,)
         lengths = np.array([p.input_tokens for p in outputs["model"]])  # (N,)

@@ -1,6 +1,7 @@
-"""What the inference benchmarks share (bench/inference.py, bench/runtime.py): the cached bench
-models, the test texts they time (sorted by length, batched and tokenized before any clock
-starts), and the timing of several engines on the same batches, interleaved.
+"""What the inference benchmarks share (bench/inference.py, bench/runtime.py,
+bench/champion_runtime.py): the cached bench models, the test texts they time (sorted by length,
+batched and tokenized before any clock starts), and the timing of several engines on the same
+batches, interleaved.
 
 The benchmarks run as scripts (`python bench/inference.py`, from the repository root or
 anywhere): Python puts bench/ first on the path, so they import this module by its name.
@@ -122,7 +123,8 @@ def length_sorted(tokenizer, rows: pd.DataFrame, batch_size: int) -> tuple[list[
 def interleaved(
     passes: dict[Hashable, Callable[[list[dict]], TimedPass]], batches: list[dict], repeats: int
 ) -> dict[Hashable, tuple[float, TimedPass]]:
-    """Each engine's median seconds over ``repeats`` passes and its last pass: a warm-up on two
+    """Each engine's median seconds over ``repeats`` passes and its last pass (any record with
+    ``seconds``: a TimedPass over batches, or a timed ``Predictor.predict`` over texts): a warm-up on two
     batches first (lazy initialisation, thread pools, first-run allocations), then the engines in
     turn, ``repeats`` times, so that drift hits every engine alike."""
     for run in passes.values():
