@@ -30,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from adapler.config import ModelConfig
 from adapler.flops import EncoderSize, layer_flops
-from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.modeling import AdapLeRForSequenceClassification, _SingleRows
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,9 +51,10 @@ def measure(model: AdapLeRForSequenceClassification, rows: int, calls: int) -> d
     config = model.config
     layers = model.base_model.encoder.layer
     x = torch.randn(rows, config.hidden_size)  # (n, H): one example's kept tokens
+    one_example = _SingleRows(torch.arange(rows))  # x is its own grid: no scatter, no mask
 
     def run_layer(index: int) -> torch.Tensor:
-        return model._layer(index, x, 1, rows, None, None)
+        return model._layer(index, x, one_example)
 
     def run_all_layers() -> None:
         for index in range(len(layers)):
@@ -105,7 +106,7 @@ def main() -> None:
             x = torch.randn(args.profile_rows, model.config.hidden_size)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(args.calls):
-                    model._layer(0, x, 1, args.profile_rows, None, None)
+                    model._layer(0, x, _SingleRows(torch.arange(args.profile_rows)))
             print(f"one layer at {args.profile_rows} tokens, {args.calls} calls:")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     for r in records:
