@@ -11,8 +11,10 @@ from torch import nn
 
 from adapler.backbones.base import BackboneFamily, TokenRows, UnsupportedBackbone
 from adapler.backbones.bert import BertFamily
+from adapler.backbones.distilbert import DistilBertFamily
+from adapler.backbones.electra import ElectraFamily
 
-FAMILIES: tuple[type[BackboneFamily], ...] = (BertFamily,)
+FAMILIES: tuple[type[BackboneFamily], ...] = (BertFamily, DistilBertFamily, ElectraFamily)
 SUPPORTED_MODEL_TYPES = tuple(model_type for family in FAMILIES for model_type in family.model_types)
 
 __all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "BackboneFamily", "TokenRows", "UnsupportedBackbone",

@@ -26,12 +26,16 @@ Adding a family is one module in this package with a subclass of BackboneFamily 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from adapler.flops import EncoderSize
 
 MASK_BIAS = -10000.0  # the classic BERT export's additive key mask: the pattern ONNX Runtime fuses
 
@@ -168,7 +172,7 @@ class BackboneFamily(ABC):
 
     @classmethod
     @abstractmethod
-    def encoder_size(cls, config, cp_hidden: int):
+    def encoder_size(cls, config, cp_hidden: int) -> "EncoderSize":
         """adapler.flops.EncoderSize of this family's layers, from its config's field names."""
 
     def attention_dropouts(self) -> list[nn.Dropout]:
@@ -180,6 +184,59 @@ class BackboneFamily(ABC):
         written in the op pattern ONNX Runtime's optimizer fuses into its Attention kernel (the
         exported plain-backbone graph). None: that graph runs ``layer`` over packed rows instead."""
         return None
+
+
+class AbsolutePositionFamily(BackboneFamily):
+    """A family whose layers attend by plain scaled dot products, positions having been added once
+    in ``embed`` (BERT, DistilBERT, ELECTRA): a layer is fused Q/K/V, attention on the grid, then
+    ``after_attention`` (output projection, residuals, norms, FFN). Such a layer is also written in
+    the classic export pattern (:class:`ClassicLayer`) that ONNX Runtime fuses."""
+
+    @abstractmethod
+    def head_shape(self, index: int) -> tuple[int, int]:
+        """(heads, head_dim) of layer ``index``'s attention."""
+
+    @abstractmethod
+    def after_attention(self, index: int, context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The rest of layer ``index``: context (..., N, heads * d) and the layer input x -> output."""
+
+    def layer(self, index: int, x: torch.Tensor, rows: TokenRows, qkv: QKV) -> torch.Tensor:
+        heads, head_dim = self.head_shape(index)
+        grid = rows.to_grid(qkv(x))  # (B, T, 3 * heads * d): one matmul over the rows, one grid
+        batch, seq = grid.shape[0], grid.shape[1]
+        grid = grid.view(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, T, d)
+        context = rows.attend(grid[0], grid[1], grid[2])  # (B, heads, T, d)
+        context = rows.from_grid(context.transpose(1, 2).reshape(batch, seq, heads * head_dim))  # (..., N, H)
+        return self.after_attention(index, context, x)
+
+    def classic_layer(self, index: int) -> nn.Module:
+        return ClassicLayer(self, index)
+
+
+class ClassicLayer(nn.Module):
+    """Layer ``index`` of an AbsolutePositionFamily over (B, T, H), in the classic export's op
+    pattern (separate Q/K/V MatMuls, scaled scores plus a (1 - mask) * -10000 bias, softmax), which
+    ONNX Runtime's transformer optimizer fuses into Attention, SkipLayerNormalization, BiasGelu."""
+
+    def __init__(self, family: AbsolutePositionFamily, index: int):
+        super().__init__()
+        self.family, self.index = family, index
+        self.heads, self.head_dim = family.head_shape(index)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """hidden (B, T, H), attention_mask (B, T) 1 for tokens, 0 for padding (on the right)."""
+        query, key, value = self.family.qkv_linears(self.index)
+        batch, seq = hidden.shape[0], hidden.shape[1]
+        bias = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * MASK_BIAS  # (B, 1, 1, T)
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, heads, T, d)
+            return x.view(batch, seq, self.heads, self.head_dim).permute(0, 2, 1, 3)
+
+        q, k, v = split(query(hidden)), split(key(hidden)), split(value(hidden))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + bias  # (B, heads, T, T)
+        context = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, heads, T, d)
+        context = context.permute(0, 2, 1, 3).reshape(batch, seq, self.heads * self.head_dim)
+        return self.family.after_attention(self.index, context, hidden)
 
 
 def fuse_linears(linears: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -10,15 +10,14 @@ reads the first token itself.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from adapler.backbones.base import MASK_BIAS, QKV, BackboneFamily, TokenRows, UnsupportedBackbone
+from adapler.backbones.base import AbsolutePositionFamily, TokenRows, UnsupportedBackbone
+from adapler.flops import EncoderSize
 
 
-class BertFamily(BackboneFamily):
+class BertFamily(AbsolutePositionFamily):
     model_types = ("bert", "roberta", "xlm-roberta", "camembert")
 
     @classmethod
@@ -42,15 +41,12 @@ class BertFamily(BackboneFamily):
         attn = self.layers[index].attention.self
         return attn.query, attn.key, attn.value
 
-    def layer(self, index: int, x: torch.Tensor, rows: TokenRows, qkv: QKV) -> torch.Tensor:
+    def head_shape(self, index: int) -> tuple[int, int]:
+        attn = self.layers[index].attention.self
+        return attn.num_attention_heads, attn.attention_head_size
+
+    def after_attention(self, index: int, context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         layer = self.layers[index]
-        attn = layer.attention.self
-        heads, head_dim = attn.num_attention_heads, attn.attention_head_size
-        grid = rows.to_grid(qkv(x))  # (B, T, 3H): one matmul over the rows, one grid
-        batch, seq = grid.shape[0], grid.shape[1]
-        grid = grid.view(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, T, d)
-        context = rows.attend(grid[0], grid[1], grid[2])  # (B, heads, T, d)
-        context = rows.from_grid(context.transpose(1, 2).reshape(batch, seq, heads * head_dim))  # (..., N, H)
         attended = layer.attention.output(context, x)  # dense, dropout, LayerNorm(+ residual)
         return layer.output(layer.intermediate(attended), attended)  # FFN, LayerNorm(+ residual)
 
@@ -62,41 +58,8 @@ class BertFamily(BackboneFamily):
         return self.backbone.classifier(features)
 
     @classmethod
-    def encoder_size(cls, config, cp_hidden: int):
-        from adapler.flops import EncoderSize
-
+    def encoder_size(cls, config, cp_hidden: int) -> EncoderSize:
         return EncoderSize(config.num_hidden_layers, config.hidden_size, config.intermediate_size, cp_hidden)
 
     def attention_dropouts(self) -> list[nn.Dropout]:
         return [layer.attention.self.dropout for layer in self.layers]
-
-    def classic_layer(self, index: int) -> nn.Module:
-        return ClassicLayer(self.layers[index])
-
-
-class ClassicLayer(nn.Module):
-    """One BERT-layout layer over (B, T, H) in the classic export's op pattern (separate Q/K/V
-    MatMuls, scaled scores plus a (1 - mask) * -10000 bias, softmax), which ONNX Runtime's
-    transformer optimizer fuses into Attention, SkipLayerNormalization and BiasGelu."""
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        self.layer = layer
-        attn = layer.attention.self
-        self.heads, self.head_dim = attn.num_attention_heads, attn.attention_head_size
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """hidden (B, T, H), attention_mask (B, T) 1 for tokens, 0 for padding (on the right)."""
-        attn = self.layer.attention.self
-        batch, seq = hidden.shape[0], hidden.shape[1]
-        bias = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * MASK_BIAS  # (B, 1, 1, T)
-
-        def split(x: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, heads, T, d)
-            return x.view(batch, seq, self.heads, self.head_dim).permute(0, 2, 1, 3)
-
-        q, k, v = split(attn.query(hidden)), split(attn.key(hidden)), split(attn.value(hidden))
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + bias  # (B, heads, T, T)
-        context = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, heads, T, d)
-        context = context.permute(0, 2, 1, 3).reshape(batch, seq, self.heads * self.head_dim)
-        attended = self.layer.attention.output(context, hidden)  # dense + LayerNorm(+ residual)
-        return self.layer.output(self.layer.intermediate(attended), attended)  # FFN + LayerNorm(+ residual)
