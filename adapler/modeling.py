@@ -34,7 +34,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from adapler.artifacts import ADAPLER_WEIGHTS, check_model_dir
-from adapler.backbones import BackboneFamily, TokenRows, UnsupportedBackbone, family_class, family_for
+from adapler.backbones import BackboneFamily, TokenRows, family_class, family_for
+from adapler.backbones import UnsupportedBackbone  # noqa: F401  (imported from here: callers, the CLI's error list)
 from adapler.backbones.base import fuse_linears
 from adapler.config import AdapLeRSettings
 from adapler.operating_points import OperatingPoints, read_adapler_config
@@ -42,9 +43,6 @@ from adapler.operating_points import OperatingPoints, read_adapler_config
 REMOVAL_MODES = ("none", "soft", "masked", "packed")
 SOFT_FLOOR = -10000.0  # floor of the soft-removal function and of the attention bias (spec 4)
 FIRST_STEP_TEMPERATURE = 1000.0  # lambda of the very first training step (spec 4)
-
-__all__ = ["AdapLeRForSequenceClassification", "AdapLeROutput", "ContributionPredictor", "UnsupportedBackbone",
-           "soft_removal", "temperature_for_epoch"]
 
 
 @dataclass
@@ -151,7 +149,7 @@ class AdapLeRForSequenceClassification(nn.Module):
         config = backbone.config
         self.num_layers = self.family.num_layers
         self.predictors = nn.ModuleList(
-            ContributionPredictor(config.hidden_size, self.settings.cp_hidden, config.initializer_range)
+            ContributionPredictor(self.family.hidden_size, self.settings.cp_hidden, config.initializer_range)
             for _ in range(self.num_layers)
         )
         self.etas = nn.Parameter(torch.full((self.num_layers,), float(self.settings.eta_init)))

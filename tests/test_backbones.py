@@ -68,7 +68,7 @@ ETAS = [0.9, 1.1, 1.0]  # with spread random CPs, each layer removes some tokens
 def tiny_family_model(name: str, tokenizer, spread_cps) -> AdapLeRForSequenceClassification:
     torch.manual_seed(0)
     backbone = TINY_BACKBONES[name](tokenizer.vocab_size)
-    backbone.set_attn_implementation("sdpa")
+    backbone.set_attn_implementation(family_class(backbone.config).attn_implementation)  # as from_pretrained loads it
     model = AdapLeRForSequenceClassification(backbone, tokenizer=tokenizer)
     spread_cps(model)
     model.etas.data = torch.tensor(ETAS)
@@ -202,12 +202,13 @@ def test_flops_of_an_unpruned_pass_equal_a_count_of_the_familys_matmuls(family_m
     ids = torch.randint(2000, 20000, (1, n))
     inputs = family_model.family.hf_inputs(ids, torch.ones_like(ids), torch.zeros_like(ids))
     backbone = family_model.backbone
+    previous = backbone.config._attn_implementation
     backbone.set_attn_implementation("eager")
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             backbone(**inputs)
     finally:
-        backbone.set_attn_implementation("sdpa")
+        backbone.set_attn_implementation(previous)
     names = {module: name for name, module in backbone.named_modules()}
     counts = counter.get_flop_counts()
     counted = sum(sum(counts[f"{type(backbone).__name__}.{names[layer]}"].values()) for layer in family_model.family.layers)
