@@ -309,3 +309,30 @@ def test_runtime_auto_picks_torch_for_a_family_without_export_and_says_why_once(
     err = capsys.readouterr().err
     assert err.count("runs this model on torch") == 1 and "distilbert: its attention is not in the graphs" in err
     assert first.predict(["A fine film."])[0].label in first.label_names
+
+
+@pytest.mark.parametrize("removal", ["packed", "masked"])
+def test_layers_see_the_original_positions_of_the_kept_tokens(tokenizer, spread_cps, batch, monkeypatch, removal):
+    """What rotary and relative attention read: each kept token's input position, never shifted by
+    the tokens removed before it; token_weight marks the kept tokens (mean pooling reads it)."""
+    model = tiny_family_model("bert", tokenizer, spread_cps)
+    seen = []
+    layer = type(model.family).layer
+
+    def recording(self, index, x, rows, qkv):
+        seen.append((rows.positions.clone(), rows.token_weight.clone()))
+        return layer(self, index, x, rows, qkv)
+
+    monkeypatch.setattr(type(model.family), "layer", recording)
+    with torch.no_grad():
+        out = model(**batch, removal=removal)
+    assert len(seen) == LAYERS
+    for index, (positions, weight) in enumerate(seen):
+        for row in range(len(batch["input_ids"])):
+            kept = out.kept_mask[row, index]
+            if removal == "masked":  # the whole grid, removed tokens masked
+                assert torch.equal(positions[row], torch.arange(kept.shape[0])) and torch.equal(weight[row].bool(), kept)
+            else:  # the kept tokens first, in input order, at their input positions
+                n = int(kept.sum())
+                assert torch.equal(positions[row, :n], kept.nonzero().squeeze(1))
+                assert weight[row, :n].all() and not weight[row, n:].any()
