@@ -3,9 +3,13 @@
 A multiply-add counts as 2 FLOPs. Per encoder layer with n tokens, hidden H, FFN width I:
   dense     = 2nH * 3H (Q, K, V) + 2nH * H (attention output) + 2nH * I + 2nI * H (FFN)
             = 8nH^2 + 4nHI          (= 24nH^2 when I = 4H, the spec's figure)
+              a gated FFN (GeGLU) projects H -> 2I: 8nH^2 + 6nHI
   attention = 2n^2H (Q K^T) + 2n^2H (probabilities x V) = 4n^2H
+              (a sliding window computed as a mask over all n keys still costs n^2)
+  extra     = e * n                 (a family's further per-token terms, e.g. relative positions)
   CP        = 2nH * c + 2nc         (Linear(H, c) and Linear(c, 1), c = cp_hidden)
 Embeddings, pooler and classifier are the same for both models and left out, as in the paper.
+Each encoder family (adapler.backbones) builds its EncoderSize from its config.
 """
 
 from __future__ import annotations
@@ -21,20 +25,25 @@ class EncoderSize:
     hidden: int
     intermediate: int
     cp_hidden: int = 32
+    gated_ffn: bool = False  # the FFN's input projection is H -> 2I, gate and value (GeGLU)
+    extra_per_token: float = 0.0  # further FLOPs per token per layer (e.g. DeBERTa's c2p and p2c scores)
 
     @classmethod
     def from_config(cls, config, cp_hidden: int = 32) -> "EncoderSize":
-        """From a transformers config (BERT, RoBERTa, ... field names)."""
-        return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size, cp_hidden)
+        """From a transformers config, read by the config's encoder family (its field names)."""
+        from adapler.backbones import family_class  # the families build EncoderSize: import when called
+
+        return family_class(config).encoder_size(config, cp_hidden)
 
 
 def layer_flops(n, size: EncoderSize):
     """FLOPs of one encoder layer over n tokens (n: number or array)."""
     n = np.asarray(n, dtype=np.float64)
     h, i = size.hidden, size.intermediate
-    dense = 8 * n * h * h + 4 * n * h * i
+    ffn_in = 2 * i if size.gated_ffn else i
+    dense = 8 * n * h * h + 2 * n * h * ffn_in + 2 * n * i * h
     attention = 4 * n * n * h
-    return dense + attention
+    return dense + attention + size.extra_per_token * n
 
 
 def cp_flops(n, size: EncoderSize):

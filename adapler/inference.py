@@ -12,13 +12,16 @@ Speed per request: ``predict(..., operating_point="fast")``, ``target_speedup=3`
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoConfig
 
+from adapler.backbones import family_class
 from adapler.batching import sorted_batches, token_counts
 from adapler.flops import EncoderSize, adapler_flops, backbone_flops
 from adapler.modeling import AdapLeRForSequenceClassification
@@ -28,14 +31,39 @@ from adapler.quantization import maybe_quantize
 RUNTIME_CHOICES = ("auto", "torch", "onnx")
 
 
-def resolve_runtime(runtime: str, device: str = "cpu", removal: str = "packed") -> str:
+def resolve_runtime(runtime: str, device: str = "cpu", removal: str = "packed",
+                    model_dir: str | Path | None = None) -> str:
     """"auto" is ONNX Runtime for CPU inference with removal "packed" or "none" (faster on every
-    row of bench/runtime.py), else torch (GPUs, removal "masked"); "torch" and "onnx" as given."""
+    row of bench/runtime.py), else torch (GPUs, removal "masked"); "torch" and "onnx" as given.
+    With ``model_dir``, "auto" also picks torch for an encoder family the exported graphs can not
+    express, and says why on stderr (once per process and reason)."""
     if runtime not in RUNTIME_CHOICES:
         raise ValueError(f"runtime must be one of {RUNTIME_CHOICES}, got {runtime!r}")
     if runtime != "auto":
         return runtime
-    return "onnx" if device == "cpu" and removal in ("packed", "none") else "torch"
+    if device != "cpu" or removal not in ("packed", "none"):
+        return "torch"
+    reason = _export_unsupported(model_dir) if model_dir is not None else None
+    if reason is None:
+        return "onnx"
+    if reason not in _SAID:
+        _SAID.add(reason)
+        print(f"adapler: runtime auto runs this model on torch, not ONNX Runtime: {reason}", file=sys.stderr, flush=True)
+    return "torch"
+
+
+_SAID: set[str] = set()  # the torch fallbacks already explained in this process
+
+
+def _export_unsupported(model_dir: str | Path) -> str | None:
+    """Why the model's family is not exported (adapler.backbones), or None; None too when the
+    directory holds no readable config (loading it reports that, one line)."""
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError):
+        return None
+    reason = family_class(config).export_unsupported
+    return f"{config.model_type}: {reason}" if reason else None
 
 
 def load_for_inference(directory: str | Path, runtime: str = "auto", device: str = "cpu", quantize: str = "none",
@@ -44,7 +72,7 @@ def load_for_inference(directory: str | Path, runtime: str = "auto", device: str
     adapler.quantization) or "onnx" (adapler.onnx_runtime.OnnxAdapLeR, int8 by ONNX Runtime), or
     "auto" (:func:`resolve_runtime`, for packed removal). Both are called alike, so Predictor,
     evaluate and calibrate take either."""
-    if resolve_runtime(runtime, device) == "onnx":
+    if resolve_runtime(runtime, device, model_dir=directory) == "onnx":
         from adapler.onnx_runtime import OnnxAdapLeR  # onnxruntime is imported only when asked for
 
         return OnnxAdapLeR.from_pretrained(directory, quantize=quantize, device=device, threads=threads)
@@ -99,7 +127,7 @@ class Predictor:
                        **kwargs) -> "Predictor":
         """runtime: "torch", "onnx" or "auto" (resolve_runtime); quantize: "none" or "int8"."""
         kwargs.setdefault("operating_points", read_operating_points(directory))
-        runtime = resolve_runtime(runtime, device, kwargs.get("removal", "packed"))
+        runtime = resolve_runtime(runtime, device, kwargs.get("removal", "packed"), directory)
         return cls(load_for_inference(directory, runtime, device, quantize), **kwargs)
 
     @property

@@ -1,4 +1,4 @@
-"""AdapLeR: a BERT-family classifier that drops unimportant tokens layer by layer.
+"""AdapLeR: an encoder classifier that drops unimportant tokens layer by layer.
 
 Spec: shared/spec/adapler-method.md. One Contribution Predictor (CP) per encoder layer scores
 the tokens entering that layer; a token whose normalised score falls under eta_l / n (n = tokens
@@ -13,6 +13,10 @@ The forward takes ``removal``:
   "packed"  real removal, the default in eval: the kept tokens of the whole batch live in one
             (N, H) tensor; dense layers run over those N tokens only, and attention per example
             over a re-padded (B, heads, T_kept, d) view of them.
+
+The loop is family-agnostic: embeddings, each layer and the head come from the backbone's
+family (:mod:`adapler.backbones`), which runs a layer over token rows described by a
+:class:`~adapler.backbones.TokenRows` (below: the padded grid, packed rows, one example).
 
 Shapes: B batch, T padded input length, H hidden, L layers, N kept tokens in the batch.
 """
@@ -30,20 +34,15 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from adapler.artifacts import ADAPLER_WEIGHTS, check_model_dir
+from adapler.backbones import BackboneFamily, TokenRows, family_class, family_for
+from adapler.backbones import UnsupportedBackbone  # noqa: F401  (imported from here: callers, the CLI's error list)
+from adapler.backbones.base import fuse_linears
 from adapler.config import AdapLeRSettings
 from adapler.operating_points import OperatingPoints, read_adapler_config
 
 REMOVAL_MODES = ("none", "soft", "masked", "packed")
 SOFT_FLOOR = -10000.0  # floor of the soft-removal function and of the attention bias (spec 4)
 FIRST_STEP_TEMPERATURE = 1000.0  # lambda of the very first training step (spec 4)
-
-# Backbones whose layers have the BERT layout (attention.self.{query,key,value}, attention.output,
-# intermediate, output) and whose classification head reads the first token.
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
-
-
-class UnsupportedBackbone(ValueError):
-    """The checkpoint is not a BERT-family encoder this module knows how to prune."""
 
 
 @dataclass
@@ -134,38 +133,28 @@ def _check_eta_factors(factors: torch.Tensor, batch: int, removal: str) -> None:
         raise ValueError(f"eta_factors must be finite and > 0, got {factors.tolist()}")
 
 
-def _check_backbone(config) -> None:
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedBackbone(
-            f"model_type {config.model_type!r} is not supported; AdapLeR here prunes BERT-family "
-            f"encoders: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
-        raise UnsupportedBackbone("only absolute position embeddings are supported")
-    if getattr(config, "is_decoder", False):
-        raise UnsupportedBackbone("decoder configurations are not supported")
-
-
 class AdapLeRForSequenceClassification(nn.Module):
-    """A Hugging Face BERT-family classifier plus one CP and one eta per layer."""
+    """A Hugging Face encoder classifier plus one CP and one eta per layer."""
 
     def __init__(self, backbone: nn.Module, settings: AdapLeRSettings | None = None, tokenizer=None):
         super().__init__()
-        _check_backbone(backbone.config)
+        # Bound to the backbone's modules (a plain object, not a submodule: parameter names stay
+        # the backbone's own, and a deepcopy copies it along with them).
+        self.family: BackboneFamily = family_for(backbone)
         self.backbone = backbone  # e.g. BertForSequenceClassification, unchanged
         self.settings = settings or AdapLeRSettings()
         self.tokenizer = tokenizer  # kept with the model so that save/load carries it
         if tokenizer is not None:
             tokenizer.padding_side = "right"  # [CLS] at position 0 (see forward)
         config = backbone.config
-        self.num_layers = config.num_hidden_layers
+        self.num_layers = self.family.num_layers
         self.predictors = nn.ModuleList(
-            ContributionPredictor(config.hidden_size, self.settings.cp_hidden, config.initializer_range)
+            ContributionPredictor(self.family.hidden_size, self.settings.cp_hidden, config.initializer_range)
             for _ in range(self.num_layers)
         )
         self.etas = nn.Parameter(torch.full((self.num_layers,), float(self.settings.eta_init)))
         self._fused_qkv: dict[int, tuple] = {}  # inference cache of concatenated Q/K/V weights, per layer
-        # Set by adapler.quantization: a (quantized) Linear(H, 3H) per layer used instead of the cache.
+        # Set by adapler.quantization: a (quantized) fused Q/K/V Linear per layer used instead of the cache.
         self.fused_qkv: nn.ModuleList | None = None
         self.quantized: str | None = None  # "int8" after adapler.quantization.quantize_int8
         # Named eta factors measured on dev (adapler.operating_points), saved in config.json.
@@ -181,10 +170,10 @@ class AdapLeRForSequenceClassification(nn.Module):
         **settings,
     ) -> "AdapLeRForSequenceClassification":
         """Build from a plain HF checkpoint (hub id or local dir); head and CPs start random."""
-        config = AutoConfig.from_pretrained(name_or_dir)
-        _check_backbone(config)
+        family = family_class(AutoConfig.from_pretrained(name_or_dir))  # one line for an unsupported family
         # ignore_mismatched_sizes: a checkpoint with another head size gets a fresh head.
-        kwargs = {"num_labels": num_labels, "attn_implementation": "sdpa", "ignore_mismatched_sizes": True}
+        kwargs = {"num_labels": num_labels, "attn_implementation": family.attn_implementation,
+                  "ignore_mismatched_sizes": True}
         if label_names:
             kwargs["id2label"] = dict(enumerate(label_names))
             kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
@@ -212,9 +201,12 @@ class AdapLeRForSequenceClassification(nn.Module):
             self.tokenizer.save_pretrained(directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, attn_implementation: str = "sdpa") -> "AdapLeRForSequenceClassification":
+    def from_pretrained(cls, directory: str | Path, attn_implementation: str | None = None) -> "AdapLeRForSequenceClassification":
+        """attn_implementation: the backbone's own forward's; None = its family's default."""
         directory = check_model_dir(directory)  # safetensors only, no pickle-format file
         settings, points = read_adapler_config(directory)
+        if attn_implementation is None:
+            attn_implementation = family_class(AutoConfig.from_pretrained(directory)).attn_implementation
         backbone = AutoModelForSequenceClassification.from_pretrained(directory, attn_implementation=attn_implementation)
         tokenizer = AutoTokenizer.from_pretrained(directory)
         model = cls(backbone, settings, tokenizer)
@@ -232,7 +224,7 @@ class AdapLeRForSequenceClassification(nn.Module):
     @property
     def base_model(self) -> nn.Module:
         """The backbone's base model (e.g. BertModel): embeddings, encoder layers, pooler."""
-        return getattr(self.backbone, self.backbone.base_model_prefix)
+        return self.family.base_model
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Named parameters by optimizer group, each parameter in exactly one: "backbone" (with the
@@ -242,14 +234,6 @@ class AdapLeRForSequenceClassification(nn.Module):
             "predictors": list(self.predictors.named_parameters(prefix="predictors")),
             "etas": [("etas", self.etas)],
         }
-
-    def _classify(self, cls_hidden: torch.Tensor) -> torch.Tensor:
-        """Logits from the final [CLS] hidden states (B, H), through the backbone's own head."""
-        features = cls_hidden[:, None, :]  # (B, 1, H): heads read position 0
-        if self.config.model_type == "bert":
-            pooled = self.base_model.pooler(features)
-            return self.backbone.classifier(self.backbone.dropout(pooled))
-        return self.backbone.classifier(features)
 
     def clip_etas(self) -> None:
         with torch.no_grad():
@@ -283,72 +267,38 @@ class AdapLeRForSequenceClassification(nn.Module):
             _check_right_padded(attention_mask.bool())
         present = attention_mask.bool()  # (B, T)
         if removal == "none":
-            logits = self.backbone(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).logits
+            logits = self.backbone(**self.family.hf_inputs(input_ids, attention_mask, token_type_ids)).logits
             kept_mask = present[:, None, :].expand(-1, self.num_layers, -1)
             return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
-        hidden = self.base_model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
+        hidden = self.family.embed(input_ids, token_type_ids, attention_mask)  # (B, T, H)
         if removal == "soft":
             return self._forward_soft(hidden, present, temperature)
         if removal == "masked":
             return self._forward_masked(hidden, present, eta_factors)
         return self._forward_packed(hidden, present, eta_factors)
 
-    def _layer(
-        self,
-        index: int,
-        x: torch.Tensor,
-        batch: int,
-        seq: int,
-        scatter: torch.Tensor | None,
-        key_bias: torch.Tensor | None,
-        attention_dropout: float = 0.0,
-    ) -> torch.Tensor:
-        """One BERT layer over token rows x (N, H), from the backbone's own weights.
-
-        scatter (N,) gives each row's slot in a (B * seq) padded grid (None: x already is that
-        grid); key_bias (B, 1, 1, seq) is added to the attention scores (None: attend to all).
-        """
-        layer = self.base_model.encoder.layer[index]
-        attn = layer.attention.self
-        heads, head_dim = attn.num_attention_heads, attn.attention_head_size
-        width = heads * head_dim
-        qkv = self._qkv(index, x)  # (N, 3H): one matmul, one scatter, one grid
-        if scatter is not None:
-            grid = qkv.new_zeros(batch * seq, 3 * width)
-            grid[scatter] = qkv
-            qkv = grid
-        qkv = qkv.view(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, seq, d)
-        context = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], attn_mask=key_bias, dropout_p=attention_dropout
-        )  # (B, heads, seq, d)
-        context = context.transpose(1, 2).reshape(batch * seq, heads * head_dim)  # (B*seq, H)
-        if scatter is not None:
-            context = context[scatter]  # back to (N, H)
-        attended = layer.attention.output(context, x)  # dense, dropout, LayerNorm(+ residual)
-        return layer.output(layer.intermediate(attended), attended)  # FFN, LayerNorm(+ residual)
+    def _layer(self, index: int, x: torch.Tensor, rows: TokenRows) -> torch.Tensor:
+        """Layer ``index`` of the backbone over token rows x (N, H), placed by ``rows``."""
+        return self.family.layer(index, x, rows, lambda h: self._qkv(index, h))
 
     def _qkv(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Q, K, V projections of x (N, H) side by side: (N, 3H).
 
-        Without autograd (inference) the three weight matrices are concatenated once and cached
-        (rebuilt if a weight changes); with autograd, the concatenation is part of the graph. An
-        int8 model (adapler.quantization) brings its own fused, quantized projection.
+        Without autograd (inference) the family's Q/K/V weight matrices are concatenated once and
+        cached (rebuilt if a weight changes); with autograd, the concatenation is part of the
+        graph. An int8 model (adapler.quantization) brings its own fused, quantized projection.
         """
         if self.fused_qkv is not None:
             return self.fused_qkv[index](x)
-        attn = self.base_model.encoder.layer[index].attention.self
-        linears = (attn.query, attn.key, attn.value)
+        linears = self.family.qkv_linears(index)
         if torch.is_grad_enabled():
-            weight = torch.cat([m.weight for m in linears])
-            bias = torch.cat([m.bias for m in linears])
-            return F.linear(x, weight, bias)
-        stamp = tuple((m.weight.data_ptr(), m.weight._version, m.bias._version) for m in linears)
+            return F.linear(x, *fuse_linears(linears))
+        stamp = tuple((m.weight.data_ptr(), m.weight._version, None if m.bias is None else m.bias._version)
+                      for m in linears)
         cached = self._fused_qkv.get(index)
         if cached is None or cached[0] != stamp or cached[1].device != x.device:
             with torch.no_grad():
-                cached = (stamp, torch.cat([m.weight for m in linears]), torch.cat([m.bias for m in linears]))
+                cached = (stamp, *fuse_linears(linears))
             self._fused_qkv[index] = cached
         return F.linear(x, cached[1], cached[2])
 
@@ -391,8 +341,9 @@ class AdapLeRForSequenceClassification(nn.Module):
             mask_len = mask_len * torch.exp(s_len)
             soft_lengths.append(mask_len.sum(-1))  # n_l = 1 + sum of m over non-[CLS] tokens
 
-            x = self._layer(index, x, batch, seq, None, key_bias[:, None, None, :])
-        logits = self._classify(x.view(batch, seq, width)[:, 0])
+            rows = _GridRows(batch, seq, key_bias[:, None, None, :], mask_live)
+            x = self._layer(index, x, rows)
+        logits = self.family.classify(x, rows)
         kept_mask = present[:, None, :].expand(-1, self.num_layers, -1)  # soft: nothing leaves
         return AdapLeROutput(
             logits, kept_mask.sum(-1), kept_mask, scores, masks_before, torch.stack(soft_lengths, dim=1)
@@ -423,8 +374,9 @@ class AdapLeRForSequenceClassification(nn.Module):
             present = self._hard_keep(index, predictor(x).view(batch, seq), present, factors)
             kept.append(present)
             key_bias = torch.where(present, 0.0, float("-inf")).to(x.dtype)[:, None, None, :]
-            x = self._layer(index, x, batch, seq, None, key_bias)
-        logits = self._classify(x.view(batch, seq, width)[:, 0])
+            rows = _GridRows(batch, seq, key_bias, present.to(x.dtype))
+            x = self._layer(index, x, rows)
+        logits = self.family.classify(x, rows)
         kept_mask = torch.stack(kept, dim=1)  # (B, L, T)
         return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
 
@@ -446,10 +398,10 @@ class AdapLeRForSequenceClassification(nn.Module):
             x, example, position = x[keep], example[keep], position[keep]
             grid = _PackedGrid(example, batch)
             kept_mask[example, index, position] = True
-            x = self._layer(index, x, batch, grid.length, grid.scatter, grid.key_bias(x.dtype))
-        logits = self._classify(x[grid.starts])  # [CLS] is the first kept row of each example
+            rows = _PackedRows(grid, position, x.dtype)
+            x = self._layer(index, x, rows)
+        logits = self.family.classify(x, rows)  # [CLS] is the first kept row of each example
         return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
-
 
     def _forward_single(self, x: torch.Tensor, seq: int, factors: torch.Tensor | None) -> AdapLeROutput:
         """Packed removal for one example, x (n, H) without padding: no grid, no scatter, no mask.
@@ -462,8 +414,9 @@ class AdapLeRForSequenceClassification(nn.Module):
             keep[0] = True  # [CLS]
             x, position = x[keep], position[keep]
             kept_mask[0, index, position] = True
-            x = self._layer(index, x, 1, x.shape[0], None, None)
-        logits = self._classify(x[:1])
+            rows = _SingleRows(position)
+            x = self._layer(index, x, rows)
+        logits = self.family.classify(x, rows)
         return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
 
 
@@ -483,3 +436,100 @@ class _PackedGrid:
         if not self.padded:
             return None
         return torch.where(self.present, 0.0, float("-inf")).to(dtype)[:, None, None, :]  # (B, 1, 1, T_grid)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor | None,
+               bias: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+    """SDPA with the rows' key mask plus the family's own score terms, (B, heads, T, d)."""
+    mask = key_bias if bias is None else (bias if key_bias is None else key_bias + bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+class _GridRows(TokenRows):
+    """x is the whole padded grid, (B * T, H) rows example-major (soft and masked removal).
+    key_bias (B, 1, 1, T) hides padding and removed keys; weight (B, T) the tokens' masks."""
+
+    def __init__(self, batch: int, seq: int, key_bias: torch.Tensor, weight: torch.Tensor):
+        self.batch, self.seq, self.key_bias, self.weight = batch, seq, key_bias, weight
+
+    def to_grid(self, rows):
+        return rows.view(self.batch, self.seq, -1)
+
+    def from_grid(self, grid):
+        return grid.reshape(self.batch * self.seq, grid.shape[-1])
+
+    def attend(self, q, k, v, bias=None, scale=None):
+        return _attention(q, k, v, self.key_bias, bias, scale)
+
+    @property
+    def positions(self):
+        return torch.arange(self.seq, device=self.weight.device)[None, :].expand(self.batch, -1)
+
+    @property
+    def token_weight(self):
+        return self.weight
+
+    def first(self, x):
+        return x.view(self.batch, self.seq, -1)[:, 0]
+
+
+class _PackedRows(TokenRows):
+    """x holds only the kept tokens, (N, H) example-major; attention runs on the (B, T_grid) grid
+    of ``grid``; position (N,) the input position of each row."""
+
+    def __init__(self, grid: "_PackedGrid", position: torch.Tensor, dtype: torch.dtype):
+        self.grid, self.position, self.dtype = grid, position, dtype
+        self.key_bias = grid.key_bias(dtype)
+        self.batch = grid.starts.shape[0]
+
+    def to_grid(self, rows):
+        if self.grid.scatter is None:
+            return rows.view(self.batch, self.grid.length, -1)
+        grid = rows.new_zeros(self.batch * self.grid.length, rows.shape[-1])
+        grid[self.grid.scatter] = rows
+        return grid.view(self.batch, self.grid.length, -1)
+
+    def from_grid(self, grid):
+        flat = grid.reshape(self.batch * self.grid.length, grid.shape[-1])
+        return flat if self.grid.scatter is None else flat[self.grid.scatter]
+
+    def attend(self, q, k, v, bias=None, scale=None):
+        return _attention(q, k, v, self.key_bias, bias, scale)
+
+    @property
+    def positions(self):
+        return self.to_grid(self.position[:, None])[..., 0]
+
+    @property
+    def token_weight(self):
+        return self.grid.present.to(self.dtype)
+
+    def first(self, x):
+        return x[self.grid.starts]
+
+
+class _SingleRows(TokenRows):
+    """One example without padding: x (n, H) is its own grid (no scatter, no mask)."""
+
+    def __init__(self, position: torch.Tensor):
+        self.position = position  # (n,) input positions of the rows
+
+    def to_grid(self, rows):
+        return rows[None]
+
+    def from_grid(self, grid):
+        return grid.reshape(grid.shape[1], grid.shape[-1])
+
+    def attend(self, q, k, v, bias=None, scale=None):
+        return _attention(q, k, v, None, bias, scale)
+
+    @property
+    def positions(self):
+        return self.position[None]
+
+    @property
+    def token_weight(self):
+        return torch.ones(1, self.position.shape[0], device=self.position.device)
+
+    def first(self, x):
+        return x[:1]

@@ -19,12 +19,14 @@ Three graphs per model:
 model's etas: calibration and per-request operating points need no re-export. One graph, one
 session call per batch: no per-layer call overhead, one thread pool.
 
-Each layer is written out in the op pattern of the classic BERT export (Q/K/V MatMuls, scaled
-scores plus a (1 - mask) * -10000 bias, softmax), which ONNX Runtime's transformer optimizer
-fuses into its ``Attention``, ``SkipLayerNormalization`` and ``BiasGelu`` kernels. The backbone
-graph gets all of them; the removal graph's packed layers get the GELU and most LayerNorm fusions
-but not ``Attention`` (its Q/K/V rows are gathered into the grid between the projection and the
-scores). At batch 32 on Rotten Tomatoes (bench/runtime.py) packing took the fp32 realization from
+Each layer is the encoder family's own layer code (:mod:`adapler.backbones`) run over gathered
+token rows, with attention in the op pattern of the classic BERT export (scaled scores plus a
+(1 - mask) * -10000 bias, softmax), which ONNX Runtime's transformer optimizer fuses into its
+``Attention``, ``SkipLayerNormalization`` and ``BiasGelu`` kernels for the families it knows
+(``BackboneFamily.ort_model_type``; the others are exported unfused). The backbone graph gets
+all of them (from the family's ``classic_layer``); the removal graph's packed layers get the GELU
+and most LayerNorm fusions but not ``Attention`` (its Q/K/V rows are gathered into the grid
+between the projection and the scores). At batch 32 on Rotten Tomatoes (bench/runtime.py) packing took the fp32 realization from
 0.71 (every layer re-padded to the batch's longest kept row) to 0.77, and 0.95 once the session's
 glue stopped waking torch's thread pool (adapler/onnx_runtime.py).
 ``quantize="int8"`` is ONNX Runtime's dynamic quantization (int8 weights, one scale per output
@@ -52,6 +54,7 @@ import torch
 from torch import nn
 
 from adapler.artifacts import ADAPLER_WEIGHTS, BACKBONE_WEIGHTS
+from adapler.backbones.base import MASK_BIAS, BackboneFamily, TokenRows, fused_linear
 from adapler.modeling import AdapLeRForSequenceClassification
 
 EXPORT_FORMAT = 4  # bump when the graphs change: cached exports of older formats are rebuilt
@@ -59,7 +62,6 @@ OPSET = 17
 ONNX_SUBDIR = "onnx"  # a model directory's own export: <model>/onnx/
 MANIFEST = "manifest.json"
 QUANTIZE_CHOICES = ("none", "int8")
-MASK_BIAS = -10000.0  # the classic BERT export's additive mask: the pattern the optimizer fuses
 PREDICTOR_SCOPE = "predictors"  # module name of the CPs inside the graph: kept float by int8
 
 
@@ -85,79 +87,70 @@ class ExportedGraphs:
 
 
 # ---------------------------------------------------------------------------- graph modules
-class ClassicLayer(nn.Module):
-    """One encoder layer of the backbone, written in the classic export's op pattern."""
+class _GatheredRows(TokenRows):
+    """Token rows x (1, N, H) of the graph and the (B, T) grid attention runs on, by gathers:
+    grid (B, T) the row of x in each slot (padding: any row), rows (N,) the flat slot of each row,
+    bias (B, 1, 1, T) the additive key mask, positions (B, T) each slot's input position. Without
+    grid, x is one example and its own grid (no gather, no mask). Attention in the classic
+    MatMul/Softmax pattern."""
 
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        self.layer = layer
-        attn = layer.attention.self
-        self.heads, self.head_dim = attn.num_attention_heads, attn.attention_head_size
+    def __init__(self, positions: torch.Tensor, grid: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None, present: torch.Tensor | None = None):
+        self.grid, self.rows, self.bias, self._positions, self.present = grid, rows, bias, positions, present
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """hidden (B, T, H), attention_mask (B, T) 1 for tokens, 0 for padding (on the right)."""
-        attn = self.layer.attention.self
-        batch, seq = hidden.shape[0], hidden.shape[1]
-        bias = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * MASK_BIAS  # (B, 1, 1, T)
+    def to_grid(self, rows):
+        return rows if self.grid is None else rows[0][self.grid]  # (B, T, C)
 
-        def split(x: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, heads, T, d)
-            return x.view(batch, seq, self.heads, self.head_dim).permute(0, 2, 1, 3)
+    def from_grid(self, grid):
+        flat = grid.reshape(1, grid.shape[0] * grid.shape[1], grid.shape[-1])  # (1, B*T, C)
+        return flat if self.rows is None else flat[:, self.rows]
 
-        q, k, v = split(attn.query(hidden)), split(attn.key(hidden)), split(attn.value(hidden))
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + bias  # (B, heads, T, T)
-        context = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, heads, T, d)
-        context = context.permute(0, 2, 1, 3).reshape(batch, seq, self.heads * self.head_dim)
-        attended = self.layer.attention.output(context, hidden)  # dense + LayerNorm(+ residual)
-        return self.layer.output(self.layer.intermediate(attended), attended)  # FFN + LayerNorm(+ residual)
+    def attend(self, q, k, v, bias=None, scale=None):
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, heads, T, T)
+        scores = scores / math.sqrt(q.shape[-1]) if scale is None else scores * scale
+        for extra in (self.bias, bias):
+            if extra is not None:
+                scores = scores + extra
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+    @property
+    def positions(self):
+        return self._positions
+
+    @property
+    def token_weight(self):
+        if self.present is None:
+            return torch.ones(self._positions.shape, dtype=torch.float32)
+        return self.present.to(torch.float32)
+
+    def first(self, x):
+        return x[:, 0] if self.grid is None else x[0][self.grid[:, 0]]  # [CLS] holds slot 0
 
 
 class PackedLayer(nn.Module):
-    """One encoder layer over packed token rows: the dense layers (Q/K/V, attention output, FFN)
-    see only the kept tokens (N, H); attention alone runs on the (B, T) grid of the batch."""
+    """One encoder layer over packed token rows x (1, N, H): the dense layers see only the kept
+    tokens; attention alone runs on the batch's grid. Q, K and V are one Linear (one MatMul, one
+    gather); x keeps a leading axis of 1 so that its Linears export as MatMul + Add, the pattern
+    the optimizer fuses (with the residual LayerNorm and GELU) as it does in the backbone."""
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, family: BackboneFamily, index: int):
         super().__init__()
-        self.layer = layer
-        attn = layer.attention.self
-        self.heads, self.head_dim = attn.num_attention_heads, attn.attention_head_size
-        width = self.heads * self.head_dim
-        self.qkv = nn.Linear(width, 3 * width)  # Q, K and V side by side: one MatMul, one gather
-        with torch.no_grad():
-            self.qkv.weight.copy_(torch.cat([attn.query.weight, attn.key.weight, attn.value.weight]))
-            self.qkv.bias.copy_(torch.cat([attn.query.bias, attn.key.bias, attn.value.bias]))
+        self.family, self.index = family, index
+        self.qkv = fused_linear(family.qkv_linears(index))
 
-    def forward(self, x: torch.Tensor, grid: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                rows: torch.Tensor | None = None) -> torch.Tensor:
-        """x (1, N, H) the kept tokens; grid (B, T) the row of x in each slot (padding: any row);
-        bias (B, 1, 1, T) the additive key mask; rows (N,) the flat slot of each row of x. Without
-        grid, x is one example and its own grid (no gather, no mask).
-        x keeps a leading axis of 1 so that its Linears export as MatMul + Add, the pattern the
-        optimizer fuses (with the residual LayerNorm and GELU) as it does in the backbone."""
-        qkv = self.qkv(x)  # (1, N, 3H)
-        if grid is not None:
-            qkv = qkv[0][grid]  # (B, T, 3H)
-        batch, seq = qkv.shape[0], qkv.shape[1]
-        qkv = qkv.view(batch, seq, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, T, d)
-        scores = torch.matmul(qkv[0], qkv[1].transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, heads, T, T)
-        if bias is not None:
-            scores = scores + bias
-        context = torch.matmul(torch.softmax(scores, dim=-1), qkv[2])  # (B, heads, T, d)
-        context = context.permute(0, 2, 1, 3).reshape(1, batch * seq, self.heads * self.head_dim)  # (1, B*T, H)
-        if rows is not None:
-            context = context[:, rows]  # (1, N, H)
-        attended = self.layer.attention.output(context, x)  # dense + LayerNorm(+ residual)
-        return self.layer.output(self.layer.intermediate(attended), attended)  # FFN + LayerNorm(+ residual)
+    def forward(self, x: torch.Tensor, rows: TokenRows) -> torch.Tensor:
+        return self.family.layer(self.index, x, rows, self.qkv)
 
 
 class Head(nn.Module):
-    """The classifier over the final [CLS] state (the backbone's own head, eval mode)."""
+    """The classifier over the final rows (the backbone's own head, eval mode)."""
 
-    def __init__(self, model: AdapLeRForSequenceClassification):
+    def __init__(self, family: BackboneFamily):
         super().__init__()
-        self.model = model
+        self.family = family
 
-    def forward(self, cls_hidden: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
-        return self.model._classify(cls_hidden)
+    def forward(self, x: torch.Tensor, rows: TokenRows) -> torch.Tensor:  # (1, N, H) -> (B, C)
+        return self.family.classify(x, rows)
 
 
 def _packing(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,13 +167,14 @@ class RemovalGraph(nn.Module):
 
     def __init__(self, model: AdapLeRForSequenceClassification):
         super().__init__()
-        self.embeddings = model.base_model.embeddings
-        self.layers = nn.ModuleList(PackedLayer(layer) for layer in model.base_model.encoder.layer)
+        self.family = model.family
+        self.backbone = model.backbone  # registered: the family's modules are the graph's
+        self.layers = nn.ModuleList(PackedLayer(model.family, index) for index in range(model.num_layers))
         self.predictors = model.predictors  # the name int8 quantization leaves float (PREDICTOR_SCOPE)
-        self.head = Head(model)
+        self.head = Head(model.family)
 
     def forward(self, input_ids, attention_mask, token_type_ids, thresholds):
-        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
+        hidden = self.family.embed(input_ids, token_type_ids, attention_mask)  # (B, T, H)
         batch, seq = input_ids.shape[0], input_ids.shape[1]
         present = attention_mask > 0  # (B, T_l) the slots of the current grid that hold a token
         rows, grid = _packing(present)
@@ -205,8 +199,9 @@ class RemovalGraph(nn.Module):
             x = x[:, survivors.flatten()[rows]]  # (1, N_{l+1}, H)
             kept.append(torch.zeros(batch, seq, dtype=torch.bool).scatter(1, position, present))
             bias = (1.0 - present[:, None, None, :].to(x.dtype)) * MASK_BIAS  # (B, 1, 1, T_{l+1})
-            x = layer(x, grid, bias, rows)
-        return self.head(x[0][grid[:, 0]]), torch.stack(kept, dim=1)  # [CLS] holds slot 0
+            token_rows = _GatheredRows(position, grid, rows, bias, present)
+            x = layer(x, token_rows)
+        return self.head(x, token_rows), torch.stack(kept, dim=1)
 
 
 class SingleRemovalGraph(RemovalGraph):
@@ -216,8 +211,8 @@ class SingleRemovalGraph(RemovalGraph):
     for single examples, as the torch path's ``_forward_single`` does."""
 
     def forward(self, input_ids, attention_mask, token_type_ids, thresholds):
-        """Inputs as RemovalGraph's with B = 1 and no padding (attention_mask all 1, unused)."""
-        x = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (1, n, H)
+        """Inputs as RemovalGraph's with B = 1 and no padding (attention_mask all 1)."""
+        x = self.family.embed(input_ids, token_type_ids, attention_mask)  # (1, n, H)
         seq = input_ids.shape[1]
         position = torch.arange(seq)  # (n_l,) input position of each row
         kept = []
@@ -228,24 +223,43 @@ class SingleRemovalGraph(RemovalGraph):
             rows = torch.nonzero(keep).squeeze(1)  # (n_{l+1},) in input order
             x, position = x[:, rows], position[rows]
             kept.append(torch.zeros(seq, dtype=torch.bool).scatter(0, position, torch.ones_like(position, dtype=torch.bool)))
-            x = layer(x)
-        return self.head(x[:, 0]), torch.stack(kept)[None]  # (1, C), (1, L, n)
+            token_rows = _GatheredRows(position[None])
+            x = layer(x, token_rows)
+        return self.head(x, token_rows), torch.stack(kept)[None]  # (1, C), (1, L, n)
 
 
 class BackboneGraph(nn.Module):
-    """The plain backbone in one graph, from the same layer code as the removal path."""
+    """The plain backbone in one graph: the family's classic layers (the pattern ONNX Runtime fuses
+    into its Attention kernel) where it has them, else its layers over all tokens, packed."""
 
     def __init__(self, model: AdapLeRForSequenceClassification):
         super().__init__()
-        self.embeddings = model.base_model.embeddings
-        self.layers = nn.ModuleList(ClassicLayer(layer) for layer in model.base_model.encoder.layer)
-        self.head = Head(model)
+        self.family = model.family
+        self.backbone = model.backbone
+        classic = [model.family.classic_layer(index) for index in range(model.num_layers)]
+        self.classic = all(layer is not None for layer in classic)
+        self.layers = nn.ModuleList(
+            classic if self.classic else (PackedLayer(model.family, index) for index in range(model.num_layers))
+        )
+        self.head = Head(model.family)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
-        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        hidden = self.family.embed(input_ids, token_type_ids, attention_mask)  # (B, T, H)
+        batch, seq = input_ids.shape[0], input_ids.shape[1]
+        present = attention_mask > 0
+        positions = torch.arange(seq)[None, :].expand(batch, -1)
+        if self.classic:
+            for layer in self.layers:
+                hidden = layer(hidden, attention_mask)
+            grid = torch.arange(batch * seq).view(batch, seq)  # every slot its own row
+            return self.head(hidden.reshape(1, batch * seq, -1), _GatheredRows(positions, grid, None, None, present))
+        rows, grid = _packing(present)
+        x = hidden.reshape(1, batch * seq, -1)[:, rows]  # (1, N, H)
+        bias = (1.0 - present[:, None, None, :].to(x.dtype)) * MASK_BIAS
+        token_rows = _GatheredRows(positions, grid, rows, bias, present)
         for layer in self.layers:
-            hidden = layer(hidden, attention_mask)
-        return self.head(hidden[:, 0])
+            x = layer(x, token_rows)
+        return self.head(x, token_rows)
 
 
 # ---------------------------------------------------------------------------- export
@@ -254,13 +268,8 @@ def check_exportable(model: AdapLeRForSequenceClassification) -> None:
     config = model.config
     if getattr(model, "quantized", None):
         raise UnsupportedExport("export the float model: int8 for ONNX Runtime is made from the float graphs")
-    layer = model.base_model.encoder.layer[0]
-    needed = ("attention.self.query", "attention.output", "intermediate", "output")
-    for name in needed:
-        try:
-            layer.get_submodule(name)
-        except AttributeError:
-            raise UnsupportedExport(f"{config.model_type}: encoder layers without {name} are not exported") from None
+    if model.family.export_unsupported:
+        raise UnsupportedExport(f"{config.model_type}: {model.family.export_unsupported}")
     if getattr(config, "add_cross_attention", False):
         raise UnsupportedExport(f"{config.model_type}: cross-attention layers are not exported")
 
@@ -273,7 +282,6 @@ def export_graphs(model: AdapLeRForSequenceClassification, directory: str | Path
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = model.eval().float().cpu()
-    config = model.config
     fp32 = ExportedGraphs(directory, model.num_layers, "none")
     example = _example_inputs(model)
     modules = {
@@ -287,7 +295,7 @@ def export_graphs(model: AdapLeRForSequenceClassification, directory: str | Path
         raw = directory / f"{name}.raw.onnx"
         args = example if name != "adapler_single" else {k: v[:1] for k, v in example.items()}  # row 0: no padding
         _export(module.eval(), tuple(args[k] for k in inputs), raw, inputs, outputs)
-        _optimize(raw, fp32.path(name), config.num_attention_heads, config.hidden_size)
+        _optimize(raw, fp32.path(name), model.family)
         raw.unlink()
     if quantize == "int8":
         quantize_graphs(fp32)
@@ -327,10 +335,16 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: tuple, outputs: 
         )  # the TorchScript exporter: its op pattern is the one ONNX Runtime's optimizer fuses
 
 
-def _optimize(source: Path, target: Path, heads: int, hidden: int) -> None:
+def _optimize(source: Path, target: Path, family: BackboneFamily) -> None:
+    """ONNX Runtime's transformer optimizer for the family's model type; a family it can not fuse
+    is written as exported (the session still applies ONNX Runtime's generic optimizations)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    optimized = optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden)
+    if family.ort_model_type is None:
+        shutil.copyfile(source, target)
+        return
+    optimized = optimize_model(str(source), model_type=family.ort_model_type, num_heads=family.num_heads,
+                               hidden_size=family.hidden_size)
     optimized.save_model_to_file(str(target))
 
 

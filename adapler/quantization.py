@@ -26,6 +26,7 @@ import warnings
 import torch
 from torch import nn
 
+from adapler.backbones.base import fused_linear
 from adapler.modeling import AdapLeRForSequenceClassification
 
 QUANTIZE_CHOICES = ("none", "int8")
@@ -33,16 +34,7 @@ QUANTIZE_CHOICES = ("none", "int8")
 
 def fused_qkv(model: AdapLeRForSequenceClassification) -> nn.ModuleList:
     """One float nn.Linear(H, 3H) per layer with the Q, K, V weights of that layer stacked."""
-    fused = nn.ModuleList()
-    for layer in model.base_model.encoder.layer:
-        attn = layer.attention.self
-        parts = (attn.query, attn.key, attn.value)
-        linear = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts))
-        with torch.no_grad():
-            linear.weight.copy_(torch.cat([p.weight for p in parts]))  # (3H, H)
-            linear.bias.copy_(torch.cat([p.bias for p in parts]))  # (3H,)
-        fused.append(linear)
-    return fused
+    return nn.ModuleList(fused_linear(model.family.qkv_linears(index)) for index in range(model.num_layers))
 
 
 def quantize_int8(model: AdapLeRForSequenceClassification) -> AdapLeRForSequenceClassification:

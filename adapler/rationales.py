@@ -156,7 +156,8 @@ def evaluate_rationales(
         with torch.no_grad():
             kept_mask = model(**batch, removal="packed").kept_mask & evaluated[:, None, :]  # (B, L, T)
             with eager_attention(model):
-                full = model.backbone(**batch, output_attentions=True)
+                inputs = model.family.hf_inputs(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+                full = model.backbone(**inputs, output_attentions=True)
         attention, rollout = cls_attention(full.attentions), attention_rollout(full.attentions)
         saliency = saliency_of_batch(model, batch, full.logits.argmax(dim=-1))  # (B, T)
         report.evaluated_tokens += int(evaluated.sum())

@@ -24,7 +24,7 @@ def saliency_of_batch(
 ) -> torch.Tensor:
     """(B, T) saliency for a tokenized batch; padding 0. The model must be in eval mode."""
     captured: list[torch.Tensor] = []
-    hook = model.base_model.embeddings.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    hook = model.family.embedding_output.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         with torch.enable_grad():
             logits = model(**batch, removal="none").logits  # (B, C)

@@ -101,7 +101,7 @@ def attention_dropout(model: torch.nn.Module, p: float | None) -> Iterator[None]
         yield
         return
     core = unwrap(model)
-    dropouts = [layer.attention.self.dropout for layer in core.base_model.encoder.layer]
+    dropouts = core.family.attention_dropouts()
     previous = [d.p for d in dropouts]
     for d in dropouts:
         d.p = p

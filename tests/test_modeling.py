@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
+    AlbertConfig,
+    AlbertForSequenceClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
-    DistilBertConfig,
-    DistilBertForSequenceClassification,
     GPT2Config,
     GPT2ForSequenceClassification,
     RobertaConfig,
@@ -709,11 +709,11 @@ def test_unsupported_backbones():
     gpt2 = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
     with pytest.raises(UnsupportedBackbone, match="gpt2.*not supported"):
         AdapLeRForSequenceClassification(gpt2)
-    distil = DistilBertForSequenceClassification(
-        DistilBertConfig(n_layers=1, dim=16, n_heads=2, hidden_dim=32, vocab_size=50)
+    albert = AlbertForSequenceClassification(
+        AlbertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=50)
     )
-    with pytest.raises(UnsupportedBackbone, match="distilbert"):
-        AdapLeRForSequenceClassification(distil)
+    with pytest.raises(UnsupportedBackbone, match="albert.*not supported.*distilbert"):  # names the supported
+        AdapLeRForSequenceClassification(albert)
     relative = BertForSequenceClassification(
         BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                    position_embedding_type="relative_key")
