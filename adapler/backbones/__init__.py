@@ -11,8 +11,9 @@ from torch import nn
 
 from adapler.backbones.base import BackboneFamily, TokenRows, UnsupportedBackbone
 from adapler.backbones.bert import BertFamily
+from adapler.backbones.deberta_v2 import DebertaV2Family
 
-FAMILIES: tuple[type[BackboneFamily], ...] = (BertFamily,)
+FAMILIES: tuple[type[BackboneFamily], ...] = (BertFamily, DebertaV2Family)
 SUPPORTED_MODEL_TYPES = tuple(model_type for family in FAMILIES for model_type in family.model_types)
 
 __all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "BackboneFamily", "TokenRows", "UnsupportedBackbone",
