@@ -16,7 +16,6 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, DebertaV2Config, DebertaV2ForSequenceClassification
-from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
 
 from adapler.backbones import UnsupportedBackbone, family_class
 from adapler.backbones.deberta_v2 import DebertaV2Family
@@ -285,18 +284,19 @@ def test_onnx_runtime_matches_torch(family_model, batch, tokenizer, sentences, t
 
 
 # ---------------------------------------------------------------------------- DeBERTa's own
-def test_relative_positions_are_hugging_faces_on_the_full_input():
-    """The bucketed p_i - p_j the family computes from positions 0..T-1 are HF's own (the
-    removal-free case; with removal the same function reads the original positions)."""
-    from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
-
-    seq, buckets, max_position = 300, 32, 128
-    grid = torch.zeros(1, seq, 1)
-    expected = build_relative_position(grid, grid, bucket_size=buckets, max_position=max_position)  # (1, T, T)
-    positions = torch.arange(seq)[None]
-    ours = make_log_bucket_position(positions[:, :, None] - positions[:, None, :], buckets, max_position)
-    assert torch.equal(ours.to(torch.long), expected)
-    assert buckets // 2 < int(expected[0, -1, 0]) < seq - 1  # far distances were log-bucketed
+@torch.no_grad()
+@pytest.mark.parametrize("name", sorted(TINY_BACKBONES))
+def test_relative_scores_are_hugging_faces_on_a_long_input(name, tokenizer, spread_cps):
+    """On positions 0..99 (far into v3's log buckets, past v2's clamp at 16) the family's c2p + p2c
+    scores, scaled, equal HF's disentangled_attention_bias."""
+    model = tiny_family_model(name, tokenizer, spread_cps)
+    attn = model.family.layers[1].attention.self
+    seq, head_dim = 100, HIDDEN // HEADS
+    q, k = torch.randn(2, 1, HEADS, seq, head_dim)  # (1, heads, T, d) each
+    ours = model.family._relative_scores(1, q, k, torch.arange(seq)[None]) / (3 * head_dim) ** 0.5  # s = 3
+    rel_embeddings = model.family.base_model.encoder.get_rel_embedding()
+    expected = attn.disentangled_attention_bias(q[0], k[0], None, rel_embeddings, 3)  # (heads, T, T)
+    assert torch.allclose(ours[0], expected, atol=1e-5)
 
 
 @torch.no_grad()
@@ -311,7 +311,7 @@ def test_removing_a_token_never_shifts_the_others(tokenizer, spread_cps):
     seq = hidden.shape[0]
     keep = torch.ones(seq, dtype=torch.bool)
     keep[1:seq:3] = False  # every third token leaves
-    qkv = lambda index: (lambda h: model._qkv(index, h))  # noqa: E731
+    qkv = lambda index: (lambda h: model._qkv(index, h))
     position = torch.arange(seq)[keep]
     packed = model.family.layer(0, hidden[keep], _SingleRows(position), qkv(0))
     key_bias = torch.where(keep, 0.0, float("-inf"))[None, None, None, :]

@@ -34,7 +34,14 @@ import torch
 from torch import nn
 from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
 
-from adapler.backbones.base import QKV, BackboneFamily, TokenRows, UnsupportedBackbone
+from adapler.backbones.base import (
+    QKV,
+    BackboneFamily,
+    TokenRows,
+    UnsupportedBackbone,
+    merge_heads,
+    split_heads,
+)
 
 
 class DebertaV2Family(BackboneFamily):
@@ -78,17 +85,11 @@ class DebertaV2Family(BackboneFamily):
     def layer(self, index: int, x: torch.Tensor, rows: TokenRows, qkv: QKV) -> torch.Tensor:
         layer = self.layers[index]
         attn = layer.attention.self
-        heads, head_dim = attn.num_attention_heads, attn.attention_head_size
-        grid = rows.to_grid(qkv(x))  # (B, T, 3H): one matmul over the rows, one grid
-        batch, seq = grid.shape[0], grid.shape[1]
-        grid = grid.view(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, T, d)
-        q, k, v = grid[0], grid[1], grid[2]
-        scale = 1.0 / math.sqrt(head_dim * _score_terms(attn))
+        q, k, v = split_heads(rows, qkv(x), attn.num_attention_heads)  # (B, heads, T, d) each
+        scale = 1.0 / math.sqrt(attn.attention_head_size * _score_terms(attn))  # HF's 1 / sqrt(d * s)
         bias = self._relative_scores(index, q, k, rows.positions) if attn.relative_attention else None
-        bias = None if bias is None else bias * scale  # every score term shares HF's 1 / sqrt(d * s)
-        context = rows.attend(q, k, v, bias=bias, scale=scale)  # (B, heads, T, d)
-        context = rows.from_grid(context.transpose(1, 2).reshape(batch, seq, heads * head_dim))  # (..., N, H)
-        attended = layer.attention.output(context, x)  # dense, dropout, LayerNorm(+ residual)
+        context = rows.attend(q, k, v, bias=None if bias is None else bias * scale, scale=scale)
+        attended = layer.attention.output(merge_heads(rows, context), x)  # dense, dropout, LayerNorm(+ residual)
         return layer.output(layer.intermediate(attended), attended)  # FFN, LayerNorm(+ residual)
 
     def _relative_scores(self, index: int, q: torch.Tensor, k: torch.Tensor,
