@@ -109,7 +109,7 @@ class DebertaV2Family(BackboneFamily):
         if pos_key is not None:  # content -> position: q_i . Pk[r(p_i - p_j)]
             c2p = torch.matmul(q, pos_key.transpose(-1, -2))  # (B, heads, T, 2 span)
             terms.append(torch.gather(c2p, -1, torch.clamp(relative + span, 0, 2 * span - 1).expand(shape)))
-        if pos_query is not None:  # position -> content: k_j . Pq[r(p_j - p_i)], as HF (key rows, then transposed)
+        if pos_query is not None:  # position -> content: k_j . Pq[-r(p_j - p_i)], as HF (key rows, then transposed)
             p2c = torch.matmul(k, pos_query.transpose(-1, -2))  # (B, heads, T, 2 span)
             index_p2c = torch.clamp(-relative + span, 0, 2 * span - 1).expand(shape)  # HF's [j, i]
             terms.append(torch.gather(p2c, -1, index_p2c).transpose(-1, -2))
