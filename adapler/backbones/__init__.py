@@ -11,10 +11,11 @@ from torch import nn
 
 from adapler.backbones.base import BackboneFamily, TokenRows, UnsupportedBackbone
 from adapler.backbones.bert import BertFamily
+from adapler.backbones.deberta_v2 import DebertaV2Family
 from adapler.backbones.distilbert import DistilBertFamily
 from adapler.backbones.electra import ElectraFamily
 
-FAMILIES: tuple[type[BackboneFamily], ...] = (BertFamily, DistilBertFamily, ElectraFamily)
+FAMILIES: tuple[type[BackboneFamily], ...] = (BertFamily, DistilBertFamily, ElectraFamily, DebertaV2Family)
 SUPPORTED_MODEL_TYPES = tuple(model_type for family in FAMILIES for model_type in family.model_types)
 
 __all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "BackboneFamily", "TokenRows", "UnsupportedBackbone",

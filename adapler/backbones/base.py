@@ -258,3 +258,17 @@ def fused_linear(linears: tuple[nn.Linear, ...]) -> nn.Linear:
         if bias is not None:
             linear.bias.copy_(bias)
     return linear
+
+
+def split_heads(rows: TokenRows, projected: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q, K, V side by side on the rows (..., N, 3 * heads * d) -> each (B, heads, T, d) on the
+    grid: one matmul over the rows (the fused projection), one scatter into the grid."""
+    grid = rows.to_grid(projected)  # (B, T, 3 * heads * d)
+    batch, seq = grid.shape[0], grid.shape[1]  # traced as the graph's own sizes
+    grid = grid.view(batch, seq, 3, heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, heads, T, d)
+    return grid[0], grid[1], grid[2]
+
+
+def merge_heads(rows: TokenRows, context: torch.Tensor) -> torch.Tensor:
+    """Attention's output (B, heads, T, d) -> the rows (..., N, heads * d)."""
+    return rows.from_grid(context.transpose(1, 2).flatten(2))
