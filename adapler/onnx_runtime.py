@@ -124,7 +124,7 @@ class OnnxAdapLeR(nn.Module):
         types = np.zeros_like(ids) if token_type_ids is None else token_type_ids.cpu().numpy().astype(np.int64)
         present = mask.astype(bool)  # (B, T)
         if removal == "none":
-            (logits,) = self._sessions["backbone"].run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+            (logits,) = self._run("backbone", {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
             kept_mask = np.broadcast_to(present[:, None, :], (len(ids), self.num_layers, ids.shape[1]))
             return _output(logits, kept_mask)
         factors = np.ones(len(ids), dtype=np.float32) if eta_factors is None else eta_factors.cpu().numpy().astype(np.float32)
@@ -136,8 +136,13 @@ class OnnxAdapLeR(nn.Module):
         graph = "adapler_single" if single else "adapler"
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
                  "thresholds": np.ascontiguousarray(thresholds, dtype=np.float32)}
-        logits, kept = self._sessions[graph].run(None, {name: feeds[name] for name in self._inputs[graph]})
+        logits, kept = self._run(graph, feeds)
         return _output(logits, kept)
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one graph on the feeds it takes (an input the graph does not read, e.g. the token
+        types of a family without them, is not in the exported graph)."""
+        return self._sessions[graph].run(None, {name: feeds[name] for name in self._inputs[graph]})
 
 
 def _output(logits: np.ndarray, kept_mask: np.ndarray) -> AdapLeROutput:

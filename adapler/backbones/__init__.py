@@ -11,8 +11,9 @@ from torch import nn
 
 from adapler.backbones.base import BackboneFamily, TokenRows, UnsupportedBackbone
 from adapler.backbones.bert import BertFamily
+from adapler.backbones.modernbert import ModernBertFamily
 
-FAMILIES: tuple[type[BackboneFamily], ...] = (BertFamily,)
+FAMILIES: tuple[type[BackboneFamily], ...] = (BertFamily, ModernBertFamily)
 SUPPORTED_MODEL_TYPES = tuple(model_type for family in FAMILIES for model_type in family.model_types)
 
 __all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "BackboneFamily", "TokenRows", "UnsupportedBackbone",
