@@ -37,15 +37,28 @@ LAYERS, HIDDEN, HEADS, FFN, LABELS = 3, 32, 4, 48, 3
 WINDOW = 8  # local_attention: a sliding layer sees 4 tokens each side, in original positions
 
 
-def _modernbert(vocab: int, pooling: str = "cls", **overrides) -> ModernBertForSequenceClassification:
+def _modernbert(vocab: int, pooling: str = "cls") -> ModernBertForSequenceClassification:
     """Token ids as the packaged MiniLM tokenizer's ([PAD] 0, [CLS] 101, [SEP] 102)."""
-    config = dict(
-        vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=FFN, num_labels=LABELS, max_position_embeddings=128, local_attention=WINDOW,
-        global_attn_every_n_layers=3, classifier_pooling=pooling, initializer_range=0.2,
-        pad_token_id=0, bos_token_id=101, eos_token_id=102, cls_token_id=101, sep_token_id=102,
+    return ModernBertForSequenceClassification(
+        ModernBertConfig(
+            vocab_size=vocab,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            num_labels=LABELS,
+            max_position_embeddings=128,
+            local_attention=WINDOW,
+            global_attn_every_n_layers=3,
+            classifier_pooling=pooling,
+            initializer_range=0.2,
+            pad_token_id=0,
+            bos_token_id=101,
+            eos_token_id=102,
+            cls_token_id=101,
+            sep_token_id=102,
+        )
     )
-    return ModernBertForSequenceClassification(ModernBertConfig(**{**config, **overrides}))
 
 
 # The entries tests/test_backbones.py takes (name -> builder of a seeded tiny backbone from a vocab size).
@@ -80,7 +93,7 @@ def hf_logits(model, batch) -> torch.Tensor:
 
 
 def _alone(batch, row: int, n: int) -> dict[str, torch.Tensor]:
-    return {k: v[row: row + 1, :n] for k, v in batch.items()}
+    return {k: v[row : row + 1, :n] for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------- the contract
@@ -201,7 +214,9 @@ def test_flops_of_an_unpruned_pass_equal_a_count_of_the_familys_matmuls(family_m
         backbone.set_attn_implementation("sdpa")
     names = {module: name for name, module in backbone.named_modules()}
     counts = counter.get_flop_counts()
-    counted = sum(sum(counts[f"{type(backbone).__name__}.{names[layer]}"].values()) for layer in family_model.family.layers)
+    counted = sum(
+        sum(counts[f"{type(backbone).__name__}.{names[layer]}"].values()) for layer in family_model.family.layers
+    )
     size = EncoderSize.from_config(family_model.config, family_model.settings.cp_hidden)
     assert size.num_layers == LAYERS and size.hidden == HIDDEN and size.intermediate == FFN and size.gated_ffn
     assert counted == LAYERS * float(layer_flops(n, size))
@@ -242,10 +257,19 @@ def test_adapler_train_end_to_end(name, tokenizer, tmp_path):
     TINY_MODERNBERT[name](tokenizer.vocab_size).save_pretrained(backbone_dir)
     tokenizer.save_pretrained(backbone_dir)
     overrides = [
-        "name=tiny", f"output_dir={tmp_path / 'runs'}", f"model.backbone={backbone_dir}",
-        "data.source=rotten_tomatoes", "data.limit=48", "data.max_length=32",
-        "stage1.epochs=1", "stage1.batch_size=16", "stage1.lr=1e-3",
-        "stage2.epochs=1", "stage2.batch_size=16", "stage2.eta_lr=0.1", "stage2.predictor_lr=1e-3",
+        "name=tiny",
+        f"output_dir={tmp_path / 'runs'}",
+        f"model.backbone={backbone_dir}",
+        "data.source=rotten_tomatoes",
+        "data.limit=48",
+        "data.max_length=32",
+        "stage1.epochs=1",
+        "stage1.batch_size=16",
+        "stage1.lr=1e-3",
+        "stage2.epochs=1",
+        "stage2.batch_size=16",
+        "stage2.eta_lr=0.1",
+        "stage2.predictor_lr=1e-3",
         "saliency_checkpoints=1",
     ]
     assert main(["train", *[arg for item in overrides for arg in ("--set", item)]]) == 0
@@ -319,11 +343,13 @@ def test_mean_pooling_reads_the_tokens_kept_at_the_last_layer(tokenizer, spread_
 
 def test_model_without_token_types_ignores_them(tokenizer, spread_cps, batch):
     model = tiny_modernbert("modernbert", tokenizer, spread_cps)
-    assert "token_type_ids" not in model.family.hf_inputs(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    with torch.no_grad():
-        plain = model(**batch)
+    assert "token_type_ids" not in model.family.hf_inputs(
+        batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    )
+    with torch.no_grad():  # a ModernBERT tokenizer gives none; MiniLM's gives zeros: neither counts
+        plain = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         typed = model(**{**batch, "token_type_ids": torch.ones_like(batch["token_type_ids"])})
-    assert torch.equal(plain.logits, typed.logits)
+    assert torch.equal(plain.logits, typed.logits) and torch.equal(plain.kept_mask, typed.kept_mask)
 
 
 def test_stage1_attention_dropout_reaches_the_attention_modules(tokenizer, spread_cps):
@@ -346,11 +372,16 @@ def test_calibration_meets_a_speedup_target(tokenizer, spread_cps, sentences, ma
 
 
 def test_length_dependent_rope_is_refused_in_one_line():
-    rope = {"full_attention": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 160000.0},
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
-    config = ModernBertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                              rope_parameters=rope)
+    rope = {
+        "full_attention": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 160000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    }
+    config = ModernBertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, rope_parameters=rope
+    )
     with pytest.raises(UnsupportedBackbone) as error:
         family_class(config)
     assert "\n" not in str(error.value) and "'dynamic'" in str(error.value)
-    assert family_class(ModernBertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4)) is ModernBertFamily
+    assert (
+        family_class(ModernBertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4)) is ModernBertFamily
+    )

@@ -117,8 +117,9 @@ class ModernBertFamily(BackboneFamily):
     def encoder_size(cls, config, cp_hidden: int):
         from adapler.flops import EncoderSize
 
-        return EncoderSize(config.num_hidden_layers, config.hidden_size, config.intermediate_size, cp_hidden,
-                           gated_ffn=True)
+        return EncoderSize(
+            config.num_hidden_layers, config.hidden_size, config.intermediate_size, cp_hidden, gated_ffn=True
+        )
 
     def attention_dropouts(self) -> list:
         return [AttentionDropoutRate(layer.attn) for layer in self.layers]
