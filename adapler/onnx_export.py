@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adapler.artifacts import ADAPLER_WEIGHTS, BACKBONE_WEIGHTS
+from adapler.artifacts import ADAPLER_WEIGHTS, BACKBONE_WEIGHTS, CONFIG_FILE
 from adapler.backbones.base import MASK_BIAS, BackboneFamily, TokenRows, fused_linear
 from adapler.modeling import AdapLeRForSequenceClassification
 
@@ -366,13 +366,18 @@ def check_quantize(quantize: str) -> None:
 
 # ---------------------------------------------------------------------------- cache
 def export_key(model_dir: str | Path) -> str:
-    """What an export depends on: the backbone weights, the CPs (not the etas: they are applied
-    outside the graphs), the export format and the ONNX Runtime version that optimized it."""
+    """What an export depends on: the backbone's configuration (e.g. ModernBERT's pooling, which
+    no weight shows; not the AdapLeR settings, operating points included: they act outside the
+    graphs), the backbone weights, the CPs (not the etas: they are applied outside the graphs), the
+    export format and the ONNX Runtime version that optimized it."""
     import onnxruntime
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
     digest = hashlib.sha256(f"format={EXPORT_FORMAT};opset={OPSET};ort={onnxruntime.__version__};".encode())
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    config.pop("adapler", None)
+    digest.update(json.dumps(config, sort_keys=True).encode())
     with open(model_dir / BACKBONE_WEIGHTS, "rb") as weights:
         for block in iter(lambda: weights.read(1 << 22), b""):
             digest.update(block)

@@ -14,8 +14,11 @@ from adapler.backbones.bert import BertFamily
 from adapler.backbones.deberta_v2 import DebertaV2Family
 from adapler.backbones.distilbert import DistilBertFamily
 from adapler.backbones.electra import ElectraFamily
+from adapler.backbones.modernbert import ModernBertFamily
 
-FAMILIES: tuple[type[BackboneFamily], ...] = (BertFamily, DistilBertFamily, ElectraFamily, DebertaV2Family)
+FAMILIES: tuple[type[BackboneFamily], ...] = (
+    BertFamily, DistilBertFamily, ElectraFamily, DebertaV2Family, ModernBertFamily,
+)
 SUPPORTED_MODEL_TYPES = tuple(model_type for family in FAMILIES for model_type in family.model_types)
 
 __all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "BackboneFamily", "TokenRows", "UnsupportedBackbone",
