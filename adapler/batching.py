@@ -33,8 +33,15 @@ CHARS_PER_TOKEN = 8
 # Pre-tokenizers that split at spaces (and maybe also at punctuation or digits): the pieces before a
 # space never depend on the text after it. BERT, DistilBERT, ELECTRA (BertPreTokenizer), DeBERTa-v2/3
 # (Metaspace), RoBERTa and ModernBERT (ByteLevel) all use one of them.
-_SPACE_SPLITTING = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Metaspace", "ByteLevel", "Punctuation",
-                    "Digits"}
+_SPACE_SPLITTING = {
+    "BertPreTokenizer",
+    "Whitespace",
+    "WhitespaceSplit",
+    "Metaspace",
+    "ByteLevel",
+    "Punctuation",
+    "Digits",
+}
 
 
 def _splits_at_spaces(tokenizer) -> bool:
@@ -66,8 +73,9 @@ def _lengths(enc) -> list[int]:
     return [len(row) for row in enc["input_ids"]]
 
 
-def _tokenize(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None, max_length: int | None,
-              **padding):
+def _tokenize(
+    tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None, max_length: int | None, **padding
+):
     """The tokenizer on texts cut to what ``max_length`` can reach (:func:`budget_prefix`): a long
     article costs the tokens it keeps, not its whole length. The first ``max_length`` tokens are
     those of the whole text whenever the prefix's own tokens reach ``max_length``; the rare rows
@@ -88,15 +96,18 @@ def _tokenize(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] 
     return enc
 
 
-def encode(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None, max_length: int | None = None) -> dict[str, torch.Tensor]:
+def encode(
+    tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None, max_length: int | None = None
+) -> dict[str, torch.Tensor]:
     """Tokenize and pad on the right to the longest in the batch ([CLS] at position 0, as the
     model requires). (B, T) input_ids, attention_mask, token_type_ids."""
     enc = _tokenize(tokenizer, texts, text_pairs, max_length, padding=True, padding_side="right", return_tensors="pt")
     return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def token_counts(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
-                 max_length: int | None = None) -> list[int]:
+def token_counts(
+    tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None, max_length: int | None = None
+) -> list[int]:
     """Tokens each example becomes as :func:`encode` tokenizes it (after truncation, special
     tokens counted, no padding): the unit of length sorting and of token budgets."""
     return _lengths(_tokenize(tokenizer, texts, text_pairs, max_length))
@@ -114,9 +125,14 @@ def input_budgets(max_length: int, longest: int, smallest: int = 32) -> list[int
     return [*budgets, max_length]
 
 
-def sorted_batches(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
-                   batch_size: int = 32, max_length: int | None = None,
-                   counts: Sequence[int] | None = None) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+def sorted_batches(
+    tokenizer,
+    texts: Sequence[str],
+    text_pairs: Sequence[str | None] | None = None,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    counts: Sequence[int] | None = None,
+) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """The batches inference runs: examples sorted by token count (stable), ``batch_size`` per
     batch, each padded to its own longest. ``(indices into texts, batch)`` pairs. ``counts``:
     the :func:`token_counts` at ``max_length`` where the caller has them already."""
@@ -125,8 +141,7 @@ def sorted_batches(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | N
     order = np.argsort(counts, kind="stable")
     chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     return [
-        (chunk, encode(tokenizer, [texts[i] for i in chunk], [pairs[i] for i in chunk], max_length))
-        for chunk in chunks
+        (chunk, encode(tokenizer, [texts[i] for i in chunk], [pairs[i] for i in chunk], max_length)) for chunk in chunks
     ]
 
 
@@ -185,8 +200,9 @@ class LengthGroupedBatches(Sampler[list[int]]):
     padding to about its own length: Rotten Tomatoes at 64 tokens computes ~27 tokens per review
     instead of ~52."""
 
-    def __init__(self, counts: Sequence[int], batch_size: int, seed: int = 0, replicas: int = 1, rank: int = 0,
-                 group: int = 50):
+    def __init__(
+        self, counts: Sequence[int], batch_size: int, seed: int = 0, replicas: int = 1, rank: int = 0, group: int = 50
+    ):
         self.counts, self.batch_size, self.seed, self.group = list(counts), batch_size, seed, group
         self.replicas, self.rank, self.epoch = replicas, rank, 0
 
@@ -229,6 +245,7 @@ def make_loader(
     if not shuffle:
         return DataLoader(RowsDataset(rows), batch_size=batch_size, collate_fn=collate)
     pairs = rows["text_pair"].tolist() if "text_pair" in rows else None
-    batches = LengthGroupedBatches(token_counts(tokenizer, rows["text"].tolist(), pairs, max_length), batch_size,
-                                   seed, replicas, rank)
+    batches = LengthGroupedBatches(
+        token_counts(tokenizer, rows["text"].tolist(), pairs, max_length), batch_size, seed, replicas, rank
+    )
     return DataLoader(RowsDataset(rows), batch_sampler=batches, collate_fn=collate)

@@ -63,7 +63,7 @@ from adapler.evaluate import budget_gain, evaluate, unwrap
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.operating_points import CurvePoint, OperatingPoints, PointBudgets, budget_floor, name_points
 
-GIVE_BACK_STEP = 2 ** -0.25  # walking down for min_accuracy: quarter octaves to 1/2, then halving
+GIVE_BACK_STEP = 2**-0.25  # walking down for min_accuracy: quarter octaves to 1/2, then halving
 
 
 @dataclass(frozen=True)
@@ -161,19 +161,29 @@ def calibrate(
     baseline = measure(1.0)
     ceiling = max(saturation_factor(model, _max_input_length(loader)), 1.0)  # <= 1: saturated as trained
     if min_accuracy is not None:
+
         def meets(point: CurvePoint) -> bool:
             return point.accuracy >= min_accuracy
 
         upwards = meets(baseline)
         half = max(0.5, min_factor)
-        flip = _walk(measure, meets, _geometric(2.0, ceiling) if upwards else itertools.chain(
-            _geometric(GIVE_BACK_STEP, half), _geometric(0.5, min_factor, start=half)))
+        flip = _walk(
+            measure,
+            meets,
+            _geometric(2.0, ceiling)
+            if upwards
+            else itertools.chain(_geometric(GIVE_BACK_STEP, half), _geometric(0.5, min_factor, start=half)),
+        )
         if flip is not None:
             _bisect(*flip, measure, meets, tolerance)
         qualified = [p for p in curve() if meets(p)]
-        chosen = (max(qualified, key=lambda p: (p.flops_speedup, -p.factor)) if qualified
-                  else max(curve(), key=lambda p: (p.accuracy, p.flops_speedup)))
+        chosen = (
+            max(qualified, key=lambda p: (p.flops_speedup, -p.factor))
+            if qualified
+            else max(curve(), key=lambda p: (p.accuracy, p.flops_speedup))
+        )
     elif target_speedup is not None:
+
         def meets(point: CurvePoint) -> bool:
             return point.flops_speedup >= target_speedup
 
@@ -213,7 +223,8 @@ class _Probe:
             with scaled_etas(self.model, factor):
                 result = evaluate(self.model, self.loader, removal="packed")
             self.measured[factor] = CurvePoint(
-                factor, result.accuracy, result.flops_speedup * self.flops_gain, result.examples_per_s)
+                factor, result.accuracy, result.flops_speedup * self.flops_gain, result.examples_per_s
+            )
             if self.on_point is not None:
                 self.on_point(self.measured[factor])
         return self.measured[factor]
@@ -283,8 +294,14 @@ def attach_operating_points(
     (e.g. its ONNX Runtime twin, so that the curve's examples/s are the deployed runtime's).
     Speedups are against the backbone at the length the model was chosen against
     (:func:`adapler.evaluate.budget_gain`)."""
-    points = measure_operating_points(engine or model, loader, budgets, data=dev_description(data_name, rows),
-                                      on_point=on_point, flops_gain=budget_gain(model, rows))
+    points = measure_operating_points(
+        engine or model,
+        loader,
+        budgets,
+        data=dev_description(data_name, rows),
+        on_point=on_point,
+        flops_gain=budget_gain(model, rows),
+    )
     model.operating_points = points
     return points
 

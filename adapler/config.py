@@ -166,9 +166,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
+        if (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))) and type(None) in args:
+            return None
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, where)
@@ -213,9 +212,7 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ConfigError(
-            f"unknown key(s) {sorted(map(str, unknown))} in {where or 'config'}; known: {sorted(names)}"
-        )
+        raise ConfigError(f"unknown key(s) {sorted(map(str, unknown))} in {where or 'config'}; known: {sorted(names)}")
     kwargs = {}
     for name, value in data.items():
         typ = hints[name]

@@ -587,7 +587,15 @@ def load_data(config: ExperimentConfig) -> DatasetSplits:
     """The splits that ``config.data`` names (every entry point loads data through this)."""
     d = config.data
     return load_splits(
-        d.source, text_column=d.text_column, text_pair_column=d.text_pair_column,
-        label_column=d.label_column, id_column=d.id_column, hub_config=d.hub_config,
-        train_file=d.train_file, dev_file=d.dev_file, test_file=d.test_file, seed=d.seed, limit=d.limit,
+        d.source,
+        text_column=d.text_column,
+        text_pair_column=d.text_pair_column,
+        label_column=d.label_column,
+        id_column=d.id_column,
+        hub_config=d.hub_config,
+        train_file=d.train_file,
+        dev_file=d.dev_file,
+        test_file=d.test_file,
+        seed=d.seed,
+        limit=d.limit,
     )

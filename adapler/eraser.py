@@ -118,8 +118,7 @@ def read_eraser_directory(directory: str | Path, split: str) -> list[RationaleDo
                 raise DataError(f"{where}: every evidence needs integer start_token and end_token") from None
             if not 0 <= start <= end <= len(words):
                 raise DataError(
-                    f"{where}: evidence span [{start}, {end}) is outside document {docid} "
-                    f"({len(words)} tokens)"
+                    f"{where}: evidence span [{start}, {end}) is outside document {docid} ({len(words)} tokens)"
                 )
             rationale[start:end] = [True] * (end - start)
         documents.append(RationaleDocument(annotation_id, words, tuple(rationale)))
@@ -133,9 +132,7 @@ def document_from_evidence_texts(annotation_id: str, text: str, evidences: Seque
     rationale = [False] * len(words)
     for evidence in evidences:
         span = evidence.split()
-        start = next(
-            (i for i in range(len(words) - len(span) + 1) if list(words[i : i + len(span)]) == span), None
-        )
+        start = next((i for i in range(len(words) - len(span) + 1) if list(words[i : i + len(span)]) == span), None)
         if not span or start is None:
             raise DataError(f"{annotation_id}: evidence {evidence[:60]!r} is not in the document")
         rationale[start : start + len(span)] = [True] * len(span)
@@ -181,8 +178,11 @@ def _piece_words(offsets, special, starts: list[int]) -> list[int]:
 def piece_counts(tokenizer, words: Sequence[str]) -> list[int]:
     """Word pieces of each word, as the tokenizer splits the words joined by spaces."""
     encoding = tokenizer(
-        " ".join(words), add_special_tokens=False, return_offsets_mapping=True,
-        return_special_tokens_mask=True, verbose=False,
+        " ".join(words),
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        verbose=False,
     )
     counts = [0] * len(words)
     for word in _piece_words(encoding["offset_mapping"], encoding["special_tokens_mask"], _word_starts(words)):
@@ -260,8 +260,13 @@ def encode_windows(
     the longest), plus the character offsets that map pieces to words.
     """
     encoding = tokenizer(
-        [" ".join(w.words) for w in windows], truncation=True, max_length=max_length, padding=True,
-        padding_side="right", return_offsets_mapping=True, return_special_tokens_mask=True,
+        [" ".join(w.words) for w in windows],
+        truncation=True,
+        max_length=max_length,
+        padding=True,
+        padding_side="right",
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
     )
     evaluated, rationale = [], []
     for row, window in enumerate(windows):
@@ -271,8 +276,6 @@ def encode_windows(
         evaluated.append([w >= 0 and window.owned[w] for w in pieces])
         rationale.append([w >= 0 and window.rationale[w] for w in pieces])
     batch = {
-        key: torch.tensor(encoding[key])
-        for key in ("input_ids", "attention_mask", "token_type_ids")
-        if key in encoding
+        key: torch.tensor(encoding[key]) for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoding
     }
     return batch, torch.tensor(evaluated, dtype=torch.bool), torch.tensor(rationale, dtype=torch.bool)

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from adapler.backbones import encoder_size
 from adapler.batching import sorted_batches, token_counts
-from adapler.flops import EncoderSize, flops_speedup, input_budget_gain, retention
+from adapler.flops import flops_speedup, input_budget_gain, retention
 from adapler.modeling import AdapLeRForSequenceClassification
 
 
@@ -63,12 +64,15 @@ class Outputs:
     seconds: float  # wall time of the pass
 
     @staticmethod
-    def join(parts: Sequence["Outputs"]) -> "Outputs":
+    def join(parts: Sequence[Outputs]) -> Outputs:
         """The shares of a split evaluated side by side: examples concatenated in the order
         given, the time of the slowest share."""
         full = [p for p in parts if len(p.labels)] or list(parts[:1])
         return Outputs(
-            *(np.concatenate([getattr(p, name) for p in full]) for name in ("labels", "predictions", "input_lengths", "kept")),
+            *(
+                np.concatenate([getattr(p, name) for p in full])
+                for name in ("labels", "predictions", "input_lengths", "kept")
+            ),
             seconds=max(p.seconds for p in parts),
         )
 
@@ -91,15 +95,20 @@ def forward_outputs(model, loader, removal: str = "packed", progress: bool = Fal
         kept.append(out.kept_lengths.cpu().numpy())
     elapsed = time.perf_counter() - start
     core.train(was_training)
-    return Outputs(np.concatenate(labels), np.concatenate(predictions), np.concatenate(input_lengths),
-                   np.concatenate(kept), elapsed)
+    return Outputs(
+        np.concatenate(labels),
+        np.concatenate(predictions),
+        np.concatenate(input_lengths),
+        np.concatenate(kept),
+        elapsed,
+    )
 
 
 def summarize(model, outputs: Outputs, removal: str = "packed") -> EvalResult:
     """The metrics of a pass (or of several workers' passes, joined)."""
     core = unwrap(model)
     n0, kept = outputs.input_lengths, outputs.kept
-    size = EncoderSize.from_config(core.config, core.settings.cp_hidden)
+    size = encoder_size(core.config, core.settings.cp_hidden)
     speedup = 1.0 if removal == "none" else flops_speedup(n0, kept, size)
     examples = len(outputs.labels)
     return EvalResult(
@@ -171,8 +180,11 @@ def paired_throughput(backbone, model, rows, batch_size: int = 32, repeats: int 
     texts, pairs = rows["text"].tolist(), rows["text_pair"].tolist()
 
     base_batches, model_batches = (
-        [batch for _, batch in sorted_batches(m.tokenizer, texts, pairs, batch_size)] for m in (backbone, model))
-    return timed_throughput(backbone, base_batches, "none", repeats), timed_throughput(model, model_batches, "packed", repeats)
+        [batch for _, batch in sorted_batches(m.tokenizer, texts, pairs, batch_size)] for m in (backbone, model)
+    )
+    return timed_throughput(backbone, base_batches, "none", repeats), timed_throughput(
+        model, model_batches, "packed", repeats
+    )
 
 
 def budget_gain(model, rows, full_max_length: int | None = None, budget: int | None = None) -> float:
@@ -187,6 +199,9 @@ def budget_gain(model, rows, full_max_length: int | None = None, budget: int | N
     if budget >= full_max_length:
         return 1.0
     texts, pairs = rows["text"].tolist(), rows["text_pair"].tolist()
-    size = EncoderSize.from_config(core.config, core.settings.cp_hidden)
-    return input_budget_gain(token_counts(core.tokenizer, texts, pairs, full_max_length),
-                             token_counts(core.tokenizer, texts, pairs, budget), size)
+    size = encoder_size(core.config, core.settings.cp_hidden)
+    return input_budget_gain(
+        token_counts(core.tokenizer, texts, pairs, full_max_length),
+        token_counts(core.tokenizer, texts, pairs, budget),
+        size,
+    )

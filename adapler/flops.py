@@ -9,7 +9,7 @@ A multiply-add counts as 2 FLOPs. Per encoder layer with n tokens, hidden H, FFN
   extra     = e * n                 (a family's further per-token terms, e.g. relative positions)
   CP        = 2nH * c + 2nc         (Linear(H, c) and Linear(c, 1), c = cp_hidden)
 Embeddings, pooler and classifier are the same for both models and left out, as in the paper.
-Each encoder family (adapler.backbones) builds its EncoderSize from its config.
+Each encoder family builds its EncoderSize from its config (adapler.backbones.encoder_size).
 """
 
 from __future__ import annotations
@@ -27,13 +27,6 @@ class EncoderSize:
     cp_hidden: int = 32
     gated_ffn: bool = False  # the FFN's input projection is H -> 2I, gate and value (GeGLU)
     extra_per_token: float = 0.0  # further FLOPs per token per layer (e.g. DeBERTa's c2p and p2c scores)
-
-    @classmethod
-    def from_config(cls, config, cp_hidden: int = 32) -> "EncoderSize":
-        """From a transformers config, read by the config's encoder family (its field names)."""
-        from adapler.backbones import family_class  # the families build EncoderSize: import when called
-
-        return family_class(config).encoder_size(config, cp_hidden)
 
 
 def layer_flops(n, size: EncoderSize):

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from transformers import AutoConfig
 
-from adapler.backbones import family_class
+from adapler.backbones import encoder_size, family_class
 from adapler.batching import sorted_batches, token_counts
-from adapler.flops import EncoderSize, adapler_flops, backbone_flops
+from adapler.flops import adapler_flops, backbone_flops
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.operating_points import OperatingPoint, OperatingPointError, read_operating_points, resolve
 from adapler.quantization import maybe_quantize
@@ -31,9 +31,10 @@ from adapler.quantization import maybe_quantize
 RUNTIME_CHOICES = ("auto", "torch", "onnx")
 
 
-def resolve_runtime(runtime: str, device: str = "cpu", removal: str = "packed",
-                    model_dir: str | Path | None = None) -> str:
-    """"auto" is ONNX Runtime for CPU inference with removal "packed" or "none" (faster on every
+def resolve_runtime(
+    runtime: str, device: str = "cpu", removal: str = "packed", model_dir: str | Path | None = None
+) -> str:
+    """ "auto" is ONNX Runtime for CPU inference with removal "packed" or "none" (faster on every
     row of bench/runtime.py), else torch (GPUs, removal "masked"); "torch" and "onnx" as given.
     With ``model_dir``, "auto" also picks torch for an encoder family the exported graphs can not
     express, and says why on stderr (once per process and reason)."""
@@ -48,7 +49,9 @@ def resolve_runtime(runtime: str, device: str = "cpu", removal: str = "packed",
         return "onnx"
     if reason not in _SAID:
         _SAID.add(reason)
-        print(f"adapler: runtime auto runs this model on torch, not ONNX Runtime: {reason}", file=sys.stderr, flush=True)
+        print(
+            f"adapler: runtime auto runs this model on torch, not ONNX Runtime: {reason}", file=sys.stderr, flush=True
+        )
     return "torch"
 
 
@@ -66,8 +69,13 @@ def _export_unsupported(model_dir: str | Path) -> str | None:
     return f"{config.model_type}: {reason}" if reason else None
 
 
-def load_for_inference(directory: str | Path, runtime: str = "auto", device: str = "cpu", quantize: str = "none",
-                       threads: int | None = None):
+def load_for_inference(
+    directory: str | Path,
+    runtime: str = "auto",
+    device: str = "cpu",
+    quantize: str = "none",
+    threads: int | None = None,
+):
     """The model in ``directory`` on ``runtime``: "torch" (AdapLeRForSequenceClassification, int8 by
     adapler.quantization) or "onnx" (adapler.onnx_runtime.OnnxAdapLeR, int8 by ONNX Runtime), or
     "auto" (:func:`resolve_runtime`, for packed removal). Both are called alike, so Predictor,
@@ -118,13 +126,14 @@ class Predictor:
         self.removal = removal
         self.operating_points = operating_points or getattr(model, "operating_points", None)
         self.max_length = max_length or model.tokenizer.model_max_length
-        self.size = EncoderSize.from_config(model.config, model.settings.cp_hidden)
+        self.size = encoder_size(model.config, model.settings.cp_hidden)
         id2label = model.config.id2label or {}
         self.label_names = [str(id2label.get(i, i)) for i in range(model.config.num_labels)]
 
     @classmethod
-    def from_directory(cls, directory: str | Path, device: str = "cpu", quantize: str = "none", runtime: str = "auto",
-                       **kwargs) -> "Predictor":
+    def from_directory(
+        cls, directory: str | Path, device: str = "cpu", quantize: str = "none", runtime: str = "auto", **kwargs
+    ) -> Predictor:
         """runtime: "torch", "onnx" or "auto" (resolve_runtime); quantize: "none" or "int8"."""
         kwargs.setdefault("operating_points", read_operating_points(directory))
         runtime = resolve_runtime(runtime, device, kwargs.get("removal", "packed"), directory)
@@ -148,7 +157,9 @@ class Predictor:
         if self.removal != "none":
             return point
         if point.factor != 1.0:
-            raise OperatingPointError(f"removal='none' runs the plain backbone: operating point {point.name} does not apply")
+            raise OperatingPointError(
+                f"removal='none' runs the plain backbone: operating point {point.name} does not apply"
+            )
         return None
 
     @torch.no_grad()
@@ -174,13 +185,17 @@ class Predictor:
         # A model chosen at a shorter input budget: each text's speedup is against the backbone on
         # the text at the length the model was chosen against (settings.reference_max_length).
         reference = self.model.settings.reference_max_length
-        full = (np.asarray(token_counts(self.model.tokenizer, texts, text_pairs, reference))
-                if reference and reference > self.max_length else None)
+        full = (
+            np.asarray(token_counts(self.model.tokenizer, texts, text_pairs, reference))
+            if reference and reference > self.max_length
+            else None
+        )
         # A cut keeps min(tokens, budget) (special tokens included): no second tokenization for the sort.
         counts = None if full is None else np.minimum(full, self.max_length)
         # similar lengths share a batch
-        for chunk, batch in sorted_batches(self.model.tokenizer, texts, text_pairs, self.batch_size, self.max_length,
-                                           counts):
+        for chunk, batch in sorted_batches(
+            self.model.tokenizer, texts, text_pairs, self.batch_size, self.max_length, counts
+        ):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             mine = [points[i] for i in chunk]
             out = self.model(**batch, removal=self.removal, eta_factors=self._eta_factors(mine))
@@ -196,8 +211,14 @@ class Predictor:
             return None
         return torch.tensor(factors, dtype=torch.float32, device=self.device)
 
-    def _unbatch(self, batch: dict, out, explain: bool, points: Sequence[OperatingPoint | None],
-                 full_lengths: np.ndarray | None = None) -> list[Prediction]:
+    def _unbatch(
+        self,
+        batch: dict,
+        out,
+        explain: bool,
+        points: Sequence[OperatingPoint | None],
+        full_lengths: np.ndarray | None = None,
+    ) -> list[Prediction]:
         """full_lengths: (B,) tokens of each text at the model's reference length, or None."""
         probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()  # (B, C)
         lengths = batch["attention_mask"].sum(-1).cpu().numpy()  # (B,)

@@ -34,8 +34,13 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from adapler.artifacts import ADAPLER_WEIGHTS, check_model_dir
-from adapler.backbones import BackboneFamily, TokenRows, family_class, family_for
-from adapler.backbones import UnsupportedBackbone  # noqa: F401  (imported from here: callers, the CLI's error list)
+from adapler.backbones import (
+    BackboneFamily,
+    TokenRows,
+    UnsupportedBackbone,  # noqa: F401  (imported from here: callers, the CLI's error list)
+    family_class,
+    family_for,
+)
 from adapler.backbones.base import fuse_linears
 from adapler.config import AdapLeRSettings
 from adapler.operating_points import OperatingPoints, read_adapler_config
@@ -118,8 +123,7 @@ def _check_right_padded(present: torch.Tensor) -> None:
     (B, T) mask must start present and never turn on again once off (one vectorised check)."""
     if not bool(present[:, 0].all() & (present[:, 1:] <= present[:, :-1]).all()):
         raise ValueError(
-            "adapler needs right padding ([CLS] first): got an attention_mask that is left-padded "
-            "or misses position 0"
+            "adapler needs right padding ([CLS] first): got an attention_mask that is left-padded or misses position 0"
         )
 
 
@@ -128,7 +132,9 @@ def _check_eta_factors(factors: torch.Tensor, batch: int, removal: str) -> None:
     if removal not in ("masked", "packed"):
         raise ValueError(f"eta_factors apply to hard removal (masked, packed), not to removal={removal!r}")
     if factors.shape != (batch,) or not factors.is_floating_point():
-        raise ValueError(f"eta_factors must be a float tensor of shape ({batch},), got {tuple(factors.shape)} {factors.dtype}")
+        raise ValueError(
+            f"eta_factors must be a float tensor of shape ({batch},), got {tuple(factors.shape)} {factors.dtype}"
+        )
     if not bool((torch.isfinite(factors) & (factors > 0)).all()):
         raise ValueError(f"eta_factors must be finite and > 0, got {factors.tolist()}")
 
@@ -168,12 +174,15 @@ class AdapLeRForSequenceClassification(nn.Module):
         num_labels: int,
         label_names: list[str] | None = None,
         **settings,
-    ) -> "AdapLeRForSequenceClassification":
+    ) -> AdapLeRForSequenceClassification:
         """Build from a plain HF checkpoint (hub id or local dir); head and CPs start random."""
         family = family_class(AutoConfig.from_pretrained(name_or_dir))  # one line for an unsupported family
         # ignore_mismatched_sizes: a checkpoint with another head size gets a fresh head.
-        kwargs = {"num_labels": num_labels, "attn_implementation": family.attn_implementation,
-                  "ignore_mismatched_sizes": True}
+        kwargs = {
+            "num_labels": num_labels,
+            "attn_implementation": family.attn_implementation,
+            "ignore_mismatched_sizes": True,
+        }
         if label_names:
             kwargs["id2label"] = dict(enumerate(label_names))
             kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
@@ -201,13 +210,17 @@ class AdapLeRForSequenceClassification(nn.Module):
             self.tokenizer.save_pretrained(directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, attn_implementation: str | None = None) -> "AdapLeRForSequenceClassification":
+    def from_pretrained(
+        cls, directory: str | Path, attn_implementation: str | None = None
+    ) -> AdapLeRForSequenceClassification:
         """attn_implementation: the backbone's own forward's; None = its family's default."""
         directory = check_model_dir(directory)  # safetensors only, no pickle-format file
         settings, points = read_adapler_config(directory)
         if attn_implementation is None:
             attn_implementation = family_class(AutoConfig.from_pretrained(directory)).attn_implementation
-        backbone = AutoModelForSequenceClassification.from_pretrained(directory, attn_implementation=attn_implementation)
+        backbone = AutoModelForSequenceClassification.from_pretrained(
+            directory, attn_implementation=attn_implementation
+        )
         tokenizer = AutoTokenizer.from_pretrained(directory)
         model = cls(backbone, settings, tokenizer)
         extra = load_file(str(directory / ADAPLER_WEIGHTS))
@@ -293,8 +306,9 @@ class AdapLeRForSequenceClassification(nn.Module):
         linears = self.family.qkv_linears(index)
         if torch.is_grad_enabled():
             return F.linear(x, *fuse_linears(linears))
-        stamp = tuple((m.weight.data_ptr(), m.weight._version, None if m.bias is None else m.bias._version)
-                      for m in linears)
+        stamp = tuple(
+            (m.weight.data_ptr(), m.weight._version, None if m.bias is None else m.bias._version) for m in linears
+        )
         cached = self._fused_qkv.get(index)
         if cached is None or cached[0] != stamp or cached[1].device != x.device:
             with torch.no_grad():
@@ -365,7 +379,9 @@ class AdapLeRForSequenceClassification(nn.Module):
         keep[:, 0] = True
         return keep
 
-    def _forward_masked(self, hidden: torch.Tensor, present: torch.Tensor, factors: torch.Tensor | None) -> AdapLeROutput:
+    def _forward_masked(
+        self, hidden: torch.Tensor, present: torch.Tensor, factors: torch.Tensor | None
+    ) -> AdapLeROutput:
         """Hard removal by masking: removed tokens are still computed, only hidden from attention."""
         batch, seq, width = hidden.shape
         x = hidden.reshape(batch * seq, width)
@@ -380,7 +396,9 @@ class AdapLeRForSequenceClassification(nn.Module):
         kept_mask = torch.stack(kept, dim=1)  # (B, L, T)
         return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
 
-    def _forward_packed(self, hidden: torch.Tensor, present: torch.Tensor, factors: torch.Tensor | None) -> AdapLeROutput:
+    def _forward_packed(
+        self, hidden: torch.Tensor, present: torch.Tensor, factors: torch.Tensor | None
+    ) -> AdapLeROutput:
         """Real removal: only kept tokens are computed."""
         batch, seq, width = hidden.shape
         device = hidden.device
@@ -438,8 +456,14 @@ class _PackedGrid:
         return torch.where(self.present, 0.0, float("-inf")).to(dtype)[:, None, None, :]  # (B, 1, 1, T_grid)
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor | None,
-               bias: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+def _attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_bias: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: float | None,
+) -> torch.Tensor:
     """SDPA with the rows' key mask plus the family's own score terms, (B, heads, T, d)."""
     mask = key_bias if bias is None else (bias if key_bias is None else key_bias + bias)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -477,7 +501,7 @@ class _PackedRows(TokenRows):
     """x holds only the kept tokens, (N, H) example-major; attention runs on the (B, T_grid) grid
     of ``grid``; position (N,) the input position of each row."""
 
-    def __init__(self, grid: "_PackedGrid", position: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, grid: _PackedGrid, position: torch.Tensor, dtype: torch.dtype):
         self.grid, self.position, self.dtype = grid, position, dtype
         self.key_bias = grid.key_bias(dtype)
         self.batch = grid.starts.shape[0]

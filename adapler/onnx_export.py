@@ -26,9 +26,9 @@ token rows, with attention in the op pattern of the classic BERT export (scaled 
 (``BackboneFamily.ort_model_type``; the others are exported unfused). The backbone graph gets
 all of them (from the family's ``classic_layer``); the removal graph's packed layers get the GELU
 and most LayerNorm fusions but not ``Attention`` (its Q/K/V rows are gathered into the grid
-between the projection and the scores). At batch 32 on Rotten Tomatoes (bench/runtime.py) packing took the fp32 realization from
-0.71 (every layer re-padded to the batch's longest kept row) to 0.77, and 0.95 once the session's
-glue stopped waking torch's thread pool (adapler/onnx_runtime.py).
+between the projection and the scores). At batch 32 on Rotten Tomatoes (bench/runtime.py) packing
+took the fp32 realization from 0.71 (every layer re-padded to the batch's longest kept row) to
+0.77, and 0.95 once the session's glue stopped waking torch's thread pool (adapler/onnx_runtime.py).
 ``quantize="int8"`` is ONNX Runtime's dynamic quantization (int8 weights, one scale per output
 channel) of every MatMul/Attention except the Contribution Predictors, which stay float: they
 decide which tokens leave (as in :mod:`adapler.quantization`).
@@ -39,6 +39,7 @@ exported twice, and a model directory may carry its own export under ``onnx/``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -94,8 +95,14 @@ class _GatheredRows(TokenRows):
     grid, x is one example and its own grid (no gather, no mask). Attention in the classic
     MatMul/Softmax pattern."""
 
-    def __init__(self, positions: torch.Tensor, grid: torch.Tensor | None = None, rows: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None, present: torch.Tensor | None = None):
+    def __init__(
+        self,
+        positions: torch.Tensor,
+        grid: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        present: torch.Tensor | None = None,
+    ):
         self.grid, self.rows, self.bias, self._positions, self.present = grid, rows, bias, positions, present
 
     def to_grid(self, rows):
@@ -187,7 +194,7 @@ class RemovalGraph(nn.Module):
             z = self.predictors[index](x)[0][grid].masked_fill(~present, float("-inf"))  # (B, T_l)
             scores = torch.softmax(z, dim=-1)
             tokens = present.sum(-1, keepdim=True).to(scores.dtype)  # (B, 1) n
-            keep = ((scores >= thresholds[:, index: index + 1] / tokens) & present) | (slots == 0)[None, :]
+            keep = ((scores >= thresholds[:, index : index + 1] / tokens) & present) | (slots == 0)[None, :]
             # kept slots first, each group in input order: a sort key that TopK orders
             order = torch.topk(keep.to(torch.float32) * (2.0 * width) - slots.to(torch.float32), width, dim=-1).indices
             lengths = keep.sum(-1)  # (B,)
@@ -222,7 +229,9 @@ class SingleRemovalGraph(RemovalGraph):
             keep = (scores >= thresholds[0, index] / scores.shape[0]) | first
             rows = torch.nonzero(keep).squeeze(1)  # (n_{l+1},) in input order
             x, position = x[:, rows], position[rows]
-            kept.append(torch.zeros(seq, dtype=torch.bool).scatter(0, position, torch.ones_like(position, dtype=torch.bool)))
+            kept.append(
+                torch.zeros(seq, dtype=torch.bool).scatter(0, position, torch.ones_like(position, dtype=torch.bool))
+            )
             token_rows = _GatheredRows(position[None])
             x = layer(x, token_rows)
         return self.head(x, token_rows), torch.stack(kept)[None]  # (1, C), (1, L, n)
@@ -274,7 +283,9 @@ def check_exportable(model: AdapLeRForSequenceClassification) -> None:
         raise UnsupportedExport(f"{config.model_type}: cross-attention layers are not exported")
 
 
-def export_graphs(model: AdapLeRForSequenceClassification, directory: str | Path, quantize: str = "none") -> ExportedGraphs:
+def export_graphs(
+    model: AdapLeRForSequenceClassification, directory: str | Path, quantize: str = "none"
+) -> ExportedGraphs:
     """Write the fp32 graphs (optimized by ONNX Runtime's transformer optimizer) into ``directory``,
     and their int8 versions too when ``quantize="int8"``."""
     check_quantize(quantize)
@@ -285,10 +296,16 @@ def export_graphs(model: AdapLeRForSequenceClassification, directory: str | Path
     fp32 = ExportedGraphs(directory, model.num_layers, "none")
     example = _example_inputs(model)
     modules = {
-        "adapler": (RemovalGraph(model), ("input_ids", "attention_mask", "token_type_ids", "thresholds"),
-                    ("logits", "kept")),
-        "adapler_single": (SingleRemovalGraph(model), ("input_ids", "attention_mask", "token_type_ids", "thresholds"),
-                           ("logits", "kept")),
+        "adapler": (
+            RemovalGraph(model),
+            ("input_ids", "attention_mask", "token_type_ids", "thresholds"),
+            ("logits", "kept"),
+        ),
+        "adapler_single": (
+            SingleRemovalGraph(model),
+            ("input_ids", "attention_mask", "token_type_ids", "thresholds"),
+            ("logits", "kept"),
+        ),
         "backbone": (BackboneGraph(model), ("input_ids", "attention_mask", "token_type_ids"), ("logits",)),
     }
     for name, (module, inputs, outputs) in modules.items():
@@ -330,8 +347,14 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: tuple, outputs: 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         torch.onnx.export(
-            module, args, str(path), input_names=list(inputs), output_names=list(outputs),
-            dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+            module,
+            args,
+            str(path),
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
         )  # the TorchScript exporter: its op pattern is the one ONNX Runtime's optimizer fuses
 
 
@@ -343,8 +366,9 @@ def _optimize(source: Path, target: Path, family: BackboneFamily) -> None:
     if family.ort_model_type is None:
         shutil.copyfile(source, target)
         return
-    optimized = optimize_model(str(source), model_type=family.ort_model_type, num_heads=family.num_heads,
-                               hidden_size=family.hidden_size)
+    optimized = optimize_model(
+        str(source), model_type=family.ort_model_type, num_heads=family.num_heads, hidden_size=family.hidden_size
+    )
     optimized.save_model_to_file(str(target))
 
 
@@ -354,7 +378,11 @@ def _quantize(source: Path, target: Path) -> None:
 
     floats = [node.name for node in onnx.load(str(source)).graph.node if node.name.startswith(f"/{PREDICTOR_SCOPE}.")]
     quantize_dynamic(
-        str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=floats,
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=floats,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops' outputs have no inferred type
     )
 
@@ -400,7 +428,9 @@ def _read_manifest(directory: Path) -> dict | None:
         return None
 
 
-def ensure_export(model_dir: str | Path, quantize: str = "none", model: AdapLeRForSequenceClassification | None = None) -> ExportedGraphs:
+def ensure_export(
+    model_dir: str | Path, quantize: str = "none", model: AdapLeRForSequenceClassification | None = None
+) -> ExportedGraphs:
     """The graphs of the model in ``model_dir``: its own ``onnx/`` export or the cached one when
     their key matches its weights, else a new export into the cache (written to a temporary
     folder and renamed, so a crash leaves no half export). ``model``: the loaded model, if at hand."""
@@ -415,20 +445,25 @@ def ensure_export(model_dir: str | Path, quantize: str = "none", model: AdapLeRF
             if all(wanted.path(name).is_file() for name in wanted.names):
                 return wanted
             if candidate == cached:  # a model's own folder is never written to (it may be a store's)
-                print(f"adapler: quantizing the cached ONNX graphs of {model_dir} to int8 (once)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"adapler: quantizing the cached ONNX graphs of {model_dir} to int8 (once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return quantize_graphs(ExportedGraphs(candidate, manifest["num_layers"], "none"))
     target = cached
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"adapler: exporting {model_dir} to ONNX ({'fp32 + int8' if quantize == 'int8' else 'fp32'}; once per "
-          f"weights, cached in {target})", file=sys.stderr, flush=True)  # tens of seconds: say why it waits
+    print(
+        f"adapler: exporting {model_dir} to ONNX ({'fp32 + int8' if quantize == 'int8' else 'fp32'}; once per "
+        f"weights, cached in {target})",
+        file=sys.stderr,
+        flush=True,
+    )  # tens of seconds: say why it waits
     model = model or AdapLeRForSequenceClassification.from_pretrained(model_dir)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{key}.") as scratch:
         write_export(model, Path(scratch) / "export", key, quantize)
-        try:
+        with contextlib.suppress(OSError):  # another process finished the same export first: use theirs
             os.replace(Path(scratch) / "export", target)
-        except OSError:  # another process finished the same export first: use theirs
-            pass
     graphs = ExportedGraphs(target, model.num_layers, "none")
     return quantize_graphs(graphs) if quantize == "int8" else graphs
 

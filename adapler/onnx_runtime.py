@@ -59,8 +59,16 @@ def session_options(threads: int):
 class OnnxAdapLeR(nn.Module):
     """An exported AdapLeR model on ONNX Runtime (inference only; removal "packed" or "none")."""
 
-    def __init__(self, graphs: ExportedGraphs, config, settings: AdapLeRSettings, etas: torch.Tensor,
-                 tokenizer=None, device: str = "cpu", threads: int | None = None):
+    def __init__(
+        self,
+        graphs: ExportedGraphs,
+        config,
+        settings: AdapLeRSettings,
+        etas: torch.Tensor,
+        tokenizer=None,
+        device: str = "cpu",
+        threads: int | None = None,
+    ):
         super().__init__()
         self.graphs = graphs
         self.backbone_config = config
@@ -78,8 +86,9 @@ class OnnxAdapLeR(nn.Module):
         self._inputs = {name: [i.name for i in session.get_inputs()] for name, session in self._sessions.items()}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, quantize: str = "none", device: str = "cpu",
-                        threads: int | None = None) -> "OnnxAdapLeR":
+    def from_pretrained(
+        cls, directory: str | Path, quantize: str = "none", device: str = "cpu", threads: int | None = None
+    ) -> OnnxAdapLeR:
         """The model directory's graphs (its own ``onnx/`` export, the cache, or exported now)."""
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoTokenizer
@@ -90,8 +99,15 @@ class OnnxAdapLeR(nn.Module):
         graphs = ensure_export(directory, quantize)
         settings, points = read_adapler_config(directory)
         etas = load_file(str(directory / ADAPLER_WEIGHTS))["etas"]
-        model = cls(graphs, AutoConfig.from_pretrained(directory), settings, etas,
-                    AutoTokenizer.from_pretrained(directory), device, threads)
+        model = cls(
+            graphs,
+            AutoConfig.from_pretrained(directory),
+            settings,
+            etas,
+            AutoTokenizer.from_pretrained(directory),
+            device,
+            threads,
+        )
         model.operating_points = points
         return model
 
@@ -127,15 +143,23 @@ class OnnxAdapLeR(nn.Module):
             (logits,) = self._run("backbone", {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
             kept_mask = np.broadcast_to(present[:, None, :], (len(ids), self.num_layers, ids.shape[1]))
             return _output(logits, kept_mask)
-        factors = np.ones(len(ids), dtype=np.float32) if eta_factors is None else eta_factors.cpu().numpy().astype(np.float32)
+        factors = (
+            np.ones(len(ids), dtype=np.float32) if eta_factors is None else eta_factors.cpu().numpy().astype(np.float32)
+        )
         return self._forward_packed(ids, types, mask, factors)
 
-    def _forward_packed(self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray, factors: np.ndarray) -> AdapLeROutput:
+    def _forward_packed(
+        self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray, factors: np.ndarray
+    ) -> AdapLeROutput:
         thresholds = self.etas.detach().numpy()[None, :] * factors[:, None]  # (B, L) eta_l times each factor
         single = len(ids) == 1 and bool(mask.all())  # one example, no padding: the graph without a grid
         graph = "adapler_single" if single else "adapler"
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
-                 "thresholds": np.ascontiguousarray(thresholds, dtype=np.float32)}
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "token_type_ids": types,
+            "thresholds": np.ascontiguousarray(thresholds, dtype=np.float32),
+        }
         logits, kept = self._run(graph, feeds)
         return _output(logits, kept)
 

@@ -77,8 +77,11 @@ class OperatingPoint:
     dev_flops_speedup: float | None = None
 
     def describe(self) -> str:
-        figures = (f", dev accuracy {self.dev_accuracy:.4f}, {self.dev_flops_speedup:.2f}x"
-                   if self.dev_accuracy is not None and self.dev_flops_speedup is not None else "")
+        figures = (
+            f", dev accuracy {self.dev_accuracy:.4f}, {self.dev_flops_speedup:.2f}x"
+            if self.dev_accuracy is not None and self.dev_flops_speedup is not None
+            else ""
+        )
         return f"{self.name} (factor {self.factor:.4g}{figures})"
 
 
@@ -123,8 +126,12 @@ class OperatingPoints:
 
     # ------------------------------------------------------------------ stored form
     def to_dict(self) -> dict[str, Any]:
-        return {"data": self.data, "budgets": asdict(self.budgets), "named": dict(self.named),
-                "curve": [asdict(p) for p in self.curve]}
+        return {
+            "data": self.data,
+            "budgets": asdict(self.budgets),
+            "named": dict(self.named),
+            "curve": [asdict(p) for p in self.curve],
+        }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> OperatingPoints:
@@ -189,8 +196,10 @@ class OperatingPoints:
         return f"stored points: {self.describe()}; or {DEFAULT} (the model as saved), a target_speedup, a factor > 0"
 
 
-NO_POINTS = ("this model has no stored operating points (add them with `adapler calibrate --points`); "
-             "a factor > 0 works without them")
+NO_POINTS = (
+    "this model has no stored operating points (add them with `adapler calibrate --points`); "
+    "a factor > 0 works without them"
+)
 
 
 def _positive(value: Any, what: str, points: OperatingPoints | None = None) -> float:

@@ -107,8 +107,10 @@ def drop_label(layers_entered: int, num_layers: int) -> str:
 def _shaded(text: str, layers: int, num_layers: int, css_class: str) -> str:
     """``text`` (already escaped) on the shade of ``layers``, white on the darker half."""
     colour = "#fff" if layers / num_layers > 0.5 else "#000"
-    return (f'<span class="{css_class}" data-layers="{layers}" title="{drop_label(layers, num_layers)}" '
-            f'style="background:{drop_shade(layers, num_layers)};color:{colour}">{text}</span>')
+    return (
+        f'<span class="{css_class}" data-layers="{layers}" title="{drop_label(layers, num_layers)}" '
+        f'style="background:{drop_shade(layers, num_layers)};color:{colour}">{text}</span>'
+    )
 
 
 def _token_span(token: str, layers: int, num_layers: int) -> str:
@@ -126,7 +128,9 @@ def highlight_html(examples: Sequence[HighlightExample], num_layers: int, title:
     body = []
     for index, example in enumerate(examples):
         if len(example.tokens) != len(example.layers_entered):
-            raise ValueError(f"example {index}: {len(example.tokens)} tokens but {len(example.layers_entered)} layer counts")
+            raise ValueError(
+                f"example {index}: {len(example.tokens)} tokens but {len(example.layers_entered)} layer counts"
+            )
         tokens = "".join(_token_span(t, k, num_layers) for t, k in zip(example.tokens, example.layers_entered))
         caption = f'<div class="caption">{html.escape(example.caption)}</div>' if example.caption else ""
         body.append(f'<div class="example">{caption}<p>{tokens}</p></div>')

@@ -22,7 +22,6 @@ FPR_l = #(selected, not rationale) / #(not rationale).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -156,7 +155,9 @@ def evaluate_rationales(
         with torch.no_grad():
             kept_mask = model(**batch, removal="packed").kept_mask & evaluated[:, None, :]  # (B, L, T)
             with eager_attention(model):
-                inputs = model.family.hf_inputs(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+                inputs = model.family.hf_inputs(
+                    batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+                )
                 full = model.backbone(**inputs, output_attentions=True)
         attention, rollout = cls_attention(full.attentions), attention_rollout(full.attentions)
         saliency = saliency_of_batch(model, batch, full.logits.argmax(dim=-1))  # (B, T)

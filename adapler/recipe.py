@@ -29,7 +29,9 @@ from adapler.training import EpochReport, epoch_candidates, train_stage1, train_
 
 def new_model(config: ExperimentConfig, data: DatasetSplits) -> AdapLeRForSequenceClassification:
     model = AdapLeRForSequenceClassification.from_backbone(
-        config.model.backbone_path(), num_labels=len(data.label_names), label_names=data.label_names,
+        config.model.backbone_path(),
+        num_labels=len(data.label_names),
+        label_names=data.label_names,
         **dataclasses.asdict(config.model.adapler),
     )
     model.tokenizer.model_max_length = config.data.max_length  # saved with the model: inference truncates alike
@@ -55,21 +57,34 @@ def top_checkpoints(directory: Path, stage: str, k: int) -> list[str]:
     return [str(paths[i]) for i in best_epochs(history, k)]
 
 
-def train_stage1_record(config: ExperimentConfig, data: DatasetSplits, layout: RunLayout,
-                        progress: bool) -> Stage1Record:
+def train_stage1_record(
+    config: ExperimentConfig, data: DatasetSplits, layout: RunLayout, progress: bool
+) -> Stage1Record:
     """Stage 1 from the backbone, each epoch under ``layout.checkpoints``; the record of its
     ``saliency_checkpoints`` best epochs, written to ``layout.stage1``."""
     for stale in layout.checkpoints.glob("stage1-epoch*"):  # an earlier run's epochs must not enter the top-k
         shutil.rmtree(stale)
     model = new_model(config, data)
-    loader = make_loader(data.train, model.tokenizer, config.stage1.batch_size, config.data.max_length,
-                         shuffle=True, seed=config.stage1.seed)
+    loader = make_loader(
+        data.train,
+        model.tokenizer,
+        config.stage1.batch_size,
+        config.data.max_length,
+        shuffle=True,
+        seed=config.stage1.seed,
+    )
     dev = make_loader(data.dev, model.tokenizer, config.stage1.batch_size, config.data.max_length)
     train_stage1(model, loader, dev, config.stage1, checkpoint_saver(layout.checkpoints), progress)
     best = top_checkpoints(layout.checkpoints, "stage1", config.saliency_checkpoints)
     record = Stage1Record(
-        [{"path": path, "epoch": int(path.rsplit("epoch", 1)[1]),
-          "dev_accuracy": json.loads((Path(path) / "metrics.json").read_text())["dev_accuracy"]} for path in best],
+        [
+            {
+                "path": path,
+                "epoch": int(path.rsplit("epoch", 1)[1]),
+                "dev_accuracy": json.loads((Path(path) / "metrics.json").read_text())["dev_accuracy"],
+            }
+            for path in best
+        ],
         trained_with=trained_with(config),
     )
     record.write(layout)
@@ -94,8 +109,9 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RunResult:
     test = make_loader(data.test, tok, config.stage1.batch_size, max_length)
     backbone_test = evaluate(model, test, removal="none", progress=progress, desc="test (backbone)")
 
-    saliency = saliency_from_checkpoints(stage1.model_dirs, data.train, max_length, device=config.device,
-                                         progress=progress)
+    saliency = saliency_from_checkpoints(
+        stage1.model_dirs, data.train, max_length, device=config.device, progress=progress
+    )
 
     if config.stage2.init == "pretrained":
         model = new_model(config, data)

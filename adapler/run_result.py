@@ -66,6 +66,11 @@ class RunResult:
             ("eta factor (calibration)", "", f"{self.chosen['factor']:.3g}"),
         ]
         if self.backbone_examples_per_s is not None and self.adapler_examples_per_s is not None:
-            rows.append(("examples/s (sorted batches)", f"{self.backbone_examples_per_s:.1f}",
-                         f"{self.adapler_examples_per_s:.1f}"))
+            rows.append(
+                (
+                    "examples/s (sorted batches)",
+                    f"{self.backbone_examples_per_s:.1f}",
+                    f"{self.adapler_examples_per_s:.1f}",
+                )
+            )
         return "\n".join(f"{a:<26}{b:>20}{c:>20}" for a, b, c in rows)

@@ -84,8 +84,12 @@ def average_saliency(maps: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarr
 
 
 def saliency_from_checkpoints(
-    checkpoint_dirs: list[str], rows: pd.DataFrame, max_length: int, batch_size: int = 32,
-    device: str = "cpu", progress: bool = False,
+    checkpoint_dirs: list[str],
+    rows: pd.DataFrame,
+    max_length: int,
+    batch_size: int = 32,
+    device: str = "cpu",
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Saliency averaged over several saved checkpoints (spec: the 3 best stage-1 epochs)."""
     maps = []

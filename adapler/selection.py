@@ -91,7 +91,8 @@ def pareto_front(candidates: Sequence[Candidate]) -> list[Candidate]:
 
     def dominated(p: Candidate) -> bool:
         return any(
-            q.dev_accuracy >= p.dev_accuracy and q.dev_flops_speedup >= p.dev_flops_speedup
+            q.dev_accuracy >= p.dev_accuracy
+            and q.dev_flops_speedup >= p.dev_flops_speedup
             and (q.dev_accuracy > p.dev_accuracy or q.dev_flops_speedup > p.dev_flops_speedup)
             for q in candidates
         )
@@ -128,9 +129,11 @@ def no_pruning_warning(dev_flops_speedup: float, next_step: str) -> str:
     what to try, e.g. a command."""
     if dev_flops_speedup >= NO_PRUNING_FLOOR:
         return ""
-    return (f"the chosen model removes almost no tokens (dev FLOPs speedup {dev_flops_speedup:.2f}x, under "
-            f"{NO_PRUNING_FLOOR}x): its Contribution Predictors and etas did not learn to prune in this many "
-            f"stage-2 steps, or the length penalty phi was too small for this data; {next_step}")
+    return (
+        f"the chosen model removes almost no tokens (dev FLOPs speedup {dev_flops_speedup:.2f}x, under "
+        f"{NO_PRUNING_FLOOR}x): its Contribution Predictors and etas did not learn to prune in this many "
+        f"stage-2 steps, or the length penalty phi was too small for this data; {next_step}"
+    )
 
 
 def tolerance_warning(selection: Selection, reference: float, tolerance: float, next_step: str) -> str:
@@ -140,10 +143,12 @@ def tolerance_warning(selection: Selection, reference: float, tolerance: float, 
     if selection.eligible:
         return ""
     chosen = selection.chosen
-    return (f"no model stage 2 trained stayed within {tolerance * 100:g} point(s) of stage 1's dev accuracy "
-            f"{reference:.4f}, so the chosen one is only the most accurate it found ({chosen.dev_accuracy:.4f} on dev "
-            f"at {chosen.dev_flops_speedup:.2f}x): stage 2 lost accuracy, most often because the length penalty phi "
-            f"was too large for this data or stage 2 started from the pretrained backbone; {next_step}")
+    return (
+        f"no model stage 2 trained stayed within {tolerance * 100:g} point(s) of stage 1's dev accuracy "
+        f"{reference:.4f}, so the chosen one is only the most accurate it found ({chosen.dev_accuracy:.4f} on dev "
+        f"at {chosen.dev_flops_speedup:.2f}x): stage 2 lost accuracy, most often because the length penalty phi "
+        f"was too large for this data or stage 2 started from the pretrained backbone; {next_step}"
+    )
 
 
 @dataclass(frozen=True)
@@ -157,8 +162,9 @@ class RunWarnings:
         return " ".join(w for w in (self.no_pruning, self.accuracy_lost) if w)
 
 
-def run_warnings(selection: Selection, reference: float, again: str, stage2: Stage2Config,
-                 search: Any = None) -> RunWarnings:
+def run_warnings(
+    selection: Selection, reference: float, again: str, stage2: Stage2Config, search: Any = None
+) -> RunWarnings:
     """The warnings of a finished run whose stage 2 picked ``selection`` (reference: stage 1's best
     dev accuracy; tolerance: ``stage2.selection_tolerance``). Each ends with a command: ``again``
     (e.g. ``adapler train --config runs/x/config.json``) with settings that prune more (no pruning:
@@ -174,8 +180,10 @@ def run_warnings(selection: Selection, reference: float, again: str, stage2: Sta
     )
     if search is not None:
         low, high = search.phi_min / 3, max(search.phi_min, search.phi_max / 4)
-        gentler = (f"--set tune.inits=[finetuned] --set tune.phi_min={low:g} --set tune.phi_max={high:g} "
-                   f"--set stage2.phi={math.sqrt(low * high):.2g}")
+        gentler = (
+            f"--set tune.inits=[finetuned] --set tune.phi_min={low:g} --set tune.phi_max={high:g} "
+            f"--set stage2.phi={math.sqrt(low * high):.2g}"
+        )
     else:
         gentler = f"--set stage2.init=finetuned --set stage2.phi={stage2.phi * GENTLER_PHI:.2g}"
     accuracy_lost = tolerance_warning(selection, reference, stage2.selection_tolerance, f"try `{again} {gentler}`")
@@ -185,8 +193,14 @@ def run_warnings(selection: Selection, reference: float, again: str, stage2: Sta
 TEST_SPLIT_TAG = "test_split"  # a version's tag: fingerprint of the rows its test_accuracy was measured on
 
 
-def champion_verdict(policy: str, warning: str, new: Mapping[str, str], champion: Mapping[str, str] | None,
-                     champion_version: str = "", name: str = "") -> tuple[bool, str]:
+def champion_verdict(
+    policy: str,
+    warning: str,
+    new: Mapping[str, str],
+    champion: Mapping[str, str] | None,
+    champion_version: str = "",
+    name: str = "",
+) -> tuple[bool, str]:
     """Whether a new registered version of ``name`` becomes ``@champion``, and why (one clause).
 
     ``policy``: ``mlflow.promote`` (better | always | never). ``new`` and ``champion``: the two
@@ -202,15 +216,21 @@ def champion_verdict(policy: str, warning: str, new: Mapping[str, str], champion
         return False, "its run ended with a warning (in the summary and the run's adapler.warning tag)"
     if champion is None:
         return True, f"{name} had no champion yet"
-    if (champion.get(TEST_SPLIT_TAG) != new.get(TEST_SPLIT_TAG) or "test_accuracy" not in champion
-            or "flops_speedup" not in champion):
-        return False, (f"the champion (version {champion_version}) was not measured on the same test split, so the "
-                       "two can not be compared")
+    if (
+        champion.get(TEST_SPLIT_TAG) != new.get(TEST_SPLIT_TAG)
+        or "test_accuracy" not in champion
+        or "flops_speedup" not in champion
+    ):
+        return False, (
+            f"the champion (version {champion_version}) was not measured on the same test split, so the "
+            "two can not be compared"
+        )
     accuracy, speedup = float(new["test_accuracy"]), float(new["flops_speedup"])
     old_accuracy, old_speedup = float(champion["test_accuracy"]), float(champion["flops_speedup"])
-    figures = (f"test accuracy {accuracy:.4f} vs {old_accuracy:.4f}, FLOPs speedup {speedup:.2f}x vs "
-               f"{old_speedup:.2f}x for the champion (version {champion_version}) on the same test split")
+    figures = (
+        f"test accuracy {accuracy:.4f} vs {old_accuracy:.4f}, FLOPs speedup {speedup:.2f}x vs "
+        f"{old_speedup:.2f}x for the champion (version {champion_version}) on the same test split"
+    )
     if accuracy >= old_accuracy and speedup >= old_speedup:
         return True, f"at least as accurate and as fast: {figures}"
     return False, f"{'less accurate' if accuracy < old_accuracy else 'slower'}: {figures}"
-

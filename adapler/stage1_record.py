@@ -75,6 +75,8 @@ def reusable_stage1(layout: RunLayout, config: ExperimentConfig) -> Stage1Record
         print(f"{layout.stage1} was trained with another model, data or stage-1 config: training stage 1 again")
         record = None
     else:
-        print(f"reusing the stage-1 checkpoints and saliency labels of {layout.root} (same model, data and stage-1 "
-              "config)")
+        print(
+            f"reusing the stage-1 checkpoints and saliency labels of {layout.root} (same model, data and stage-1 "
+            "config)"
+        )
     return record

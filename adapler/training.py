@@ -147,8 +147,10 @@ def train_stage1(
                 optimizer.step()
                 scheduler.step()
                 total, steps = total + loss.item(), steps + 1
-        metrics = {"train_loss": _all_reduce_mean(torch.tensor(total / max(steps, 1), device=device)).item(),
-                   "train_seconds": time.perf_counter() - start}
+        metrics = {
+            "train_loss": _all_reduce_mean(torch.tensor(total / max(steps, 1), device=device)).item(),
+            "train_seconds": time.perf_counter() - start,
+        }
         metrics.update(_metrics(evaluate_shared(model, dev_loader, removal="none")))
         result.history.append(metrics)
         selected = not result.best_metrics or metrics["dev_accuracy"] > result.best_metrics["dev_accuracy"]
@@ -158,7 +160,11 @@ def train_stage1(
 
 
 def stage2_loss(
-    out: AdapLeROutput, labels: torch.Tensor, saliency: torch.Tensor, gamma: float, phi: float,
+    out: AdapLeROutput,
+    labels: torch.Tensor,
+    saliency: torch.Tensor,
+    gamma: float,
+    phi: float,
     input_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """(CE + gamma * KL + phi * length, gamma * KL, parts for logging).
@@ -233,7 +239,8 @@ def train_stage2(
             out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, removal="soft", temperature=temperature)
             input_lengths = batch["attention_mask"].sum(-1) if config.length_unit == "input" else None
             loss, kl_term, parts = stage2_loss(
-                out, batch["labels"], batch["saliency"], config.gamma, config.phi, input_lengths)
+                out, batch["labels"], batch["saliency"], config.gamma, config.phi, input_lengths
+            )
             model_optimizer.zero_grad(set_to_none=True)
             eta_optimizer.zero_grad(set_to_none=True)
             # Spec 4: the etas learn from CE + phi * length only. Take out the KL's share, which
@@ -257,7 +264,9 @@ def train_stage2(
         metrics.update(_metrics(evaluate_shared(model, dev_loader, removal="packed")))
         metrics.update({f"eta_layer{i + 1}": float(e) for i, e in enumerate(core.etas.detach())})
         result.history.append(metrics)
-        chosen = select(epoch_candidates(result.history, start_epoch), reference_dev_score, config.selection_tolerance).chosen
+        chosen = select(
+            epoch_candidates(result.history, start_epoch), reference_dev_score, config.selection_tolerance
+        ).chosen
         result.close_epoch(EpochReport("stage2", epoch, metrics, model, chosen.epoch == epoch), on_epoch)
     result.restore_best(core)
     return result
@@ -265,7 +274,9 @@ def train_stage2(
 
 def epoch_candidates(history: list[dict[str, float]], start_epoch: int = 0) -> list[Candidate]:
     """The epochs of one stage-2 run as selection candidates (history[i] is epoch start_epoch + i)."""
-    return [Candidate("stage2", start_epoch + i, m["dev_accuracy"], m["dev_flops_speedup"]) for i, m in enumerate(history)]
+    return [
+        Candidate("stage2", start_epoch + i, m["dev_accuracy"], m["dev_flops_speedup"]) for i, m in enumerate(history)
+    ]
 
 
 def _set_epoch(loader, epoch: int) -> None:
@@ -274,7 +285,6 @@ def _set_epoch(loader, epoch: int) -> None:
     batches = getattr(loader, "batch_sampler", None)
     if hasattr(batches, "set_epoch"):
         batches.set_epoch(epoch)
-
 
 
 def _fast_forward(schedulers, steps: int) -> None:

@@ -53,8 +53,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a run directory of `adapler run` (its model/ and stage1.json)")
     parser.add_argument("--data", required=True, help="the run's data source (bbc_news, rotten_tomatoes, files, ...)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="data option of the run, e.g. limit=600 (as `adapler evaluate --set`)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="data option of the run, e.g. limit=600 (as `adapler evaluate --set`)",
+    )
     parser.add_argument("--split", default="test", choices=["dev", "test"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=3, help="interleaved passes per side (the median is kept)")
@@ -72,13 +77,23 @@ def main() -> None:
     backbone_dir = read_stage1(RunLayout(run)).best_model_dir
     records = []
     for batch_size in args.batch_sizes:
-        model = Predictor.from_directory(run / "model", runtime=args.runtime, quantize=args.quantize,
-                                         batch_size=batch_size)
+        model = Predictor.from_directory(
+            run / "model", runtime=args.runtime, quantize=args.quantize, batch_size=batch_size
+        )
         reference = model.model.settings.reference_max_length or model.max_length
-        backbone = Predictor.from_directory(backbone_dir, runtime=args.runtime, quantize=args.quantize,
-                                            batch_size=batch_size, removal="none", max_length=reference)
-        timed = interleaved({"model": lambda t: timed_predict(model, t),
-                             "backbone": lambda t: timed_predict(backbone, t)}, texts, args.repeats)
+        backbone = Predictor.from_directory(
+            backbone_dir,
+            runtime=args.runtime,
+            quantize=args.quantize,
+            batch_size=batch_size,
+            removal="none",
+            max_length=reference,
+        )
+        timed = interleaved(
+            {"model": lambda t, m=model: timed_predict(m, t), "backbone": lambda t, b=backbone: timed_predict(b, t)},
+            texts,
+            args.repeats,
+        )
         best = {name: seconds for name, (seconds, _) in timed.items()}
         outputs = {name: last.predictions for name, (_, last) in timed.items()}
         # the spec's speedup: the backbone's FLOPs on the texts at the reference length over the model's
@@ -87,20 +102,33 @@ def main() -> None:
         kept = np.array([p.kept_lengths for p in outputs["model"]])  # (N, L)
         flops = float(backbone_flops(full, model.size).sum() / adapler_flops(lengths, kept, model.size).sum())
         record = {
-            "dataset": args.data, "split": args.split, "batch_size": batch_size, "texts": len(texts),
-            "model_texts_per_s": len(texts) / best["model"], "backbone_texts_per_s": len(texts) / best["backbone"],
-            "measured_speedup": best["backbone"] / best["model"], "flops_speedup": flops,
+            "dataset": args.data,
+            "split": args.split,
+            "batch_size": batch_size,
+            "texts": len(texts),
+            "model_texts_per_s": len(texts) / best["model"],
+            "backbone_texts_per_s": len(texts) / best["backbone"],
+            "measured_speedup": best["backbone"] / best["model"],
+            "flops_speedup": flops,
             "model_accuracy": float(np.mean([p.label for p in outputs["model"]] == labels)),
             "backbone_accuracy": float(np.mean([p.label for p in outputs["backbone"]] == labels)),
-            "run": str(run), "backbone": str(backbone_dir), "runtime": args.runtime, "quantize": args.quantize,
-            "threads": args.threads, "repeats": args.repeats, "date": time.strftime("%Y-%m-%d"),
+            "run": str(run),
+            "backbone": str(backbone_dir),
+            "runtime": args.runtime,
+            "quantize": args.quantize,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "date": time.strftime("%Y-%m-%d"),
         }
         record["realization"] = record["measured_speedup"] / flops
         records.append(record)
-        print(f"{args.data} bs={batch_size:<3d} {args.runtime} {args.quantize}: model {record['model_texts_per_s']:.1f} "
-              f"vs backbone {record['backbone_texts_per_s']:.1f} texts/s = {record['measured_speedup']:.2f}x measured, "
-              f"{flops:.2f}x FLOPs (realization {record['realization']:.2f}); accuracy "
-              f"{record['model_accuracy']:.3f} vs {record['backbone_accuracy']:.3f}", flush=True)
+        print(
+            f"{args.data} bs={batch_size:<3d} {args.runtime} {args.quantize}: model {record['model_texts_per_s']:.1f} "
+            f"vs backbone {record['backbone_texts_per_s']:.1f} texts/s = {record['measured_speedup']:.2f}x measured, "
+            f"{flops:.2f}x FLOPs (realization {record['realization']:.2f}); accuracy "
+            f"{record['model_accuracy']:.3f} vs {record['backbone_accuracy']:.3f}",
+            flush=True,
+        )
     output = Path(args.output)
     earlier = json.loads(output.read_text()) if output.is_file() else []
     output.write_text(json.dumps(earlier + records, indent=2) + "\n")

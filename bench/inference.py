@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adapler.backbones import encoder_size
 from adapler.evaluate import timed_pass
-from adapler.flops import EncoderSize, flops_speedup
+from adapler.flops import flops_speedup
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.quantization import maybe_quantize
 from harness import RESULTS, add_dataset_arguments, interleaved, length_sorted, timed_rows, trained_model
@@ -65,7 +66,7 @@ def bench_dataset(
 
 def bench_model(dataset: str, model, precision: str, batch_sizes: list[int], repeats: int) -> list[dict]:
     rows = timed_rows(dataset)
-    size = EncoderSize.from_config(model.config, model.settings.cp_hidden)
+    size = encoder_size(model.config, model.settings.cp_hidden)
     device = next(model.parameters()).device
     records = []
     for batch_size in batch_sizes:

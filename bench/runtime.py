@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adapler.backbones import encoder_size
 from adapler.calibration import scaled_etas
 from adapler.evaluate import TimedPass, timed_pass
-from adapler.flops import EncoderSize, flops_speedup
+from adapler.flops import flops_speedup
 from adapler.inference import load_for_inference
 from harness import RESULTS, add_dataset_arguments, calibrated_model, interleaved, length_sorted, timed_rows
 
@@ -72,7 +73,7 @@ def bench_dataset(
     sides = [Side(runtime, engine, precision, model) for precision, model in models.items() for engine in ENGINES]
     reference = next(iter(models.values()))
     rows = timed_rows(dataset)
-    size = EncoderSize.from_config(reference.config, reference.settings.cp_hidden)
+    size = encoder_size(reference.config, reference.settings.cp_hidden)
     records = []
     for batch_size in batch_sizes:
         batches, labels = length_sorted(reference.tokenizer, rows, batch_size)

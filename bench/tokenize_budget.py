@@ -45,8 +45,10 @@ def main() -> None:
     def tokenize(max_length: int) -> list[int]:
         return [n for chunk in chunks for n in batching.token_counts(tokenizer, chunk, None, max_length)]
 
-    print(f"{len(texts)} BBC News test articles, {sum(map(len, texts)) / len(texts):.0f} characters on average, "
-          f"batches of {args.batch_size}, best of {args.repeats}")
+    print(
+        f"{len(texts)} BBC News test articles, {sum(map(len, texts)) / len(texts):.0f} characters on average, "
+        f"batches of {args.batch_size}, best of {args.repeats}"
+    )
     records = []
     print(f"{'max_length':>10} {'whole ms/article':>17} {'cut ms/article':>15} {'ratio':>6}")
     for max_length in args.max_lengths:
@@ -57,15 +59,26 @@ def main() -> None:
         whole, cut = [], []
         for _ in range(args.repeats):  # interleaved: a busy machine slows both sides alike
             with whole_text:
-                whole.append(seconds(lambda: tokenize(max_length)))
-            cut.append(seconds(lambda: tokenize(max_length)))
+                whole.append(seconds(lambda n=max_length: tokenize(n)))
+            cut.append(seconds(lambda n=max_length: tokenize(n)))
         whole, cut = min(whole), min(cut)
-        records.append({"dataset": "bbc_news", "split": "test", "texts": len(texts), "max_length": max_length,
-                        "batch_size": args.batch_size, "whole_ms_per_text": 1e3 * whole / len(texts),
-                        "cut_ms_per_text": 1e3 * cut / len(texts), "ratio": whole / cut, "repeats": args.repeats,
-                        "date": time.strftime("%Y-%m-%d")})
-        print(f"{max_length:>10} {1e3 * whole / len(texts):>17.3f} {1e3 * cut / len(texts):>15.3f} "
-              f"{whole / cut:>5.1f}x")
+        records.append(
+            {
+                "dataset": "bbc_news",
+                "split": "test",
+                "texts": len(texts),
+                "max_length": max_length,
+                "batch_size": args.batch_size,
+                "whole_ms_per_text": 1e3 * whole / len(texts),
+                "cut_ms_per_text": 1e3 * cut / len(texts),
+                "ratio": whole / cut,
+                "repeats": args.repeats,
+                "date": time.strftime("%Y-%m-%d"),
+            }
+        )
+        print(
+            f"{max_length:>10} {1e3 * whole / len(texts):>17.3f} {1e3 * cut / len(texts):>15.3f} {whole / cut:>5.1f}x"
+        )
     Path(args.output).write_text(json.dumps(records, indent=2) + "\n")
 
 

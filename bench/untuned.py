@@ -26,11 +26,12 @@ from pathlib import Path
 import pandas as pd
 from transformers import AutoModelForSequenceClassification
 
+from adapler.backbones import encoder_size
 from adapler.batching import make_loader, token_counts
 from adapler.config import load_config, resolve_preset
 from adapler.data import load_data
 from adapler.evaluate import evaluate
-from adapler.flops import EncoderSize, input_budget_gain
+from adapler.flops import input_budget_gain
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.recipe import new_model
 from adapler.run_layout import RunLayout
@@ -93,7 +94,7 @@ def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False) ->
     data = load_data(config)
     texts, pairs = data.test["text"].tolist(), data.test["text_pair"].tolist()
     chosen = AdapLeRForSequenceClassification.from_pretrained(summary.model_dir)
-    size = EncoderSize.from_config(chosen.config)
+    size = encoder_size(chosen.config)
     full = token_counts(chosen.tokenizer, texts, pairs, config.data.max_length)
     trials, pruned = trials_that_pruned(Path(summary.run_dir))
     records = [

@@ -55,33 +55,52 @@ names one.
 
 def add_calibrate_command(subparsers) -> argparse.ArgumentParser:
     c = subparsers.add_parser(
-        "calibrate", help="scale a trained model's thresholds to a speedup target or accuracy budget (no retraining)",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "calibrate",
+        help="scale a trained model's thresholds to a speedup target or accuracy budget (no retraining)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("--model", required=True, help=MODEL_HELP)
-    c.add_argument("--data", default="rotten_tomatoes",
-                   help="rotten_tomatoes | bbc_news (packaged), files (--set train_file=... [dev_file=...]), "
-                        "or a hub name; its dev split is used")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="data option, e.g. --set limit=200 (repeatable)")
+    c.add_argument(
+        "--data",
+        default="rotten_tomatoes",
+        help="rotten_tomatoes | bbc_news (packaged), files (--set train_file=... [dev_file=...]), "
+        "or a hub name; its dev split is used",
+    )
+    c.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="data option, e.g. --set limit=200 (repeatable)"
+    )
     goal = c.add_mutually_exclusive_group(required=True)
     goal.add_argument("--target-speedup", type=float, metavar="X", help="dev FLOPs speedup to reach, e.g. 3")
-    goal.add_argument("--max-drop", type=float, metavar="D",
-                      help="dev accuracy the model may lose, absolute, e.g. 0.01")
-    goal.add_argument("--points", action="store_true",
-                      help="store the operating points accurate / balanced / fast (and the curve) with the model")
-    c.add_argument("--fast-drop", type=float, metavar="D",
-                   help="--points: dev accuracy the 'fast' point may lose against 'accurate' (default 0.03)")
+    goal.add_argument(
+        "--max-drop", type=float, metavar="D", help="dev accuracy the model may lose, absolute, e.g. 0.01"
+    )
+    goal.add_argument(
+        "--points",
+        action="store_true",
+        help="store the operating points accurate / balanced / fast (and the curve) with the model",
+    )
+    c.add_argument(
+        "--fast-drop",
+        type=float,
+        metavar="D",
+        help="--points: dev accuracy the 'fast' point may lose against 'accurate' (default 0.03)",
+    )
     c.add_argument("--output", help="save the calibrated model here (save_pretrained format)")
-    c.add_argument("--set-alias", metavar="NAME",
-                   help="models:/ only: point this alias (e.g. champion) at the new version")
+    c.add_argument(
+        "--set-alias", metavar="NAME", help="models:/ only: point this alias (e.g. champion) at the new version"
+    )
     c.add_argument("--tracking-uri", default="", help=TRACKING_URI_HELP)
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--max-length", type=int, help="default: the length the model was trained with")
     c.add_argument("--device", default="cpu", help="cpu or cuda")
-    c.add_argument("--runtime", default="torch", choices=["auto", "torch", "onnx"],
-                   help="where the dev passes run (torch by default; onnx: ONNX Runtime, so the curve's examples/s "
-                        "are the deployed runtime's); the saved model is the same either way")
+    c.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["auto", "torch", "onnx"],
+        help="where the dev passes run (torch by default; onnx: ONNX Runtime, so the curve's examples/s "
+        "are the deployed runtime's); the saved model is the same either way",
+    )
     c.set_defaults(func=run_calibrate)
     return c
 
@@ -103,8 +122,9 @@ def _check_args(args: argparse.Namespace, from_registry: bool) -> None:
             raise UserError(f"--output {output} exists and is not a directory")
 
 
-def format_curve(points: Sequence[CurvePoint], chosen: CurvePoint | None = None,
-                 names: Mapping[str, float] | None = None) -> str:
+def format_curve(
+    points: Sequence[CurvePoint], chosen: CurvePoint | None = None, names: Mapping[str, float] | None = None
+) -> str:
     """The explored curve as a table, one row per factor (as given: by factor ascending); the
     chosen factor and the named ones (name -> factor) marked."""
     lines = [f"{'factor':>10}  {'dev accuracy':>12}  {'FLOPs speedup':>13}  {'examples/s':>10}"]
@@ -148,8 +168,11 @@ def run_calibrate(args: argparse.Namespace) -> None:
     print(f"calibrating {args.model} on {data_description}", file=sys.stderr)
 
     def progress(p: CurvePoint) -> None:
-        print(f"  factor {p.factor:.4g}: dev accuracy {p.accuracy:.4f}, FLOPs speedup {p.flops_speedup:.2f}x",
-              file=sys.stderr, flush=True)
+        print(
+            f"  factor {p.factor:.4g}: dev accuracy {p.accuracy:.4f}, FLOPs speedup {p.flops_speedup:.2f}x",
+            file=sys.stderr,
+            flush=True,
+        )
 
     search = _search_points if args.points else _search_factor
     calibrated, register = search(model, engine, loader, rows, args, progress)
@@ -176,26 +199,38 @@ def _search_factor(model, engine, loader, rows, args: argparse.Namespace, progre
 
     try:
         # speedups against the backbone at the length the model was chosen against (reference_max_length)
-        result = calibrate(engine, loader, target_speedup=args.target_speedup, max_drop=args.max_drop,
-                           on_point=progress, flops_gain=budget_gain(model, rows))
+        result = calibrate(
+            engine,
+            loader,
+            target_speedup=args.target_speedup,
+            max_drop=args.max_drop,
+            on_point=progress,
+            flops_gain=budget_gain(model, rows),
+        )
     except TargetUnreachable as err:
         print(format_curve(err.points))
         raise UserError(str(err)) from None
     chosen, baseline = result.chosen, result.baseline
     print(format_curve(result.points, chosen))
-    print(f"chosen factor {chosen.factor:.4g} ({result.goal}): dev accuracy {chosen.accuracy:.4f} "
-          f"(as trained {baseline.accuracy:.4f}), FLOPs speedup {chosen.flops_speedup:.2f}x "
-          f"(as trained {baseline.flops_speedup:.2f}x)")
-    warning = no_pruning_warning(chosen.flops_speedup, "a larger --max-drop lets the factor rise; if the curve above "
-                                 "falls off a cliff instead, retrain with a larger stage2.phi or stage2.eta_lr")
+    print(
+        f"chosen factor {chosen.factor:.4g} ({result.goal}): dev accuracy {chosen.accuracy:.4f} "
+        f"(as trained {baseline.accuracy:.4f}), FLOPs speedup {chosen.flops_speedup:.2f}x "
+        f"(as trained {baseline.flops_speedup:.2f}x)"
+    )
+    warning = no_pruning_warning(
+        chosen.flops_speedup,
+        "a larger --max-drop lets the factor rise; if the curve above "
+        "falls off a cliff instead, retrain with a larger stage2.phi or stage2.eta_lr",
+    )
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
 
     def register(directory, config, source_version: str, alias: str | None) -> str:
         from adapler_pipelines.calibrate import register_calibrated
 
-        return register_calibrated(directory, result, config, source_version, dev_description(args.data, rows),
-                                   alias=alias)
+        return register_calibrated(
+            directory, result, config, source_version, dev_description(args.data, rows), alias=alias
+        )
 
     return apply_factor(model, chosen.factor), register
 

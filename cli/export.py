@@ -25,8 +25,10 @@ with it, e.g. into the registry.
 
 def add_export_command(subparsers) -> argparse.ArgumentParser:
     x = subparsers.add_parser(
-        "export", help="write a model's ONNX Runtime graphs (fp32, and int8 with --quantize int8)",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "export",
+        help="write a model's ONNX Runtime graphs (fp32, and int8 with --quantize int8)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_arguments(x)
     x.add_argument("--output", required=True, help="directory for the copy of the model and its onnx/ graphs")
@@ -48,4 +50,4 @@ def run_export(args: argparse.Namespace) -> None:
     files = sorted(p.name for p in (output / ONNX_SUBDIR).glob("*.onnx"))
     print(f"exported {len(files)} graphs to {output / ONNX_SUBDIR} ({', '.join(files)})")
     quantize = f" --quantize {graphs.quantize}" if graphs.quantize != "none" else ""
-    print(f"next: adapler predict --model {output} --runtime onnx{quantize} \"some text\"")
+    print(f'next: adapler predict --model {output} --runtime onnx{quantize} "some text"')

@@ -27,12 +27,22 @@ def cmd_predict(args: argparse.Namespace) -> None:
         texts += [line.rstrip("\n") for line in lines if line.strip()]
     if not texts or any(not t.strip() for t in texts):
         raise UserError("give at least one non-empty text (arguments or --file)")
-    model = load_model(args.model, args.device, args.quantize, args.tracking_uri,
-                       resolve_runtime(args.runtime, args.device, args.removal))
+    model = load_model(
+        args.model,
+        args.device,
+        args.quantize,
+        args.tracking_uri,
+        resolve_runtime(args.runtime, args.device, args.removal),
+    )
     predictor = Predictor(model, batch_size=args.batch_size, removal=args.removal)
-    predictions = predictor.predict(texts, [args.pair] * len(texts) if args.pair else None, explain=True,
-                                    operating_point=args.operating_point, target_speedup=args.target_speedup,
-                                    factor=args.factor)
+    predictions = predictor.predict(
+        texts,
+        [args.pair] * len(texts) if args.pair else None,
+        explain=True,
+        operating_point=args.operating_point,
+        target_speedup=args.target_speedup,
+        factor=args.factor,
+    )
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return
@@ -59,19 +69,30 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     # chosen against (settings.reference_max_length), as its run's summary and operating points say.
     reference = model.settings.reference_max_length
     gain = budget_gain(model, rows)  # with removal "none": what the cut to its budget alone saves
-    summary = {**result.summary(), "flops_speedup": result.flops_speedup * gain,
-               "flops_speedup_at_budget": result.flops_speedup, "input_budget": model.tokenizer.model_max_length,
-               "retention": result.retention, "num_examples": result.num_examples}
+    summary = {
+        **result.summary(),
+        "flops_speedup": result.flops_speedup * gain,
+        "flops_speedup_at_budget": result.flops_speedup,
+        "input_budget": model.tokenizer.model_max_length,
+        "retention": result.retention,
+        "num_examples": result.num_examples,
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
         return
     quantized = f", {args.quantize}" if args.quantize != "none" else ""
-    print(f"{args.data} {args.split} ({result.num_examples} examples, removal={args.removal}, "
-          f"runtime={runtime}{quantized})")
+    print(
+        f"{args.data} {args.split} ({result.num_examples} examples, removal={args.removal}, "
+        f"runtime={runtime}{quantized})"
+    )
     print(f"  accuracy       {result.accuracy:.4f}")
     print(f"  macro F1       {result.macro_f1:.4f}")
-    against = f" (against the backbone at {reference} tokens; {result.flops_speedup:.2f}x at the model's own " \
-              f"{model.tokenizer.model_max_length})" if gain != 1.0 else ""
+    against = (
+        f" (against the backbone at {reference} tokens; {result.flops_speedup:.2f}x at the model's own "
+        f"{model.tokenizer.model_max_length})"
+        if gain != 1.0
+        else ""
+    )
     print(f"  FLOPs speedup  {summary['flops_speedup']:.2f}x{against}")
     print(f"  throughput     {result.examples_per_s:.1f} examples/s")
     print("  retention      " + " ".join(f"L{i + 1}:{r:.2f}" for i, r in enumerate(result.retention)))
@@ -154,8 +175,16 @@ def next_commands(summary: RunResult, config, program: str = "adapler") -> list[
     commands = [
         ["predict", "--model", registered, *tracking, *pair, text],
         ["evaluate", "--model", registered, *tracking, *data, "--split", "test"],
-        ["calibrate", "--model", _shown_path(summary.model_dir), *data, "--max-drop", "0.01",
-         "--output", _shown_path(RunLayout(Path(summary.run_dir)).calibrated_model)],
+        [
+            "calibrate",
+            "--model",
+            _shown_path(summary.model_dir),
+            *data,
+            "--max-drop",
+            "0.01",
+            "--output",
+            _shown_path(RunLayout(Path(summary.run_dir)).calibrated_model),
+        ],
         ["serve", "--model", registered, *tracking],
     ]
     return [shlex.join([program, *command]) for command in commands]
@@ -193,11 +222,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     args.config = "demo"
     config = _pipeline_config(args)
-    full = (f"; for the full data use `adapler run --config {config.data.source}`"
-            if config.data.source in preset_names() else "")
-    print(f"adapler demo: the whole pipeline on a slice of the {config.data.source} data "
-          f"({config.data.limit} examples per split, {config.data.max_length} tokens), {config.stage1.epochs} "
-          f"stage-1 epoch(s), {config.tune.num_samples} Tune trial(s) of {config.stage2.epochs} epoch(s){full}.")
+    full = (
+        f"; for the full data use `adapler run --config {config.data.source}`"
+        if config.data.source in preset_names()
+        else ""
+    )
+    print(
+        f"adapler demo: the whole pipeline on a slice of the {config.data.source} data "
+        f"({config.data.limit} examples per split, {config.data.max_length} tokens), {config.stage1.epochs} "
+        f"stage-1 epoch(s), {config.tune.num_samples} Tune trial(s) of {config.stage2.epochs} epoch(s){full}."
+    )
     _print_summary(run_pipeline(config), config)
 
 
@@ -222,29 +256,49 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(p)
     p.add_argument("--file", help="also classify each non-empty line of this file")
     p.add_argument("--pair", help="second text, for sentence-pair models")
-    p.add_argument("--removal", default="packed", choices=["packed", "masked", "none"],
-                   help="packed: real token removal (default); masked: same result, no saving; none: plain backbone")
+    p.add_argument(
+        "--removal",
+        default="packed",
+        choices=["packed", "masked", "none"],
+        help="packed: real token removal (default); masked: same result, no saving; none: plain backbone",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     add_inference_arguments(p)
     point = p.add_mutually_exclusive_group()
-    point.add_argument("--operating-point", metavar="NAME",
-                       help="run at a stored operating point: accurate, balanced or fast (`adapler calibrate "
-                            "--points` stores them; `adapler run` does for the models it registers); "
-                            "default: the model as saved")
-    point.add_argument("--target-speedup", type=float, metavar="X",
-                       help="run at the stored curve's point with the smallest dev FLOPs speedup >= X")
-    point.add_argument("--factor", type=float, metavar="F",
-                       help="multiply every eta by F for these texts (> 1 drops more tokens)")
+    point.add_argument(
+        "--operating-point",
+        metavar="NAME",
+        help="run at a stored operating point: accurate, balanced or fast (`adapler calibrate "
+        "--points` stores them; `adapler run` does for the models it registers); "
+        "default: the model as saved",
+    )
+    point.add_argument(
+        "--target-speedup",
+        type=float,
+        metavar="X",
+        help="run at the stored curve's point with the smallest dev FLOPs speedup >= X",
+    )
+    point.add_argument(
+        "--factor", type=float, metavar="F", help="multiply every eta by F for these texts (> 1 drops more tokens)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON (with the kept tokens of every layer)")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="accuracy, F1, FLOPs speedup and per-layer retention on a data set")
     add_model_arguments(e)
-    e.add_argument("--data", default="rotten_tomatoes",
-                   help="rotten_tomatoes | bbc_news (packaged), files (with --set train_file=...), or a hub name")
+    e.add_argument(
+        "--data",
+        default="rotten_tomatoes",
+        help="rotten_tomatoes | bbc_news (packaged), files (with --set train_file=...), or a hub name",
+    )
     e.add_argument("--split", default="test", choices=["train", "dev", "test"])
-    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="data option, e.g. --set limit=200 or --set test_file=my.csv (repeatable)")
+    e.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="data option, e.g. --set limit=200 or --set test_file=my.csv (repeatable)",
+    )
     e.add_argument("--removal", default="packed", choices=["packed", "masked", "none"])
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-length", type=int, help="default: the length the model was trained with")
@@ -257,10 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("tune", cmd_tune, "only the stage-2 search + registration, on the stage-1 results of an earlier run"),
     ):
         r = sub.add_parser(name, help=text)
-        r.add_argument("--config", default="rotten_tomatoes",
-                       help="YAML file or preset name (demo, rotten_tomatoes, bbc_news, sst2, files, paper)")
-        r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override, e.g. --set tune.num_samples=4 --set ray.num_workers=2 (repeatable)")
+        r.add_argument(
+            "--config",
+            default="rotten_tomatoes",
+            help="YAML file or preset name (demo, rotten_tomatoes, bbc_news, sst2, files, paper)",
+        )
+        r.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override, e.g. --set tune.num_samples=4 --set ray.num_workers=2 (repeatable)",
+        )
         r.set_defaults(func=func)
     d = sub.add_parser("demo", help="the whole pipeline on a slice of the packaged data, offline, minutes on 2 cores")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -268,8 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="stage 1 -> saliency -> stage 2 on this machine, without Ray")
     t.add_argument("--config", help="YAML file or preset name (configs/*.yaml)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override, e.g. --set stage2.phi=0.001 (repeatable)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. --set stage2.phi=0.001 (repeatable)",
+    )
     t.set_defaults(func=cmd_train)
 
     from adapler_cli.calibrate import add_calibrate_command

@@ -25,12 +25,20 @@ def add_model_arguments(parser, required: bool = True) -> None:
 def add_inference_arguments(parser) -> None:
     """``--device``, ``--runtime`` and ``--quantize``: where and how the model runs, alike in every command."""
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"],
-                        help="onnx: ONNX Runtime (exported on first use into a cache keyed by the weights, "
-                             "$ADAPLER_ONNX_CACHE or ~/.cache/adapler/onnx); torch: PyTorch eager; auto (default): "
-                             "onnx on CPU (the faster, bench/runtime.py), torch on GPU or with --removal masked")
-    parser.add_argument("--quantize", default="none", choices=["none", "int8"],
-                        help="int8: int8 weights for the linear layers, CPs kept float (CPU; composes with removal)")
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="onnx: ONNX Runtime (exported on first use into a cache keyed by the weights, "
+        "$ADAPLER_ONNX_CACHE or ~/.cache/adapler/onnx); torch: PyTorch eager; auto (default): "
+        "onnx on CPU (the faster, bench/runtime.py), torch on GPU or with --removal masked",
+    )
+    parser.add_argument(
+        "--quantize",
+        default="none",
+        choices=["none", "int8"],
+        help="int8: int8 weights for the linear layers, CPs kept float (CPU; composes with removal)",
+    )
 
 
 def load_model(model: str, device: str = "cpu", quantize: str = "none", tracking_uri: str = "", runtime: str = "torch"):

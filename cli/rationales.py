@@ -30,17 +30,24 @@ def add_rationales_command(subparsers) -> argparse.ArgumentParser:
     from adapler.eraser import HUB_NAME, SPLITS
 
     r = subparsers.add_parser(
-        "rationales", help="per-layer false positive rate of kept tokens vs human rationales (ERASER movies)",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "rationales",
+        help="per-layer false positive rate of kept tokens vs human rationales (ERASER movies)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_arguments(r)
-    r.add_argument("--data", default=HUB_NAME,
-                   help=f"ERASER directory (docs/ and <split>.jsonl) or the hub name {HUB_NAME} (default; needs network)")
+    r.add_argument(
+        "--data",
+        default=HUB_NAME,
+        help=f"ERASER directory (docs/ and <split>.jsonl) or the hub name {HUB_NAME} (default; needs network)",
+    )
     r.add_argument("--split", default="test", choices=SPLITS)
-    r.add_argument("--window", type=int,
-                   help="word pieces per window, special tokens included (default: the model's max length)")
-    r.add_argument("--stride", type=int,
-                   help="word pieces between window starts (default: the window's text length, no overlap)")
+    r.add_argument(
+        "--window", type=int, help="word pieces per window, special tokens included (default: the model's max length)"
+    )
+    r.add_argument(
+        "--stride", type=int, help="word pieces between window starts (default: the window's text length, no overlap)"
+    )
     r.add_argument("--limit", type=int, help="only the first N documents of the split")
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--device", default="cpu")
@@ -79,8 +86,10 @@ def run_rationales(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{args.data} {args.split}: {report.documents} documents, {report.windows} windows of {window} "
-          f"word pieces ({report.windows_dropped} without rationale dropped), {report.evaluated_tokens} "
-          f"tokens counted, {report.rationale_tokens} in the rationale")
+    print(
+        f"{args.data} {args.split}: {report.documents} documents, {report.windows} windows of {window} "
+        f"word pieces ({report.windows_dropped} without rationale dropped), {report.evaluated_tokens} "
+        f"tokens counted, {report.rationale_tokens} in the rationale"
+    )
     print("false positive rate per layer (lower is better):")
     print(report.table())

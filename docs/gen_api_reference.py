@@ -23,9 +23,11 @@ def modules(package: str, folder: str) -> list[str]:
 
 
 with mkdocs_gen_files.open("reference/api/index.md", "w") as index:
-    index.write("# Python API\n\nOne page per module, rendered from the docstrings when the site is built: "
-                "`adapler` is the method (PyTorch and transformers, no Ray), `adapler_pipelines` its stages on "
-                "Ray and the MLflow registry, `adapler_deploy` the Ray Serve app.\n")
+    index.write(
+        "# Python API\n\nOne page per module, rendered from the docstrings when the site is built: "
+        "`adapler` is the method (PyTorch and transformers, no Ray), `adapler_pipelines` its stages on "
+        "Ray and the MLflow registry, `adapler_deploy` the Ray Serve app.\n"
+    )
     for package, folder in PACKAGES.items():
         index.write(f"\n## `{package}`\n\n")
         for module in modules(package, folder):

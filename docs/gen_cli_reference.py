@@ -41,8 +41,16 @@ def render() -> str:
         "",
     ]
     for name, text, sub in commands:
-        lines += [f"## adapler {name}", "", text[:1].upper() + text[1:] + ".", "", "```text",
-                  sub.format_help().rstrip(), "```", ""]
+        lines += [
+            f"## adapler {name}",
+            "",
+            text[:1].upper() + text[1:] + ".",
+            "",
+            "```text",
+            sub.format_help().rstrip(),
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -16,7 +16,6 @@ from io import StringIO
 from pathlib import Path
 
 import mkdocs_gen_files
-
 import yaml
 
 from adapler.config import ExperimentConfig, preset_names, resolve_preset
@@ -32,9 +31,11 @@ def field_comments(cls: type) -> dict[str, str]:
         if not dataclasses.is_dataclass(klass):
             continue
         source = inspect.getsource(klass)
-        trailing = {tok.start[0]: tok.string.lstrip("# ").strip()
-                    for tok in tokenize.generate_tokens(StringIO(source).readline)
-                    if tok.type == tokenize.COMMENT}
+        trailing = {
+            tok.start[0]: tok.string.lstrip("# ").strip()
+            for tok in tokenize.generate_tokens(StringIO(source).readline)
+            if tok.type == tokenize.COMMENT
+        }
         above: list[str] = []
         for number, line in enumerate(source.splitlines(), start=1):
             stripped = line.strip()
@@ -75,8 +76,10 @@ def section_rows(cls: type, prefix: str, out: list[str], sections: list[tuple[st
         if dataclasses.is_dataclass(value):
             sections.append((f"{prefix}{field.name}", type(value)))
             continue
-        out.append(f"| `{prefix}{field.name}` | `{type_name(hints[field.name])}` | `{repr(value)}` "
-                   f"| {cell(comments.get(field.name, ''))} |")
+        out.append(
+            f"| `{prefix}{field.name}` | `{type_name(hints[field.name])}` | `{repr(value)}` "
+            f"| {cell(comments.get(field.name, ''))} |"
+        )
 
 
 def flat(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -92,8 +95,13 @@ def flat(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def presets() -> list[str]:
     """One section per preset in configs/: its first comment lines and the keys it sets."""
-    lines = ["## Presets", "", "`--config NAME` loads `configs/NAME.yaml`; these are the keys each one sets "
-             "(everything else keeps the defaults above).", ""]
+    lines = [
+        "## Presets",
+        "",
+        "`--config NAME` loads `configs/NAME.yaml`; these are the keys each one sets "
+        "(everything else keeps the defaults above).",
+        "",
+    ]
     for name in preset_names():
         text = Path(resolve_preset(name)).read_text()
         about = []
@@ -104,8 +112,12 @@ def presets() -> list[str]:
         lines += [f"### `{name}`", ""]
         if about:
             lines += [" ".join(about), ""]
-        lines += ["| key | value |", "|---|---|",
-                  *[f"| `{key}` | `{value!r}` |" for key, value in flat(yaml.safe_load(text) or {})], ""]
+        lines += [
+            "| key | value |",
+            "|---|---|",
+            *[f"| `{key}` | `{value!r}` |" for key, value in flat(yaml.safe_load(text) or {})],
+            "",
+        ]
     return lines
 
 
@@ -135,8 +147,11 @@ def render() -> str:
             lines += ["| key | type | default | what it is |", "|---|---|---|---|", *rows, ""]
         queue.extend(found)
     lines += presets()
-    lines += ["", f"The method alone (`adapler train`, no Ray) reads the sections of "
-              f"`{ExperimentConfig.__name__}`; the pipeline adds `ray`, `tune`, `mlflow` and `operating_points`."]
+    lines += [
+        "",
+        f"The method alone (`adapler train`, no Ray) reads the sections of "
+        f"`{ExperimentConfig.__name__}`; the pipeline adds `ray`, `tune`, `mlflow` and `operating_points`.",
+    ]
     return "\n".join(lines) + "\n"
 
 

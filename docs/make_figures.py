@@ -23,18 +23,42 @@ def speed_accuracy(dataset: str, out: Path) -> Path:
     fig = Figure(figsize=(6, 3.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    static = sorted((r for r in records if r["variant"].startswith(("truncate", "backbone"))),
-                    key=lambda r: r["flops_speedup"])
-    ax.plot([r["flops_speedup"] for r in static], [r["test_accuracy"] for r in static], "o--", color="gray",
-            label="backbone cut to fewer tokens (truncation)")
+    static = sorted(
+        (r for r in records if r["variant"].startswith(("truncate", "backbone"))), key=lambda r: r["flops_speedup"]
+    )
+    ax.plot(
+        [r["flops_speedup"] for r in static],
+        [r["test_accuracy"] for r in static],
+        "o--",
+        color="gray",
+        label="backbone cut to fewer tokens (truncation)",
+    )
     for r in static:
-        ax.annotate(r["variant"], (r["flops_speedup"], r["test_accuracy"]), textcoords="offset points",
-                    xytext=(4, -12), fontsize=7, color="gray")
+        ax.annotate(
+            r["variant"],
+            (r["flops_speedup"], r["test_accuracy"]),
+            textcoords="offset points",
+            xytext=(4, -12),
+            fontsize=7,
+            color="gray",
+        )
     chosen = next(r for r in records if r["variant"] == "adapler")
-    ax.plot([chosen["flops_speedup"]], [chosen["test_accuracy"]], "*", ms=16, color="tab:red",
-            label=f"AdapLeR ({chosen['input_budget']} tokens + token removal)")
-    ax.annotate(f"{chosen['flops_speedup']:.1f}x", (chosen["flops_speedup"], chosen["test_accuracy"]),
-                textcoords="offset points", xytext=(-14, 10), fontsize=8, color="tab:red")
+    ax.plot(
+        [chosen["flops_speedup"]],
+        [chosen["test_accuracy"]],
+        "*",
+        ms=16,
+        color="tab:red",
+        label=f"AdapLeR ({chosen['input_budget']} tokens + token removal)",
+    )
+    ax.annotate(
+        f"{chosen['flops_speedup']:.1f}x",
+        (chosen["flops_speedup"], chosen["test_accuracy"]),
+        textcoords="offset points",
+        xytext=(-14, 10),
+        fontsize=8,
+        color="tab:red",
+    )
     ax.set_xscale("log", base=2)
     ax.set_xticks([1, 2, 4, 8, 16, 32], ["1x", "2x", "4x", "8x", "16x", "32x"])
     ax.set_ylim(0.90, 1.0)  # a point is ~2 articles of 223: a tighter axis would draw noise as a trend

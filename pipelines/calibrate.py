@@ -51,8 +51,12 @@ def source_config(name: str, version: ModelVersion, uri: str) -> PipelineConfig:
 
 
 def _write_curve(
-    curve: Sequence[CurvePoint], column: tuple[str, list], marks: Sequence[tuple[str, CurvePoint, str, str, int]],
-    title: str, directory: Path, guide: Callable | None = None,
+    curve: Sequence[CurvePoint],
+    column: tuple[str, list],
+    marks: Sequence[tuple[str, CurvePoint, str, str, int]],
+    title: str,
+    directory: Path,
+    guide: Callable | None = None,
 ) -> dict[str, Path]:
     """curve.csv (one row per factor, plus ``column`` = (name, values)) and curve.png (dev accuracy
     vs FLOPs speedup, each factor annotated; ``marks``: (label, point, marker, colour, size))."""
@@ -70,11 +74,17 @@ def _write_curve(
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(table.flops_speedup, table.accuracy, "o-", color="tab:blue", label="factors tried")
     for point in curve:
-        ax.annotate(f"{point.factor:.3g}", (point.flops_speedup, point.accuracy), fontsize=7,
-                    textcoords="offset points", xytext=(3, 3))
+        ax.annotate(
+            f"{point.factor:.3g}",
+            (point.flops_speedup, point.accuracy),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(3, 3),
+        )
     for order, (label, point, marker, colour, size) in enumerate(marks):
-        ax.scatter([point.flops_speedup], [point.accuracy], marker=marker, s=size, color=colour, label=label,
-                   zorder=3 + order)
+        ax.scatter(
+            [point.flops_speedup], [point.accuracy], marker=marker, s=size, color=colour, label=label, zorder=3 + order
+        )
     if guide is not None:
         guide(ax)
     ax.set_xlabel("dev FLOPs speedup")
@@ -97,10 +107,18 @@ def write_curve(calibration: Calibration, directory: Path) -> dict[str, Path]:
         else:
             ax.axhline(baseline.accuracy - calibration.max_drop, ls="--", color="gray", lw=1, label="accuracy floor")
 
-    marks = [("as trained (factor 1)", baseline, "s", "gray", 60),
-             (f"chosen (factor {chosen.factor:.3g})", chosen, "*", "tab:red", 250)]
-    return _write_curve(calibration.points, ("chosen", [p.factor == chosen.factor for p in calibration.points]),
-                        marks, f"threshold calibration ({calibration.goal})", directory, guide)
+    marks = [
+        ("as trained (factor 1)", baseline, "s", "gray", 60),
+        (f"chosen (factor {chosen.factor:.3g})", chosen, "*", "tab:red", 250),
+    ]
+    return _write_curve(
+        calibration.points,
+        ("chosen", [p.factor == chosen.factor for p in calibration.points]),
+        marks,
+        f"threshold calibration ({calibration.goal})",
+        directory,
+        guide,
+    )
 
 
 POINT_STYLE = {"accurate": ("s", "tab:green"), "balanced": ("D", "tab:orange"), "fast": ("*", "tab:red")}
@@ -112,11 +130,18 @@ def write_points_curve(points: OperatingPoints, directory: Path) -> dict[str, Pa
     for name, factor in points.named.items():
         names[factor] = f"{names[factor]}/{name}" if factor in names else name
     on_curve = {p.factor: p for p in points.curve}
-    marks = [(f"{name} (factor {factor:.3g})", on_curve[factor], *POINT_STYLE.get(name, ("o", "black")), 120)
-             for name, factor in points.named.items()]
+    marks = [
+        (f"{name} (factor {factor:.3g})", on_curve[factor], *POINT_STYLE.get(name, ("o", "black")), 120)
+        for name, factor in points.named.items()
+    ]
     budgets = ", ".join(f"{name} {getattr(points.budgets, name):g}" for name in points.named)
-    return _write_curve(points.curve, ("point", [names.get(p.factor, "") for p in points.curve]), marks,
-                        f"operating points (accuracy budgets: {budgets})", directory)
+    return _write_curve(
+        points.curve,
+        ("point", [names.get(p.factor, "") for p in points.curve]),
+        marks,
+        f"operating points (accuracy budgets: {budgets})",
+        directory,
+    )
 
 
 def points_tags(points: OperatingPoints) -> dict[str, str]:
@@ -126,8 +151,15 @@ def points_tags(points: OperatingPoints) -> dict[str, str]:
 
 
 def _register_from(
-    model_dir: str | Path, config: PipelineConfig, source_version: str, history: list[dict], tags: Mapping[str, str],
-    artifacts: Mapping[str, Path], metrics: Mapping[str, float], note: tuple[str, str], alias: str | None,
+    model_dir: str | Path,
+    config: PipelineConfig,
+    source_version: str,
+    history: list[dict],
+    tags: Mapping[str, str],
+    artifacts: Mapping[str, Path],
+    metrics: Mapping[str, float],
+    note: tuple[str, str],
+    alias: str | None,
 ) -> str:
     """Log one ``calibrate`` run (``history`` as metrics, ``artifacts``) and register ``model_dir``
     nested under it as a new version of ``config.mlflow.registered_model``, whose description ends
@@ -139,13 +171,22 @@ def _register_from(
     client = client_for(uri)
     description = client.get_model_version(name, version).description
     what, detail = note
-    client.update_model_version(name, version, description=f"{description}; {what} from version {source_version}: {detail}")
+    client.update_model_version(
+        name, version, description=f"{description}; {what} from version {source_version}: {detail}"
+    )
     return version
 
 
 def _history(curve: Sequence[CurvePoint]) -> list[dict]:
-    return [{"factor": p.factor, "dev_accuracy": p.accuracy, "dev_flops_speedup": p.flops_speedup,
-             "examples_per_s": p.examples_per_s} for p in curve]
+    return [
+        {
+            "factor": p.factor,
+            "dev_accuracy": p.accuracy,
+            "dev_flops_speedup": p.flops_speedup,
+            "examples_per_s": p.examples_per_s,
+        }
+        for p in curve
+    ]
 
 
 def register_calibrated(
@@ -167,31 +208,59 @@ def register_calibrated(
         "dev_flops_speedup": str(chosen.flops_speedup),  # the flops_speedup tag of pipeline versions is on test
     }
     metrics = {
-        "dev_accuracy": chosen.accuracy, "dev_flops_speedup": chosen.flops_speedup,
-        "calibration_factor": chosen.factor, "uncalibrated_dev_accuracy": baseline.accuracy,
+        "dev_accuracy": chosen.accuracy,
+        "dev_flops_speedup": chosen.flops_speedup,
+        "calibration_factor": chosen.factor,
+        "uncalibrated_dev_accuracy": baseline.accuracy,
         "uncalibrated_dev_flops_speedup": baseline.flops_speedup,
     }
     with tempfile.TemporaryDirectory() as tmp:
         files = write_curve(calibration, Path(tmp))
         artifacts = {"calibration/curve.csv": files["csv"], "calibration/curve.png": files["png"]}
-        return _register_from(model_dir, config, source_version, _history(calibration.points), tags, artifacts,
-                              metrics, ("calibrated", f"etas x {chosen.factor:.4g} ({calibration.goal}, on "
-                              f"{calibration_data})"), alias)
+        return _register_from(
+            model_dir,
+            config,
+            source_version,
+            _history(calibration.points),
+            tags,
+            artifacts,
+            metrics,
+            ("calibrated", f"etas x {chosen.factor:.4g} ({calibration.goal}, on {calibration_data})"),
+            alias,
+        )
 
 
 def register_with_points(
-    model_dir: str | Path, points: OperatingPoints, config: PipelineConfig, source_version: str,
+    model_dir: str | Path,
+    points: OperatingPoints,
+    config: PipelineConfig,
+    source_version: str,
     alias: str | None = None,
 ) -> str:
     """Register ``model_dir`` (the source's weights, its config.json holding ``points``) as a new
     version, with the curve as ``operating_points/curve.{csv,png}`` of its calibrate run."""
     tags = {**points_tags(points), "calibration_data": points.data, "calibrated_from": source_version}
     default = points.point("default")
-    metrics = {f"{name}_{key}": value for name in points.named for key, value in (
-        ("dev_accuracy", points.point(name).dev_accuracy), ("dev_flops_speedup", points.point(name).dev_flops_speedup))}
+    metrics = {
+        f"{name}_{key}": value
+        for name in points.named
+        for key, value in (
+            ("dev_accuracy", points.point(name).dev_accuracy),
+            ("dev_flops_speedup", points.point(name).dev_flops_speedup),
+        )
+    }
     metrics.update(dev_accuracy=default.dev_accuracy, dev_flops_speedup=default.dev_flops_speedup)
     with tempfile.TemporaryDirectory() as tmp:
         files = write_points_curve(points, Path(tmp))
         artifacts = {"operating_points/curve.csv": files["csv"], "operating_points/curve.png": files["png"]}
-        return _register_from(model_dir, config, source_version, _history(points.curve), tags, artifacts, metrics,
-                              ("operating points added", f"{tags['operating_points']} (on {points.data})"), alias)
+        return _register_from(
+            model_dir,
+            config,
+            source_version,
+            _history(points.curve),
+            tags,
+            artifacts,
+            metrics,
+            ("operating points added", f"{tags['operating_points']} (on {points.data})"),
+            alias,
+        )

@@ -41,8 +41,16 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-OUTPUT_COLUMNS = ["label", "label_id", "probabilities", "input_tokens", "kept_tokens", "flops_speedup",
-                  "operating_point", "eta_factor"]
+OUTPUT_COLUMNS = [
+    "label",
+    "label_id",
+    "probabilities",
+    "input_tokens",
+    "kept_tokens",
+    "flops_speedup",
+    "operating_point",
+    "eta_factor",
+]
 POINT_PARAMS = ("operating_point", "target_speedup", "factor")  # the knob, as pyfunc params
 
 
@@ -70,9 +78,7 @@ def to_frame(model_input: Any) -> pd.DataFrame:
     elif isinstance(data, pd.DataFrame):
         frame = data
     else:
-        raise TypeError(
-            f"expected a list of str or a DataFrame with a 'text' column, got {type(model_input).__name__}"
-        )
+        raise TypeError(f"expected a list of str or a DataFrame with a 'text' column, got {type(model_input).__name__}")
     if "text" not in frame.columns:
         if len(frame.columns) == 1:  # a list that MLflow (or the caller) made into a one-column frame
             frame = frame.rename(columns={frame.columns[0]: "text"})
@@ -83,7 +89,9 @@ def to_frame(model_input: Any) -> pd.DataFrame:
     texts = frame["text"].tolist()
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
-        raise ValueError(f"every text must be a string; rows {bad[:5]} are {[type(texts[i]).__name__ for i in bad[:5]]}")
+        raise ValueError(
+            f"every text must be a string; rows {bad[:5]} are {[type(texts[i]).__name__ for i in bad[:5]]}"
+        )
     out = pd.DataFrame({"text": texts}, index=frame.index)
     if "text_pair" in frame.columns:
         pairs = [None if _missing(p) else p for p in frame["text_pair"].tolist()]
@@ -107,15 +115,17 @@ def to_frame(model_input: Any) -> pd.DataFrame:
 class AdapLeRPyfunc(PythonModel):
     """Loads the AdapLeR directory of ``context.artifacts["model_dir"]`` into a Predictor.
 
-    ``runtime`` ("auto", the default: ONNX Runtime on CPU; "torch" or "onnx") and ``quantize`` ("none" or "int8") come from the model
-    config, settable at load time: ``mlflow.pyfunc.load_model(uri, model_config={"runtime": "onnx"})``."""
+    ``runtime`` ("auto", the default: ONNX Runtime on CPU; "torch" or "onnx") and ``quantize``
+    ("none" or "int8") come from the model config, settable at load time:
+    ``mlflow.pyfunc.load_model(uri, model_config={"runtime": "onnx"})``."""
 
     def load_context(self, context) -> None:
         from adapler.inference import Predictor  # imported here: the file is also read at log time
 
         options = context.model_config or {}
         self.predictor = Predictor.from_directory(
-            context.artifacts["model_dir"], runtime=options.get("runtime", "auto"),
+            context.artifacts["model_dir"],
+            runtime=options.get("runtime", "auto"),
             quantize=options.get("quantize", "none"),
         )
 
@@ -131,7 +141,8 @@ class AdapLeRPyfunc(PythonModel):
         names = frame["operating_point"].tolist() if "operating_point" in frame.columns else [None] * len(frame)
         resolved = {name: self.predictor.resolve(operating_point=name) for name in set(names) - {None}}
         predictions = self.predictor.predict(
-            frame["text"].tolist(), pairs if any(p is not None for p in pairs) else None,
+            frame["text"].tolist(),
+            pairs if any(p is not None for p in pairs) else None,
             points=[default if name is None else resolved[name] for name in names],
         )
         rows = [

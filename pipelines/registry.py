@@ -54,8 +54,19 @@ from adapler_pipelines.tracking import (
 
 PYFUNC_MODEL_PATH = Path(__file__).with_name("pyfunc_model.py")
 MODEL_ARTIFACT = "model_dir"  # key of the AdapLeR directory in the pyfunc's artefacts
-RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pyyaml", "mlflow",
-                    "onnx", "onnxruntime", "onnxscript")  # the pyfunc's default runtime is ONNX Runtime on CPU
+RUNTIME_PACKAGES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "pyyaml",
+    "mlflow",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+)  # the pyfunc's default runtime is ONNX Runtime on CPU
 
 
 class RegistryError(ValueError):
@@ -114,27 +125,33 @@ def _signature() -> ModelSignature:
     """Output schema and the params (the operating point) only: no MLflow 3.17 input schema takes
     both a list of str and a frame with text + text_pair (see pipelines/pyfunc_model.py); the
     pyfunc checks its input itself."""
-    outputs = Schema([
-        ColSpec(DataType.string, "label"),
-        ColSpec(DataType.long, "label_id"),
-        ColSpec(Map(DataType.double), "probabilities"),
-        ColSpec(DataType.long, "input_tokens"),
-        ColSpec(DataType.long, "kept_tokens"),
-        ColSpec(DataType.double, "flops_speedup"),
-        ColSpec(DataType.string, "operating_point"),
-        ColSpec(DataType.double, "eta_factor"),
-    ])
-    params = ParamSchema([  # the speed knob (adapler.operating_points): at most one
-        ParamSpec("operating_point", DataType.string, None),
-        ParamSpec("target_speedup", DataType.double, None),
-        ParamSpec("factor", DataType.double, None),
-    ])
+    outputs = Schema(
+        [
+            ColSpec(DataType.string, "label"),
+            ColSpec(DataType.long, "label_id"),
+            ColSpec(Map(DataType.double), "probabilities"),
+            ColSpec(DataType.long, "input_tokens"),
+            ColSpec(DataType.long, "kept_tokens"),
+            ColSpec(DataType.double, "flops_speedup"),
+            ColSpec(DataType.string, "operating_point"),
+            ColSpec(DataType.double, "eta_factor"),
+        ]
+    )
+    params = ParamSchema(
+        [  # the speed knob (adapler.operating_points): at most one
+            ParamSpec("operating_point", DataType.string, None),
+            ParamSpec("target_speedup", DataType.double, None),
+            ParamSpec("factor", DataType.double, None),
+        ]
+    )
     return ModelSignature(inputs=None, outputs=outputs, params=params)
 
 
-INPUT_EXAMPLE = pd.DataFrame({
-    "text": ["a gripping, beautifully acted film", "the plot never comes together"],
-})
+INPUT_EXAMPLE = pd.DataFrame(
+    {
+        "text": ["a gripping, beautifully acted film", "the plot never comes together"],
+    }
+)
 
 
 # --------------------------------------------------------------------------- register
@@ -166,8 +183,11 @@ def register_model(
     experiment = run_experiment(client, config.mlflow, uri, parent_run_id)
     version_tags = {**_version_tags(config, metrics), **(tags or {})}
     with mlflow.start_run(
-        run_name=f"register-{name}", experiment_id=experiment, parent_run_id=parent_run_id,
-        nested=mlflow.active_run() is not None, tags={STAGE_TAG: "register"},
+        run_name=f"register-{name}",
+        experiment_id=experiment,
+        parent_run_id=parent_run_id,
+        nested=mlflow.active_run() is not None,
+        tags={STAGE_TAG: "register"},
     ) as run:
         log_config(client, run.info.run_id, config)
         if metrics:
@@ -211,15 +231,22 @@ def promote(name: str, version: str, config: PipelineConfig, warning: str = "") 
     except MlflowException:
         champion = None
     promoted, reason = champion_verdict(
-        config.mlflow.promote, warning, client.get_model_version(name, version).tags,
-        champion.tags if champion else None, str(champion.version) if champion else "", name,
+        config.mlflow.promote,
+        warning,
+        client.get_model_version(name, version).tags,
+        champion.tags if champion else None,
+        str(champion.version) if champion else "",
+        name,
     )
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
         return Promotion(CHAMPION, f"version {version} is the new @champion: {reason}")
-    return Promotion(CHALLENGER, f"version {version} is @challenger, @champion stays at version "
-                                 f"{champion.version if champion else '-'}: {reason}; serve it with @challenger, "
-                                 "or promote it by rerunning with --set mlflow.promote=always")
+    return Promotion(
+        CHALLENGER,
+        f"version {version} is @challenger, @champion stays at version "
+        f"{champion.version if champion else '-'}: {reason}; serve it with @challenger, "
+        "or promote it by rerunning with --set mlflow.promote=always",
+    )
 
 
 # --------------------------------------------------------------------------- read back
@@ -262,9 +289,12 @@ def download_model_dir(name: str, alias: str = CHAMPION, dst_path: str | Path | 
     mlflow.set_tracking_uri(uri)
     if dst_path is not None:
         Path(dst_path).mkdir(parents=True, exist_ok=True)
-    local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{name}/{version.version}", dst_path=None if dst_path is None else str(dst_path),
-    ))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version.version}",
+            dst_path=None if dst_path is None else str(dst_path),
+        )
+    )
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     entry = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {}).get(MODEL_ARTIFACT)
     if not entry:

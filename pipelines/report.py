@@ -68,15 +68,22 @@ def highlight_examples(predictor: Predictor, rows: pd.DataFrame, label_names: li
     for row, (record, prediction) in enumerate(zip(rows.itertuples(), predictions)):
         present = batch["attention_mask"][row].bool().cpu()
         tokens = predictor.model.tokenizer.convert_ids_to_tokens(batch["input_ids"][row].cpu()[present].tolist())
-        caption = (f"{record.id}: gold {label_names[record.label]}, predicted {prediction.label} "
-                   f"(p={prediction.probabilities[prediction.label]:.2f}), "
-                   f"{prediction.flops_speedup:.2f}x fewer FLOPs")
+        caption = (
+            f"{record.id}: gold {label_names[record.label]}, predicted {prediction.label} "
+            f"(p={prediction.probabilities[prediction.label]:.2f}), "
+            f"{prediction.flops_speedup:.2f}x fewer FLOPs"
+        )
         examples.append(HighlightExample(tokens, entered[row][present].tolist(), caption))
     return examples
 
 
-def model_pictures(model: AdapLeRForSequenceClassification, data: DatasetSplits, run_name: str, directory: Path,
-                   examples: int = HIGHLIGHT_EXAMPLES) -> list[Path]:
+def model_pictures(
+    model: AdapLeRForSequenceClassification,
+    data: DatasetSplits,
+    run_name: str,
+    directory: Path,
+    examples: int = HIGHLIGHT_EXAMPLES,
+) -> list[Path]:
     """retention.png (dev and test) and highlight.html (the first ``examples`` test rows) of
     ``model`` on ``data`` (the run ``run_name``'s), written to ``directory``; texts cut to the
     model's own input budget (``tokenizer.model_max_length``), as it runs in service."""
@@ -87,7 +94,8 @@ def model_pictures(model: AdapLeRForSequenceClassification, data: DatasetSplits,
     retention = retention_plot(curves, directory / RETENTION_PNG, title=f"tokens kept per layer ({run_name})")
     predictor = Predictor(model)
     page = highlight_html(
-        highlight_examples(predictor, data.test.head(examples), data.label_names), model.num_layers,
+        highlight_examples(predictor, data.test.head(examples), data.label_names),
+        model.num_layers,
         title=f"Kept tokens: {run_name}, {data.name} test",
     )
     highlight = directory / HIGHLIGHT_HTML
@@ -101,8 +109,9 @@ def log_report(files: list[Path], run_id: str, uri: str) -> None:
         client.log_artifact(run_id, str(path), artifact_path=REPORT_DIR)
 
 
-def chosen_model_pictures(config: PipelineConfig, data: DatasetSplits, model_dir: str | Path, directory: Path,
-                          run_id: str) -> list[Path]:
+def chosen_model_pictures(
+    config: PipelineConfig, data: DatasetSplits, model_dir: str | Path, directory: Path, run_id: str
+) -> list[Path]:
     """The pipeline's last step: the chosen model's pictures on the run's ``data``, written and
     logged to ``run_id``."""
     model = AdapLeRForSequenceClassification.from_pretrained(model_dir)
@@ -116,8 +125,10 @@ def _child_runs(client: MlflowClient, run) -> list:
     """Oldest first: the trials in the search's order, so that :func:`select` breaks ties between
     equal candidates as it did in the pipeline."""
     return client.search_runs(
-        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
-        max_results=_MAX_CHILD_RUNS, order_by=["attributes.start_time ASC"],
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+        max_results=_MAX_CHILD_RUNS,
+        order_by=["attributes.start_time ASC"],
     )
 
 
@@ -146,7 +157,8 @@ def _registered_model(client: MlflowClient, run_id: str, register_runs: list) ->
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=client.get_model_version_download_uri(version.name, version.version),
-            dst_path=tmp, tracking_uri=client.tracking_uri,
+            dst_path=tmp,
+            tracking_uri=client.tracking_uri,
         )
         return mlflow.pyfunc.load_model(local).unwrap_python_model().predictor.model
 

@@ -57,8 +57,11 @@ from adapler_pipelines.tune import (
 
 # --------------------------------------------------------------------------- stage 1 and saliency
 def run_stage1(config: PipelineConfig, data: DatasetSplits, layout: RunLayout, parent_run_id: str) -> Stage1Record:
-    print(f"[1/4] stage 1: fine-tune {config.model.backbone or 'the packaged MiniLM-L6'} on Ray Train "
-          f"({config.ray.num_workers} worker(s), {config.stage1.epochs} epoch(s))", flush=True)
+    print(
+        f"[1/4] stage 1: fine-tune {config.model.backbone or 'the packaged MiniLM-L6'} on Ray Train "
+        f"({config.ray.num_workers} worker(s), {config.stage1.epochs} epoch(s))",
+        flush=True,
+    )
     epochs = fit_stage(config, "stage1", f"{config.name}-stage1")
     history = [c.metrics for c in epochs]
     log_stage_run(config, "stage1", history, parent_run_id=parent_run_id)
@@ -73,8 +76,9 @@ def run_stage1(config: PipelineConfig, data: DatasetSplits, layout: RunLayout, p
     return record
 
 
-def saliency_at(config: PipelineConfig, data: DatasetSplits, stage1: Stage1Record, layout: RunLayout,
-                budget: int) -> str:
+def saliency_at(
+    config: PipelineConfig, data: DatasetSplits, stage1: Stage1Record, layout: RunLayout, budget: int
+) -> str:
     """The location of the saliency labels of the training texts cut to ``budget`` tokens,
     averaged over stage 1's kept checkpoints (computed on Ray Data unless already complete):
     under <run dir>/saliency, or with ray.storage_path in object storage under
@@ -83,8 +87,13 @@ def saliency_at(config: PipelineConfig, data: DatasetSplits, stage1: Stage1Recor
     if is_uri(config.ray.storage_path):
         where = join(config.ray.storage_path, config.name, layout.saliency.name)
     return compute_saliency(
-        data.train, stage1.model_dirs, budget, where, num_actors=config.ray.saliency_actors,
-        cpus_per_actor=config.ray.cpus_per_worker, use_gpu=config.ray.use_gpu,
+        data.train,
+        stage1.model_dirs,
+        budget,
+        where,
+        num_actors=config.ray.saliency_actors,
+        cpus_per_actor=config.ray.cpus_per_worker,
+        use_gpu=config.ray.use_gpu,
     )
 
 
@@ -97,8 +106,9 @@ def earlier_stage1(config: PipelineConfig) -> Path | None:
 
 
 # --------------------------------------------------------------------------- stage 2
-def prepare_budgets(config: PipelineConfig, data: DatasetSplits, stage1: Stage1Record,
-                    layout: RunLayout) -> dict[int, BudgetInputs]:
+def prepare_budgets(
+    config: PipelineConfig, data: DatasetSplits, stage1: Stage1Record, layout: RunLayout
+) -> dict[int, BudgetInputs]:
     """Per input budget the search tries: saliency labels on the training texts cut to it (from
     the same stage-1 checkpoints; the full length's are stage 1's own) and its dev FLOPs gain."""
     backbone = AdapLeRForSequenceClassification.from_pretrained(local_copy(stage1.best_model_dir))
@@ -113,19 +123,35 @@ def prepare_budgets(config: PipelineConfig, data: DatasetSplits, stage1: Stage1R
     return budgets
 
 
-def run_stage2(config: PipelineConfig, data: DatasetSplits, stage1: Stage1Record, layout: RunLayout,
-               parent_run_id: str) -> SearchOutcome:
+def run_stage2(
+    config: PipelineConfig, data: DatasetSplits, stage1: Stage1Record, layout: RunLayout, parent_run_id: str
+) -> SearchOutcome:
     if config.tune.num_samples > 0:
-        print(f"[3/4] stage 2: Ray Tune search, {config.tune.num_samples} trial(s) x {config.stage2.epochs} "
-              f"epoch(s) over {', '.join(param_space(config.tune))} (input budgets: "
-              f"{', '.join(map(str, config.tune.max_lengths or [config.data.max_length]))} tokens)", flush=True)
-        outcome = search(config, stage1.best_model_dir, prepare_budgets(config, data, stage1, layout),
-                         stage1.reference, f"{config.name}-tune", parent_run_id)
+        print(
+            f"[3/4] stage 2: Ray Tune search, {config.tune.num_samples} trial(s) x {config.stage2.epochs} "
+            f"epoch(s) over {', '.join(param_space(config.tune))} (input budgets: "
+            f"{', '.join(map(str, config.tune.max_lengths or [config.data.max_length]))} tokens)",
+            flush=True,
+        )
+        outcome = search(
+            config,
+            stage1.best_model_dir,
+            prepare_budgets(config, data, stage1, layout),
+            stage1.reference,
+            f"{config.name}-tune",
+            parent_run_id,
+        )
     else:
         print(f"[3/4] stage 2 on Ray Train ({config.stage2.epochs} epoch(s), no search)", flush=True)
         init_dir = stage1.best_model_dir if config.stage2.init == "finetuned" else None
-        epochs = fit_stage(config, "stage2", f"{config.name}-stage2", init_dir=init_dir,
-                           saliency_path=stage1.saliency_path, reference_dev_score=stage1.reference)
+        epochs = fit_stage(
+            config,
+            "stage2",
+            f"{config.name}-stage2",
+            init_dir=init_dir,
+            saliency_path=stage1.saliency_path,
+            reference_dev_score=stage1.reference,
+        )
         log_stage_run(config, f"{TRIAL_PREFIX}stage2", [c.metrics for c in epochs], parent_run_id=parent_run_id)
         outcome = without_search(config, epochs, stage1.reference)
     if config.tune.calibrate:
@@ -154,8 +180,9 @@ def keep_chosen_model(chosen: Candidate, layout: RunLayout, full_max_length: int
     return target
 
 
-def store_operating_points(config: PipelineConfig, data: DatasetSplits, layout: RunLayout
-                           ) -> tuple[OperatingPoints | None, dict[str, Path]]:
+def store_operating_points(
+    config: PipelineConfig, data: DatasetSplits, layout: RunLayout
+) -> tuple[OperatingPoints | None, dict[str, Path]]:
     """The operating points of the model at ``layout.model`` on dev
     (:func:`adapler.calibration.attach_operating_points`), stored in its config.json, the curve
     written to <run dir>/report/operating_points/curve.{csv,png}. Returns the points and the curve
@@ -167,11 +194,14 @@ def store_operating_points(config: PipelineConfig, data: DatasetSplits, layout: 
     loader = make_loader(data.dev, model.tokenizer, 32, model.tokenizer.model_max_length)
 
     def progress(point) -> None:
-        print(f"        etas x {point.factor:.3g} -> dev accuracy {point.accuracy:.4f}, "
-              f"{point.flops_speedup:.2f}x FLOPs", flush=True)
+        print(
+            f"        etas x {point.factor:.3g} -> dev accuracy {point.accuracy:.4f}, {point.flops_speedup:.2f}x FLOPs",
+            flush=True,
+        )
 
-    points = attach_operating_points(model, loader, data.dev, data.name, config.operating_points.budgets,
-                                     on_point=progress)
+    points = attach_operating_points(
+        model, loader, data.dev, data.name, config.operating_points.budgets, on_point=progress
+    )
     model.save_pretrained(layout.model)
     print(f"      operating points: {points.describe()}", flush=True)
     files = write_points_curve(points, layout.operating_points)
@@ -191,50 +221,86 @@ class BackboneAgainstChosen:
     adapler_examples_per_s: float
 
 
-def compare_on_test(config: PipelineConfig, data: DatasetSplits, stage1: Stage1Record,
-                    model_dir: Path) -> BackboneAgainstChosen:
+def compare_on_test(
+    config: PipelineConfig, data: DatasetSplits, stage1: Stage1Record, model_dir: Path
+) -> BackboneAgainstChosen:
     backbone = AdapLeRForSequenceClassification.from_pretrained(local_copy(stage1.best_model_dir))
     model = AdapLeRForSequenceClassification.from_pretrained(model_dir)
     budget = model.tokenizer.model_max_length
-    base = evaluate(backbone, make_loader(data.test, backbone.tokenizer, 32, config.data.max_length),
-                    removal="none", progress=True, desc="test (backbone)")
-    ours = evaluate(model, make_loader(data.test, model.tokenizer, 32, budget),
-                    removal="packed", progress=True, desc="test (AdapLeR)")
+    base = evaluate(
+        backbone,
+        make_loader(data.test, backbone.tokenizer, 32, config.data.max_length),
+        removal="none",
+        progress=True,
+        desc="test (backbone)",
+    )
+    ours = evaluate(
+        model,
+        make_loader(data.test, model.tokenizer, 32, budget),
+        removal="packed",
+        progress=True,
+        desc="test (AdapLeR)",
+    )
     base_speed, our_speed = paired_throughput(backbone, model, data.test)
     flops_speedup = ours.flops_speedup * budget_gain(model, data.test, config.data.max_length)
     return BackboneAgainstChosen(base, ours, flops_speedup, budget, base_speed, our_speed)
 
 
 # --------------------------------------------------------------------------- registry
-def register_chosen(config: PipelineConfig, data: DatasetSplits, model_dir: Path, metrics: dict, chosen: Candidate,
-                    points: OperatingPoints | None, curve_files: dict[str, Path], warning: str,
-                    parent_run_id: str) -> tuple[str, str, Promotion]:
+def register_chosen(
+    config: PipelineConfig,
+    data: DatasetSplits,
+    model_dir: Path,
+    metrics: dict,
+    chosen: Candidate,
+    points: OperatingPoints | None,
+    curve_files: dict[str, Path],
+    warning: str,
+    parent_run_id: str,
+) -> tuple[str, str, Promotion]:
     """Register the chosen model (tagged with the test split it was measured on, its eta factor
     and operating points) and promote it; returns (name, version, promotion)."""
-    tags = {TEST_SPLIT_TAG: rows_fingerprint(data.test), "eta_factor": f"{chosen.factor:.6g}",
-            **(points_tags(points) if points else {})}
-    name, version = register_model(model_dir, config, metrics, model_name(config), parent_run_id=parent_run_id,
-                                   tags=tags, artifacts=curve_files)
+    tags = {
+        TEST_SPLIT_TAG: rows_fingerprint(data.test),
+        "eta_factor": f"{chosen.factor:.6g}",
+        **(points_tags(points) if points else {}),
+    }
+    name, version = register_model(
+        model_dir, config, metrics, model_name(config), parent_run_id=parent_run_id, tags=tags, artifacts=curve_files
+    )
     promotion = promote(name, version, config, warning)
     print(f"      {name}: {promotion.reason}", flush=True)
     return name, version, promotion
 
 
-def tag_parent_run(config: PipelineConfig, parent_run_id: str, name: str, version: str, promotion: Promotion,
-                   warnings: RunWarnings) -> None:
+def tag_parent_run(
+    config: PipelineConfig, parent_run_id: str, name: str, version: str, promotion: Promotion, warnings: RunWarnings
+) -> None:
     """The outcome on the parent run's ``adapler.*`` tags (what `adapler report` and a search of
     runs read)."""
     client = client_for(config.mlflow.tracking_uri)
-    for key, value in (("registered_model", name), ("version", version), ("alias", promotion.alias),
-                       ("promotion", promotion.reason), ("no_pruning", str(bool(warnings.no_pruning)).lower()),
-                       ("within_tolerance", str(not warnings.accuracy_lost).lower()),
-                       ("warning", warnings.text)):
+    for key, value in (
+        ("registered_model", name),
+        ("version", version),
+        ("alias", promotion.alias),
+        ("promotion", promotion.reason),
+        ("no_pruning", str(bool(warnings.no_pruning)).lower()),
+        ("within_tolerance", str(not warnings.accuracy_lost).lower()),
+        ("warning", warnings.text),
+    ):
         if value:
             client.set_tag(parent_run_id, f"adapler.{key}", value)
 
 
-def finish(config: PipelineConfig, data: DatasetSplits, stage1: Stage1Record, outcome: SearchOutcome,
-           layout: RunLayout, parent_run_id: str, start: float) -> RunResult:
+def finish(
+    config: PipelineConfig,
+    data: DatasetSplits,
+    stage1: Stage1Record,
+    outcome: SearchOutcome,
+    layout: RunLayout,
+    parent_run_id: str,
+    start: float,
+) -> RunResult:
     """Step 4: keep the chosen model (with its operating points, and its ONNX graphs if asked),
     compare it with the backbone on test, register and promote it, and write the result."""
     print("[4/4] test set: backbone vs chosen model; registering the chosen model in MLflow", flush=True)
@@ -244,33 +310,52 @@ def finish(config: PipelineConfig, data: DatasetSplits, stage1: Stage1Record, ou
     if config.mlflow.onnx_export:  # after the points: they live in config.json, outside the graphs
         export_model_dir(model_dir, model_dir, "int8" if config.mlflow.onnx_export == "int8" else "none")
     test = compare_on_test(config, data, stage1, model_dir)
-    warnings = run_warnings(outcome.selection, stage1.reference, f"adapler tune --config {layout.config}",
-                            config.stage2, config.tune)
+    warnings = run_warnings(
+        outcome.selection, stage1.reference, f"adapler tune --config {layout.config}", config.stage2, config.tune
+    )
     metrics = {
-        "stage1_dev_accuracy": stage1.reference, "dev_accuracy": chosen.dev_accuracy,
-        "backbone_test_accuracy": test.backbone.accuracy, "test_accuracy": test.chosen.accuracy,
-        "flops_speedup": test.flops_speedup, "dev_flops_speedup": chosen.dev_flops_speedup,
+        "stage1_dev_accuracy": stage1.reference,
+        "dev_accuracy": chosen.dev_accuracy,
+        "backbone_test_accuracy": test.backbone.accuracy,
+        "test_accuracy": test.chosen.accuracy,
+        "flops_speedup": test.flops_speedup,
+        "dev_flops_speedup": chosen.dev_flops_speedup,
         "input_budget": test.input_budget,
-        "backbone_examples_per_s": test.backbone_examples_per_s, "adapler_examples_per_s": test.adapler_examples_per_s,
+        "backbone_examples_per_s": test.backbone_examples_per_s,
+        "adapler_examples_per_s": test.adapler_examples_per_s,
         "eta_factor": chosen.factor,
     }
     if warnings.text:
         print(f"      warning: {warnings.text}", flush=True)
     mlflow.log_metrics(metrics, run_id=parent_run_id)
-    name, version, promotion = register_chosen(config, data, model_dir, metrics, chosen, points, curve_files,
-                                               warnings.text, parent_run_id)
+    name, version, promotion = register_chosen(
+        config, data, model_dir, metrics, chosen, points, curve_files, warnings.text, parent_run_id
+    )
     tag_parent_run(config, parent_run_id, name, version, promotion, warnings)
     result = RunResult(
-        dataset=data.name, backbone=backbone_name(config.model.backbone), run_dir=str(layout.root),
-        model_dir=str(model_dir), stage1_dev_accuracy=stage1.reference,
-        backbone_test_accuracy=test.backbone.accuracy, adapler_test_accuracy=test.chosen.accuracy,
-        flops_speedup=test.flops_speedup, dev_flops_speedup=chosen.dev_flops_speedup,
-        input_budget=test.input_budget, backbone_input_budget=config.data.max_length,
-        retention=test.chosen.retention, no_pruning=bool(warnings.no_pruning),
-        within_tolerance=not warnings.accuracy_lost, warning=warnings.text, chosen=asdict(chosen),
+        dataset=data.name,
+        backbone=backbone_name(config.model.backbone),
+        run_dir=str(layout.root),
+        model_dir=str(model_dir),
+        stage1_dev_accuracy=stage1.reference,
+        backbone_test_accuracy=test.backbone.accuracy,
+        adapler_test_accuracy=test.chosen.accuracy,
+        flops_speedup=test.flops_speedup,
+        dev_flops_speedup=chosen.dev_flops_speedup,
+        input_budget=test.input_budget,
+        backbone_input_budget=config.data.max_length,
+        retention=test.chosen.retention,
+        no_pruning=bool(warnings.no_pruning),
+        within_tolerance=not warnings.accuracy_lost,
+        warning=warnings.text,
+        chosen=asdict(chosen),
         wall_seconds=time.perf_counter() - start,
-        backbone_examples_per_s=test.backbone_examples_per_s, adapler_examples_per_s=test.adapler_examples_per_s,
-        registered_model=name, version=version, alias=promotion.alias, promotion=promotion.reason,
+        backbone_examples_per_s=test.backbone_examples_per_s,
+        adapler_examples_per_s=test.adapler_examples_per_s,
+        registered_model=name,
+        version=version,
+        alias=promotion.alias,
+        promotion=promotion.reason,
         operating_points=points.to_dict() if points else None,
     )
     result.write(layout)

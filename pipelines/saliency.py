@@ -45,7 +45,14 @@ MANIFEST = "manifest.json"
 # Bump when the meaning or layout of the stored labels changes, so that old results are not reused.
 _FORMAT_VERSION = "adapler-saliency-v1"
 # Tokenizer files that decide the token count (and so each label vector's length).
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 _ROW_COLUMNS = ("id", "text", "text_pair", "label")
 # What the stage writes. The UDF hands Ray lists of floats (stored as doubles by default): the
 # schema casts them back to float32 at write time, half the size, and exactly the computed values.
@@ -257,13 +264,18 @@ def compute_saliency(
         staging = storage.join(output_dir, f".saliency-{digest[:16]}.tmp-{uuid.uuid4().hex[:8]}")
     log.info(
         "computing saliency labels for %d rows with %d checkpoint(s) on %d actor(s) -> %s",
-        len(frame), len(checkpoint_dirs), num_actors, target,
+        len(frame),
+        len(checkpoint_dirs),
+        num_actors,
+        target,
     )
     try:
         dataset = ray.data.from_pandas(_split_rows(frame, num_actors, batch_size)).map_batches(
             SaliencyLabeler,
             fn_constructor_kwargs={
-                "checkpoint_dirs": checkpoint_dirs, "max_length": int(max_length), "batch_size": int(batch_size),
+                "checkpoint_dirs": checkpoint_dirs,
+                "max_length": int(max_length),
+                "batch_size": int(batch_size),
                 "device": "cuda" if use_gpu else "cpu",
             },
             batch_size=int(batch_size),

@@ -58,7 +58,7 @@ def tracking_uri(section: MlflowConfig | None = None) -> str:
     if not value:
         return f"sqlite:///{Path('mlflow.db').resolve()}"
     db = _sqlite_path(value)
-    if db is not None and not value[len("sqlite:///"):].startswith("/"):
+    if db is not None and not value[len("sqlite:///") :].startswith("/"):
         query = value.split("?", 1)[1] if "?" in value else ""
         return f"sqlite:///{db}" + (f"?{query}" if query else "")
     return value
@@ -67,7 +67,7 @@ def tracking_uri(section: MlflowConfig | None = None) -> str:
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
     return Path(path).resolve() if path and path != ":memory:" else None
 
 
@@ -211,8 +211,13 @@ class StageRun:
     ends FINISHED, or FAILED on an exception (KILLED on KeyboardInterrupt / SystemExit).
     """
 
-    def __init__(self, config: PipelineConfig, stage: str, parent_run_id: str | None = None,
-                 tags: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        config: PipelineConfig,
+        stage: str,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ):
         self.uri = tracking_uri(config.mlflow)
         self.client = client_for(self.uri)
         experiment = run_experiment(self.client, config.mlflow, self.uri, parent_run_id)

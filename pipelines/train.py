@@ -99,11 +99,21 @@ def run_stage(
     saliency = None
     if stage == "stage2":
         saliency = load_saliency(saliency_path, data.train, tokenizer, max_length)
-    train_loader = make_loader(data.train, tokenizer, batch_size, max_length, shuffle=True, seed=stage_config.seed,
-                               saliency=saliency, replicas=world_size, rank=rank)
+    train_loader = make_loader(
+        data.train,
+        tokenizer,
+        batch_size,
+        max_length,
+        shuffle=True,
+        seed=stage_config.seed,
+        saliency=saliency,
+        replicas=world_size,
+        rank=rank,
+    )
     if config.ray.loader_hook:
         train_loader = loader_hook(config.ray.loader_hook)(
-            train_loader, config=config, stage=stage, rank=rank, world_size=world_size, start_epoch=start_epoch)
+            train_loader, config=config, stage=stage, rank=rank, world_size=world_size, start_epoch=start_epoch
+        )
     # every world_size-th dev row: the workers' shares, joined by the loop, are the dev split once
     dev_loader = make_loader(data.dev.iloc[rank::world_size], tokenizer, batch_size, max_length)
     model = wrap_model(model)
@@ -144,8 +154,9 @@ def stage_worker(loop_config: dict) -> None:
         torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
 
     def report(metrics: dict, directory: str | None) -> None:
-        ray.train.report({**metrics, WORKER_NODES: nodes},
-                         checkpoint=Checkpoint.from_directory(directory) if directory else None)
+        ray.train.report(
+            {**metrics, WORKER_NODES: nodes}, checkpoint=Checkpoint.from_directory(directory) if directory else None
+        )
 
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
         # Stage 1 never runs the CPs: DDP must not wait for their gradients.
@@ -154,11 +165,17 @@ def stage_worker(loop_config: dict) -> None:
 
     def run(resume_dir: str | None) -> None:
         run_stage(
-            config, loop_config["stage"], report,
-            rank=context.get_world_rank(), world_size=context.get_world_size(),
-            device=ray.train.torch.get_device(), resume_dir=resume_dir,
-            init_dir=loop_config.get("init_dir"), saliency_path=loop_config.get("saliency_path"),
-            reference_dev_score=loop_config.get("reference_dev_score", 0.0), wrap_model=wrap,
+            config,
+            loop_config["stage"],
+            report,
+            rank=context.get_world_rank(),
+            world_size=context.get_world_size(),
+            device=ray.train.torch.get_device(),
+            resume_dir=resume_dir,
+            init_dir=loop_config.get("init_dir"),
+            saliency_path=loop_config.get("saliency_path"),
+            reference_dev_score=loop_config.get("reference_dev_score", 0.0),
+            wrap_model=wrap,
         )
 
     if checkpoint is None:
@@ -199,11 +216,18 @@ def fit_stage(config: PipelineConfig, stage: str, run_name: str, **extra) -> lis
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"{stage} failed on Ray Train: {result.error}")
-    checkpoints = sorted((
-        EpochCheckpoint(location_of(checkpoint.path, checkpoint.filesystem), int(metrics["epoch"]),
-                        {k: v for k, v in metrics.items() if k != WORKER_NODES}, list(metrics.get(WORKER_NODES, [])))
-        for checkpoint, metrics in (result.best_checkpoints or [])
-    ), key=lambda c: c.epoch)
+    checkpoints = sorted(
+        (
+            EpochCheckpoint(
+                location_of(checkpoint.path, checkpoint.filesystem),
+                int(metrics["epoch"]),
+                {k: v for k, v in metrics.items() if k != WORKER_NODES},
+                list(metrics.get(WORKER_NODES, [])),
+            )
+            for checkpoint, metrics in (result.best_checkpoints or [])
+        ),
+        key=lambda c: c.epoch,
+    )
     if checkpoints:
         print(f"      {stage} on {describe_nodes(checkpoints[-1].nodes)}", flush=True)
     return checkpoints

@@ -135,8 +135,9 @@ class BudgetInputs:
     dev_gain: float  # adapler.evaluate.budget_gain on dev: budget speedup -> full-length speedup
 
 
-def stage2_trial(sampled: dict, base: dict, stage1_dir: str, budgets: dict[int, BudgetInputs], reference: float,
-                 parent_run_id: str) -> None:
+def stage2_trial(
+    sampled: dict, base: dict, stage1_dir: str, budgets: dict[int, BudgetInputs], reference: float, parent_run_id: str
+) -> None:
     """A Tune function trainable: one stage-2 run with the sampled config keys. Its dev FLOPs
     speedup is against the backbone at the run's full input length, also when the trial's budget
     is shorter (``dev_flops_speedup_at_budget``: against the backbone at its own budget)."""
@@ -151,26 +152,48 @@ def stage2_trial(sampled: dict, base: dict, stage1_dir: str, budgets: dict[int, 
     with StageRun(config, f"{TRIAL_PREFIX}{trial}", parent_run_id) as run:
 
         def report(metrics: dict, directory: str | None) -> None:
-            metrics = {**metrics, "dev_flops_speedup_at_budget": metrics["dev_flops_speedup"],
-                       "dev_flops_speedup": metrics["dev_flops_speedup"] * budget.dev_gain}
+            metrics = {
+                **metrics,
+                "dev_flops_speedup_at_budget": metrics["dev_flops_speedup"],
+                "dev_flops_speedup": metrics["dev_flops_speedup"] * budget.dev_gain,
+            }
             run.log_epoch(metrics, metrics["epoch"])  # before tune.report: a stopped trial does not return
             score = early_stopping_score(metrics["dev_accuracy"], metrics["dev_flops_speedup"], reference, tolerance)
-            tune.report({**metrics, "objective": score},
-                        checkpoint=Checkpoint.from_directory(directory) if directory else None)
+            tune.report(
+                {**metrics, "objective": score}, checkpoint=Checkpoint.from_directory(directory) if directory else None
+            )
 
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             init_dir = stage1_dir if config.stage2.init == "finetuned" else None
-            run_stage(config, "stage2", report, init_dir=init_dir, saliency_path=budget.saliency_path,
-                      reference_dev_score=reference)
+            run_stage(
+                config,
+                "stage2",
+                report,
+                init_dir=init_dir,
+                saliency_path=budget.saliency_path,
+                reference_dev_score=reference,
+            )
         else:
             with checkpoint.as_directory() as directory:
-                run_stage(config, "stage2", report, resume_dir=directory, saliency_path=budget.saliency_path,
-                          reference_dev_score=reference)
+                run_stage(
+                    config,
+                    "stage2",
+                    report,
+                    resume_dir=directory,
+                    saliency_path=budget.saliency_path,
+                    reference_dev_score=reference,
+                )
 
 
-def search(config: PipelineConfig, stage1_dir: str, budgets: dict[int, BudgetInputs], reference: float,
-           run_name: str, parent_run_id: str) -> SearchOutcome:
+def search(
+    config: PipelineConfig,
+    stage1_dir: str,
+    budgets: dict[int, BudgetInputs],
+    reference: float,
+    run_name: str,
+    parent_run_id: str,
+) -> SearchOutcome:
     """The search over :func:`param_space`; ``budgets``: the inputs of every input budget in
     ``tune.max_lengths`` (resolved by :func:`resolve_budgets`)."""
     from ray import tune
@@ -181,8 +204,12 @@ def search(config: PipelineConfig, stage1_dir: str, budgets: dict[int, BudgetInp
     t = config.tune
     trainable = tune.with_resources(
         tune.with_parameters(
-            stage2_trial, base=config_to_dict(config), stage1_dir=stage1_dir,
-            budgets=budgets, reference=reference, parent_run_id=parent_run_id,
+            stage2_trial,
+            base=config_to_dict(config),
+            stage1_dir=stage1_dir,
+            budgets=budgets,
+            reference=reference,
+            parent_run_id=parent_run_id,
         ),
         {"cpu": config.ray.cpus_per_worker, "gpu": 1 if config.ray.use_gpu else 0},
     )
@@ -190,17 +217,26 @@ def search(config: PipelineConfig, stage1_dir: str, budgets: dict[int, BudgetInp
         trainable,
         param_space=param_space(t),
         tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(metric=["dev_accuracy", "dev_flops_speedup"], mode=["max", "max"], seed=t.seed,
-                                    points_to_evaluate=first_points(config)),
+            search_alg=OptunaSearch(
+                metric=["dev_accuracy", "dev_flops_speedup"],
+                mode=["max", "max"],
+                seed=t.seed,
+                points_to_evaluate=first_points(config),
+            ),
             scheduler=ASHAKeepingOne(
-                gentler_point(config), metric="objective", mode="max", time_attr="training_iteration",
-                grace_period=t.grace_period, max_t=config.stage2.epochs,
+                gentler_point(config),
+                metric="objective",
+                mode="max",
+                time_attr="training_iteration",
+                grace_period=t.grace_period,
+                max_t=config.stage2.epochs,
             ),
             num_samples=t.num_samples,
             max_concurrent_trials=t.max_concurrent,
         ),
         run_config=tune.RunConfig(
-            name=run_name, storage_path=storage_path(config),
+            name=run_name,
+            storage_path=storage_path(config),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
@@ -213,12 +249,16 @@ def search(config: PipelineConfig, stage1_dir: str, budgets: dict[int, BudgetInp
         if result.error:
             raise RuntimeError(f"a Tune trial failed: {result.error}")
         for checkpoint, metrics in result.best_checkpoints or []:
-            candidates.append(Candidate(
-                trial=str(metrics.get("trial_id", Path(result.path).name)), epoch=int(metrics["epoch"]),
-                dev_accuracy=metrics["dev_accuracy"], dev_flops_speedup=metrics["dev_flops_speedup"],
-                params={**searched_values(config), **result.config},
-                model_dir=checkpoint_model_dir(location_of(checkpoint.path, checkpoint.filesystem)),
-            ))
+            candidates.append(
+                Candidate(
+                    trial=str(metrics.get("trial_id", Path(result.path).name)),
+                    epoch=int(metrics["epoch"]),
+                    dev_accuracy=metrics["dev_accuracy"],
+                    dev_flops_speedup=metrics["dev_flops_speedup"],
+                    params={**searched_values(config), **result.config},
+                    model_dir=checkpoint_model_dir(location_of(checkpoint.path, checkpoint.filesystem)),
+                )
+            )
     if not candidates:
         raise RuntimeError("the search finished without a single reported epoch")
     return SearchOutcome(candidates, select(candidates, reference, config.stage2.selection_tolerance))
@@ -228,8 +268,14 @@ def without_search(config: PipelineConfig, epochs: list[EpochCheckpoint], refere
     """The outcome of one stage-2 run on Ray Train (``tune.num_samples=0``)."""
     params = searched_values(config)
     candidates = [
-        Candidate("stage2", c.epoch, c.metrics["dev_accuracy"], c.metrics["dev_flops_speedup"], params,
-                  checkpoint_model_dir(c.path))
+        Candidate(
+            "stage2",
+            c.epoch,
+            c.metrics["dev_accuracy"],
+            c.metrics["dev_flops_speedup"],
+            params,
+            checkpoint_model_dir(c.path),
+        )
         for c in epochs
     ]
     return SearchOutcome(candidates, select(candidates, reference, config.stage2.selection_tolerance))
@@ -258,8 +304,11 @@ def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: f
         if candidate.factor == 1.0 and candidate.unpruned_accuracy is None:
             model, budget, dev = load(candidate)
             candidate = dataclasses.replace(candidate, unpruned_accuracy=evaluate(model, dev, removal="none").accuracy)
-            print(f"        trial {candidate.trial} epoch {candidate.epoch} ({budget} tokens): removal off -> "
-                  f"dev accuracy {candidate.unpruned_accuracy:.4f}", flush=True)
+            print(
+                f"        trial {candidate.trial} epoch {candidate.epoch} ({budget} tokens): removal off -> "
+                f"dev accuracy {candidate.unpruned_accuracy:.4f}",
+                flush=True,
+            )
         candidates.append(candidate)
         if candidate.factor == 1.0:
             trials.setdefault(candidate.trial, []).append(candidate)
@@ -269,19 +318,30 @@ def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: f
         min_accuracy = accuracy_floor(pick, reference, tolerance)
 
         def progress(point, c=pick, budget=budget) -> None:
-            print(f"        trial {c.trial} epoch {c.epoch} ({budget} tokens): etas x {point.factor:.3g} -> "
-                  f"dev accuracy {point.accuracy:.4f}, {point.flops_speedup:.2f}x FLOPs", flush=True)
+            print(
+                f"        trial {c.trial} epoch {c.epoch} ({budget} tokens): etas x {point.factor:.3g} -> "
+                f"dev accuracy {point.accuracy:.4f}, {point.flops_speedup:.2f}x FLOPs",
+                flush=True,
+            )
 
-        curve = calibrate(model, dev, min_accuracy=min_accuracy, on_point=progress,
-                          flops_gain=budget_gain(model, data.dev, config.data.max_length)).points
+        curve = calibrate(
+            model,
+            dev,
+            min_accuracy=min_accuracy,
+            on_point=progress,
+            flops_gain=budget_gain(model, data.dev, config.data.max_length),
+        ).points
         candidates += [  # only the factors that meet its goal: probes past the edge are not candidates
             dataclasses.replace(pick, dev_accuracy=p.accuracy, dev_flops_speedup=p.flops_speedup, factor=p.factor)
-            for p in curve if p.factor != 1.0 and p.accuracy >= min_accuracy
+            for p in curve
+            if p.factor != 1.0 and p.accuracy >= min_accuracy
         ]
     return SearchOutcome(candidates, select(candidates, reference, tolerance))
 
 
-def write_pareto(candidates: list[Candidate], selection: Selection, directory: Path, reference: float) -> dict[str, Path]:
+def write_pareto(
+    candidates: list[Candidate], selection: Selection, directory: Path, reference: float
+) -> dict[str, Path]:
     """pareto.csv (all candidates, front and chosen flagged, one column per param) and pareto.png
     (speedup vs dev accuracy)."""
     import pandas as pd
@@ -300,6 +360,7 @@ def write_pareto(candidates: list[Candidate], selection: Selection, directory: P
         [(p.dev_flops_speedup, p.dev_accuracy) for p in candidates],
         [(p.dev_flops_speedup, p.dev_accuracy) for p in selection.front],
         (chosen.dev_flops_speedup, chosen.dev_accuracy),
-        directory / "pareto.png", reference=reference,
+        directory / "pareto.png",
+        reference=reference,
     )
     return {"pareto.csv": directory / "pareto.csv", "pareto.png": directory / "pareto.png"}

@@ -17,10 +17,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, DebertaV2Config, DebertaV2ForSequenceClassification
 
-from adapler.backbones import UnsupportedBackbone, family_class
+from adapler.backbones import UnsupportedBackbone, encoder_size, family_class
 from adapler.backbones.deberta_v2 import DebertaV2Family
 from adapler.batching import encode
-from adapler.flops import EncoderSize, cp_flops, layer_flops
+from adapler.flops import cp_flops, layer_flops
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.quantization import quantize_int8
 from adapler.saliency import saliency_of_batch
@@ -32,21 +32,48 @@ def _deberta_v3(vocab: int):
     """DeBERTa-v3's layout: log-bucketed positions (8 buckets: the test sentences, up to ~40
     tokens, reach the log range), shared key projections, LayerNorm-ed relative embeddings, no
     absolute positions, no token types."""
-    return DebertaV2ForSequenceClassification(DebertaV2Config(
-        vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=FFN, num_labels=LABELS, max_position_embeddings=128, relative_attention=True,
-        position_buckets=8, norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type="p2c|c2p",
-        position_biased_input=False, type_vocab_size=0, pooler_hidden_size=HIDDEN))
+    return DebertaV2ForSequenceClassification(
+        DebertaV2Config(
+            vocab_size=vocab,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            num_labels=LABELS,
+            max_position_embeddings=128,
+            relative_attention=True,
+            position_buckets=8,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            pos_att_type="p2c|c2p",
+            position_biased_input=False,
+            type_vocab_size=0,
+            pooler_hidden_size=HIDDEN,
+        )
+    )
 
 
 def _deberta_v2(vocab: int):
     """DeBERTa-v2's older layout: plain relative positions clamped at 16, own position
     projections, absolute positions and token types too."""
-    return DebertaV2ForSequenceClassification(DebertaV2Config(
-        vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=FFN, num_labels=LABELS, max_position_embeddings=128, relative_attention=True,
-        max_relative_positions=16, share_att_key=False, pos_att_type="c2p|p2c", position_biased_input=True,
-        type_vocab_size=2, pooler_hidden_size=HIDDEN))
+    return DebertaV2ForSequenceClassification(
+        DebertaV2Config(
+            vocab_size=vocab,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            num_labels=LABELS,
+            max_position_embeddings=128,
+            relative_attention=True,
+            max_relative_positions=16,
+            share_att_key=False,
+            pos_att_type="c2p|p2c",
+            position_biased_input=True,
+            type_vocab_size=2,
+            pooler_hidden_size=HIDDEN,
+        )
+    )
 
 
 TINY_BACKBONES = {"deberta-v3": _deberta_v3, "deberta-v2": _deberta_v2}
@@ -138,7 +165,7 @@ def test_packed_equals_masked_on_random_cps(family_model, batch, spread_cps):
 def test_an_example_in_a_mixed_length_batch_equals_itself_alone(family_model, batch):
     together = family_model(**batch)
     for row, n in enumerate(batch["attention_mask"].sum(-1).tolist()):
-        alone = family_model(**{k: v[row: row + 1, :n] for k, v in batch.items()})
+        alone = family_model(**{k: v[row : row + 1, :n] for k, v in batch.items()})
         assert torch.equal(alone.kept_mask[0], together.kept_mask[row, :, :n])
         assert torch.allclose(alone.logits[0], together.logits[row], atol=1e-5)
 
@@ -151,7 +178,7 @@ def test_per_example_factors_equal_scaled_etas_alone(family_model, batch):
     try:
         for row, n in enumerate(batch["attention_mask"].sum(-1).tolist()):
             family_model.etas.data = saved * factors[row]
-            alone = family_model(**{k: v[row: row + 1, :n] for k, v in batch.items()})
+            alone = family_model(**{k: v[row : row + 1, :n] for k, v in batch.items()})
             assert torch.equal(alone.kept_mask[0], together.kept_mask[row, :, :n])
             assert torch.allclose(alone.logits[0], together.logits[row], atol=1e-5)
     finally:
@@ -211,7 +238,7 @@ def test_int8_keeps_the_kept_tokens_close(family_model, batch):
 def _position_table_flops(config) -> float:
     """FLOPs of projecting the 2 * span relative embeddings by each layer's position projections
     (one per score term): a per-forward constant of HF's forward, cached by adapler at inference."""
-    size = EncoderSize.from_config(config)
+    size = encoder_size(config)
     return size.extra_per_token * config.hidden_size  # (2 span x H) x (H x H) per term = extra * H
 
 
@@ -237,9 +264,11 @@ def test_flops_of_an_unpruned_pass_equal_a_count_of_the_familys_matmuls(family_m
             parameter.requires_grad_(True)
     names = {module: name for name, module in backbone.named_modules()}
     counts = counter.get_flop_counts()
-    counted = sum(sum(counts[f"{type(backbone).__name__}.{names[layer]}"].values()) for layer in family_model.family.layers)
+    counted = sum(
+        sum(counts[f"{type(backbone).__name__}.{names[layer]}"].values()) for layer in family_model.family.layers
+    )
     config = family_model.config
-    size = EncoderSize.from_config(config, family_model.settings.cp_hidden)
+    size = encoder_size(config, family_model.settings.cp_hidden)
     assert size.num_layers == LAYERS and size.hidden == HIDDEN and size.intermediate == FFN
     assert size.extra_per_token > 0
     assert counted == LAYERS * (float(layer_flops(n, size)) + _position_table_flops(config))
@@ -311,7 +340,7 @@ def test_removing_a_token_never_shifts_the_others(tokenizer, spread_cps):
     seq = hidden.shape[0]
     keep = torch.ones(seq, dtype=torch.bool)
     keep[1:seq:3] = False  # every third token leaves
-    qkv = lambda index: (lambda h: model._qkv(index, h))
+    qkv = lambda index: lambda h: model._qkv(index, h)
     position = torch.arange(seq)[keep]
     packed = model.family.layer(0, hidden[keep], _SingleRows(position), qkv(0))
     key_bias = torch.where(keep, 0.0, float("-inf"))[None, None, None, :]
@@ -322,19 +351,29 @@ def test_removing_a_token_never_shifts_the_others(tokenizer, spread_cps):
 
 
 def test_relative_flops_per_token_count_both_terms():
-    config = DebertaV2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                             relative_attention=True, position_buckets=256, pos_att_type="p2c|c2p")
-    size = EncoderSize.from_config(config)
+    config = DebertaV2Config(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        relative_attention=True,
+        position_buckets=256,
+        pos_att_type="p2c|c2p",
+    )
+    size = encoder_size(config)
     assert size.extra_per_token == 2 * (2 * 768 * 512)  # c2p and p2c: (d x 2 span) per head, per token
     one_term = DebertaV2Config(relative_attention=True, max_relative_positions=64, pos_att_type="c2p")
-    assert EncoderSize.from_config(one_term).extra_per_token == 2 * one_term.hidden_size * 128
-    assert EncoderSize.from_config(DebertaV2Config(relative_attention=False)).extra_per_token == 0.0
+    assert encoder_size(one_term).extra_per_token == 2 * one_term.hidden_size * 128
+    assert encoder_size(DebertaV2Config(relative_attention=False)).extra_per_token == 0.0
 
 
-@pytest.mark.parametrize("overrides, words", [
-    ({"conv_kernel_size": 3}, "convolution"),
-    ({"attention_head_size": 8, "hidden_size": 64, "num_attention_heads": 4}, "attention widths"),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"conv_kernel_size": 3}, "convolution"),
+        ({"attention_head_size": 8, "hidden_size": 64, "num_attention_heads": 4}, "attention widths"),
+    ],
+)
 def test_unsupported_variants_fail_in_one_line(overrides, words):
     with pytest.raises(UnsupportedBackbone) as error:
         family_class(DebertaV2Config(**overrides))
@@ -351,10 +390,19 @@ def test_adapler_train_end_to_end(tokenizer, tmp_path):
     _deberta_v3(tokenizer.vocab_size).save_pretrained(backbone_dir)
     tokenizer.save_pretrained(backbone_dir)
     overrides = [
-        "name=tiny", f"output_dir={tmp_path / 'runs'}", f"model.backbone={backbone_dir}",
-        "data.source=rotten_tomatoes", "data.limit=48", "data.max_length=32",
-        "stage1.epochs=1", "stage1.batch_size=16", "stage1.lr=1e-3",
-        "stage2.epochs=1", "stage2.batch_size=16", "stage2.eta_lr=0.1", "stage2.predictor_lr=1e-3",
+        "name=tiny",
+        f"output_dir={tmp_path / 'runs'}",
+        f"model.backbone={backbone_dir}",
+        "data.source=rotten_tomatoes",
+        "data.limit=48",
+        "data.max_length=32",
+        "stage1.epochs=1",
+        "stage1.batch_size=16",
+        "stage1.lr=1e-3",
+        "stage2.epochs=1",
+        "stage2.batch_size=16",
+        "stage2.eta_lr=0.1",
+        "stage2.predictor_lr=1e-3",
         "saliency_checkpoints=1",
     ]
     assert main(["train", *[arg for item in overrides for arg in ("--set", item)]]) == 0

@@ -22,12 +22,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, ModernBertConfig, ModernBertForSequenceClassification
 
-from adapler.backbones import UnsupportedBackbone, family_class
+from adapler.backbones import UnsupportedBackbone, encoder_size, family_class
 from adapler.backbones.modernbert import ModernBertFamily
 from adapler.batching import encode, make_loader
 from adapler.calibration import apply_factor, calibrate
 from adapler.evaluate import evaluate
-from adapler.flops import EncoderSize, layer_flops
+from adapler.flops import layer_flops
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.quantization import quantize_int8
 from adapler.saliency import saliency_of_batch
@@ -217,7 +217,7 @@ def test_flops_of_an_unpruned_pass_equal_a_count_of_the_familys_matmuls(family_m
     counted = sum(
         sum(counts[f"{type(backbone).__name__}.{names[layer]}"].values()) for layer in family_model.family.layers
     )
-    size = EncoderSize.from_config(family_model.config, family_model.settings.cp_hidden)
+    size = encoder_size(family_model.config, family_model.settings.cp_hidden)
     assert size.num_layers == LAYERS and size.hidden == HIDDEN and size.intermediate == FFN and size.gated_ffn
     assert counted == LAYERS * float(layer_flops(n, size))
 

@@ -26,9 +26,9 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from adapler.backbones import SUPPORTED_MODEL_TYPES, UnsupportedBackbone, family_class
+from adapler.backbones import SUPPORTED_MODEL_TYPES, UnsupportedBackbone, encoder_size, family_class
 from adapler.batching import encode
-from adapler.flops import EncoderSize, layer_flops
+from adapler.flops import layer_flops
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.quantization import quantize_int8
 from adapler.saliency import saliency_of_batch
@@ -37,27 +37,62 @@ LAYERS, HIDDEN, HEADS, FFN, LABELS = 3, 32, 4, 48, 3
 
 
 def _bert(vocab: int):
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=FFN, num_labels=LABELS, max_position_embeddings=128))
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=vocab,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            num_labels=LABELS,
+            max_position_embeddings=128,
+        )
+    )
 
 
 def _roberta(vocab: int):
-    return RobertaForSequenceClassification(RobertaConfig(
-        vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=FFN, num_labels=LABELS, max_position_embeddings=130, pad_token_id=0))
+    return RobertaForSequenceClassification(
+        RobertaConfig(
+            vocab_size=vocab,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            num_labels=LABELS,
+            max_position_embeddings=130,
+            pad_token_id=0,
+        )
+    )
 
 
 def _distilbert(vocab: int):
-    return DistilBertForSequenceClassification(DistilBertConfig(
-        vocab_size=vocab, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN, num_labels=LABELS,
-        max_position_embeddings=128, pad_token_id=0))
+    return DistilBertForSequenceClassification(
+        DistilBertConfig(
+            vocab_size=vocab,
+            dim=HIDDEN,
+            n_layers=LAYERS,
+            n_heads=HEADS,
+            hidden_dim=FFN,
+            num_labels=LABELS,
+            max_position_embeddings=128,
+            pad_token_id=0,
+        )
+    )
 
 
 def _electra(vocab: int):  # embedding width 16 < hidden 32: the projection into layer 1 is exercised
-    return ElectraForSequenceClassification(ElectraConfig(
-        vocab_size=vocab, embedding_size=16, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, intermediate_size=FFN, num_labels=LABELS, max_position_embeddings=128))
+    return ElectraForSequenceClassification(
+        ElectraConfig(
+            vocab_size=vocab,
+            embedding_size=16,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            num_labels=LABELS,
+            max_position_embeddings=128,
+        )
+    )
 
 
 # One entry per family: adding a family adds its tiny model here (and its module in adapler/backbones).
@@ -126,7 +161,7 @@ def test_packed_equals_masked_and_removes_tokens(family_model, batch):
 def test_an_example_in_a_mixed_length_batch_equals_itself_alone(family_model, batch):
     together = family_model(**batch)
     for row, n in enumerate(batch["attention_mask"].sum(-1).tolist()):
-        alone = family_model(**{k: v[row: row + 1, :n] for k, v in batch.items()})
+        alone = family_model(**{k: v[row : row + 1, :n] for k, v in batch.items()})
         assert torch.equal(alone.kept_mask[0], together.kept_mask[row, :, :n])
         assert torch.allclose(alone.logits[0], together.logits[row], atol=1e-5)
 
@@ -139,7 +174,7 @@ def test_per_example_factors_equal_scaled_etas_alone(family_model, batch):
     try:
         for row, n in enumerate(batch["attention_mask"].sum(-1).tolist()):
             family_model.etas.data = saved * factors[row]
-            alone = family_model(**{k: v[row: row + 1, :n] for k, v in batch.items()})
+            alone = family_model(**{k: v[row : row + 1, :n] for k, v in batch.items()})
             assert torch.equal(alone.kept_mask[0], together.kept_mask[row, :, :n])
             assert torch.allclose(alone.logits[0], together.logits[row], atol=1e-5)
     finally:
@@ -211,8 +246,10 @@ def test_flops_of_an_unpruned_pass_equal_a_count_of_the_familys_matmuls(family_m
         backbone.set_attn_implementation(previous)
     names = {module: name for name, module in backbone.named_modules()}
     counts = counter.get_flop_counts()
-    counted = sum(sum(counts[f"{type(backbone).__name__}.{names[layer]}"].values()) for layer in family_model.family.layers)
-    size = EncoderSize.from_config(family_model.config, family_model.settings.cp_hidden)
+    counted = sum(
+        sum(counts[f"{type(backbone).__name__}.{names[layer]}"].values()) for layer in family_model.family.layers
+    )
+    size = encoder_size(family_model.config, family_model.settings.cp_hidden)
     assert size.num_layers == LAYERS and size.hidden == HIDDEN and size.intermediate == FFN
     assert counted == LAYERS * float(layer_flops(n, size))
 
@@ -259,9 +296,20 @@ def test_an_unsupported_family_fails_in_one_line_naming_the_supported_ones():
 def test_the_cli_refuses_an_unsupported_family_with_exit_2(tmp_path, capsys):
     from adapler_cli.main import main
 
-    AlbertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32).save_pretrained(tmp_path)
-    argv = ["train", "--set", f"model.backbone={tmp_path}", "--set", f"output_dir={tmp_path / 'runs'}",
-            "--set", "data.source=rotten_tomatoes", "--set", "data.limit=24"]
+    AlbertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32).save_pretrained(
+        tmp_path
+    )
+    argv = [
+        "train",
+        "--set",
+        f"model.backbone={tmp_path}",
+        "--set",
+        f"output_dir={tmp_path / 'runs'}",
+        "--set",
+        "data.source=rotten_tomatoes",
+        "--set",
+        "data.limit=24",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "adapler: error:" in err and "'albert' is not supported" in err
@@ -279,10 +327,19 @@ def test_adapler_train_end_to_end(name, tokenizer, tmp_path, capsys):
     TINY_BACKBONES[name](tokenizer.vocab_size).save_pretrained(backbone_dir)
     tokenizer.save_pretrained(backbone_dir)
     overrides = [
-        "name=tiny", f"output_dir={tmp_path / 'runs'}", f"model.backbone={backbone_dir}",
-        "data.source=rotten_tomatoes", "data.limit=48", "data.max_length=32",
-        "stage1.epochs=1", "stage1.batch_size=16", "stage1.lr=1e-3",
-        "stage2.epochs=1", "stage2.batch_size=16", "stage2.eta_lr=0.1", "stage2.predictor_lr=1e-3",
+        "name=tiny",
+        f"output_dir={tmp_path / 'runs'}",
+        f"model.backbone={backbone_dir}",
+        "data.source=rotten_tomatoes",
+        "data.limit=48",
+        "data.max_length=32",
+        "stage1.epochs=1",
+        "stage1.batch_size=16",
+        "stage1.lr=1e-3",
+        "stage2.epochs=1",
+        "stage2.batch_size=16",
+        "stage2.eta_lr=0.1",
+        "stage2.predictor_lr=1e-3",
         "saliency_checkpoints=1",
     ]
     assert main(["train", *[arg for item in overrides for arg in ("--set", item)]]) == 0
@@ -293,7 +350,8 @@ def test_adapler_train_end_to_end(name, tokenizer, tmp_path, capsys):
 
 
 def test_runtime_auto_picks_torch_for_a_family_without_export_and_says_why_once(
-        tokenizer, spread_cps, tmp_path, monkeypatch, capsys):
+    tokenizer, spread_cps, tmp_path, monkeypatch, capsys
+):
     from adapler.backbones.distilbert import DistilBertFamily
     from adapler.inference import Predictor
     from adapler.onnx_export import UnsupportedExport, check_exportable
@@ -305,7 +363,9 @@ def test_runtime_auto_picks_torch_for_a_family_without_export_and_says_why_once(
         check_exportable(model)  # runtime onnx, asked for by name: one line, no wrong answer
     first = Predictor.from_directory(tmp_path, runtime="auto")
     second = Predictor.from_directory(tmp_path, runtime="auto")
-    assert isinstance(first.model, AdapLeRForSequenceClassification) and isinstance(second.model, AdapLeRForSequenceClassification)
+    assert isinstance(first.model, AdapLeRForSequenceClassification) and isinstance(
+        second.model, AdapLeRForSequenceClassification
+    )
     err = capsys.readouterr().err
     assert err.count("runs this model on torch") == 1 and "distilbert: its attention is not in the graphs" in err
     assert first.predict(["A fine film."])[0].label in first.label_names
@@ -331,7 +391,9 @@ def test_layers_see_the_original_positions_of_the_kept_tokens(tokenizer, spread_
         for row in range(len(batch["input_ids"])):
             kept = out.kept_mask[row, index]
             if removal == "masked":  # the whole grid, removed tokens masked
-                assert torch.equal(positions[row], torch.arange(kept.shape[0])) and torch.equal(weight[row].bool(), kept)
+                assert torch.equal(positions[row], torch.arange(kept.shape[0])) and torch.equal(
+                    weight[row].bool(), kept
+                )
             else:  # the kept tokens first, in input order, at their input positions
                 n = int(kept.sum())
                 assert torch.equal(positions[row, :n], kept.nonzero().squeeze(1))

@@ -42,8 +42,10 @@ def test_length_grouped_batches_are_the_same_global_batches_on_two_workers():
 
 def test_length_grouped_batches_give_every_worker_as_many_rows():
     counts = [n % 37 + 1 for n in range(101)]  # padded to 102, as DistributedSampler does
-    shares = [[i for batch in LengthGroupedBatches(counts, 8, seed=3, replicas=2, rank=rank) for i in batch]
-              for rank in range(2)]
+    shares = [
+        [i for batch in LengthGroupedBatches(counts, 8, seed=3, replicas=2, rank=rank) for i in batch]
+        for rank in range(2)
+    ]
     assert len(shares[0]) == len(shares[1]) == 51 and set(shares[0] + shares[1]) == set(range(101))
 
 
@@ -56,6 +58,8 @@ def test_training_loader_batches_by_length_and_reshuffles_per_epoch(tokenizer, m
     assert sum(w * len(n) for w, n in zip(widths, lengths)) < 1.25 * sum(int(n.sum()) for n in lengths)
     _set_epoch(loader, 1)
     epoch1 = [batch["ids"] for batch in loader]
-    assert epoch1 != epoch0 and sorted(sum(epoch1, [])) == sorted(sum(epoch0, [])) == sorted(f"ex{i}" for i in range(64))
+    assert epoch1 != epoch0 and sorted(sum(epoch1, [])) == sorted(sum(epoch0, [])) == sorted(
+        f"ex{i}" for i in range(64)
+    )
     evaluation = make_loader(make_rows(texts), tokenizer, batch_size=8, max_length=64)
     assert sum((batch["ids"] for batch in evaluation), []) == [f"ex{i}" for i in range(64)]  # in row order

@@ -16,8 +16,29 @@ from adapler.inference import Predictor
 
 # words that stress the cut: accents, CJK (split per character), digits, punctuation, a word over
 # BERT's 100-character limit ([UNK]), control characters the normalizer drops, tabs and newlines
-WORDS = ["the", "bank", "raised", "rates", "naïve", "café", "東京", "2026", "3.5%", "U.S.", "don't", "!!",
-         "x" * 120, "a\x1cb", "tab\there", "new\nline", "unbelievably", "Zürich", "—", "ok,", "(yes)"]
+WORDS = [
+    "the",
+    "bank",
+    "raised",
+    "rates",
+    "naïve",
+    "café",
+    "東京",
+    "2026",
+    "3.5%",
+    "U.S.",
+    "don't",
+    "!!",
+    "x" * 120,
+    "a\x1cb",
+    "tab\there",
+    "new\nline",
+    "unbelievably",
+    "Zürich",
+    "—",
+    "ok,",
+    "(yes)",
+]
 texts_strategy = st.lists(st.sampled_from(WORDS), max_size=80).map(" ".join) | st.text(max_size=300)
 
 
@@ -37,12 +58,22 @@ def _trained(pre_tokenizer, model, trainer, normalizer=None, decoder=None) -> Pr
 def tokenizers_of_each_kind(request):
     minilm = request.getfixturevalue("tokenizer")  # BERT WordPiece (BertPreTokenizer, BertNormalizer)
     special = ["[UNK]", "[PAD]"]
-    metaspace = _trained(pre_tokenizers.Metaspace(), models.Unigram(),  # DeBERTa-v2/3's kind
-                         trainers.UnigramTrainer(vocab_size=120, special_tokens=special, unk_token="[UNK]"),
-                         normalizers.NFKC(), decoders.Metaspace())
-    byte_level = _trained(pre_tokenizers.ByteLevel(add_prefix_space=False), models.BPE(unk_token="[UNK]"),
-                          trainers.BpeTrainer(vocab_size=300, special_tokens=special,  # RoBERTa/ModernBERT's
-                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    metaspace = _trained(
+        pre_tokenizers.Metaspace(),
+        models.Unigram(),  # DeBERTa-v2/3's kind
+        trainers.UnigramTrainer(vocab_size=120, special_tokens=special, unk_token="[UNK]"),
+        normalizers.NFKC(),
+        decoders.Metaspace(),
+    )
+    byte_level = _trained(
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+        models.BPE(unk_token="[UNK]"),
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=special,  # RoBERTa/ModernBERT's
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     return {"wordpiece": minilm, "metaspace": metaspace, "byte_level": byte_level}
 
 
@@ -53,10 +84,14 @@ def _whole(tokenizer, texts, max_length):
 
 @pytest.mark.parametrize("kind", ["wordpiece", "metaspace", "byte_level"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(texts=st.lists(texts_strategy, min_size=1, max_size=4), max_length=st.integers(3, 48),
-       chars_per_token=st.sampled_from([1, 2, 8]))
-def test_the_kept_tokens_are_those_of_the_whole_text(kind, tokenizers_of_each_kind, monkeypatch, texts, max_length,
-                                                     chars_per_token):
+@given(
+    texts=st.lists(texts_strategy, min_size=1, max_size=4),
+    max_length=st.integers(3, 48),
+    chars_per_token=st.sampled_from([1, 2, 8]),
+)
+def test_the_kept_tokens_are_those_of_the_whole_text(
+    kind, tokenizers_of_each_kind, monkeypatch, texts, max_length, chars_per_token
+):
     tokenizer = tokenizers_of_each_kind[kind]
     assert batching._splits_at_spaces(tokenizer)  # the cut is on for this kind
     monkeypatch.setattr(batching, "CHARS_PER_TOKEN", chars_per_token)  # 1 and 2 cut short often: the fallback runs
@@ -95,8 +130,10 @@ def test_pairs_and_tokenizers_that_do_not_split_at_spaces_read_the_whole_text(to
 def test_predictions_and_logits_do_not_change(tiny_model, monkeypatch, max_length):
     words = ["The", "central", "bank", "raised", "interest", "rates", "again,", "said", "analysts."]
     generator = torch.Generator().manual_seed(max_length)
-    texts = [" ".join(words[i] for i in torch.randint(len(words), (n,), generator=generator).tolist())
-             for n in (3, 40, 200, 900)]
+    texts = [
+        " ".join(words[i] for i in torch.randint(len(words), (n,), generator=generator).tolist())
+        for n in (3, 40, 200, 900)
+    ]
     predictor = Predictor(tiny_model, batch_size=2, max_length=max_length)
     cut = predictor.predict(texts, explain=True)
     monkeypatch.setattr(batching, "_splits_at_spaces", lambda tokenizer: False)  # the whole text, as before

@@ -110,8 +110,9 @@ def test_unreachable_target_reports_the_best_reached(model, loader):
     assert max(p.factor for p in info.value.points) > 64  # the walk went on to saturation
 
 
-@pytest.mark.parametrize("goal", [{}, {"target_speedup": 2.0, "max_drop": 0.01}, {"target_speedup": 0.0},
-                                  {"max_drop": -0.1}])
+@pytest.mark.parametrize(
+    "goal", [{}, {"target_speedup": 2.0, "max_drop": 0.01}, {"target_speedup": 0.0}, {"max_drop": -0.1}]
+)
 def test_goal_must_be_one_valid_value(model, loader, goal):
     with pytest.raises(ValueError):
         calibrate(model, loader, **goal)
@@ -127,7 +128,9 @@ def test_min_accuracy_walks_the_factor_down_for_a_model_that_prunes_too_hard(mod
     assert max(p.factor for p in result.points) == 1.0  # never walked up
     gained = calibrate(model, loader, min_accuracy=0.0, flops_gain=2.0)  # every factor meets it: walks up
     assert max(p.factor for p in gained.points) > 1.0
-    assert gained.baseline.flops_speedup == pytest.approx(2.0 * calibrate(model, loader, max_drop=0.0).baseline.flops_speedup)
+    assert gained.baseline.flops_speedup == pytest.approx(
+        2.0 * calibrate(model, loader, max_drop=0.0).baseline.flops_speedup
+    )
 
 
 def test_giving_accuracy_back_tries_quarter_octaves_before_halving(model, loader):
@@ -145,7 +148,9 @@ def test_giving_accuracy_back_tries_quarter_octaves_before_halving(model, loader
     assert _walk(measure, meets, _geometric(0.5, 1 / 64)) is None  # halving never sees 0.798
     assert _walk(measure, meets, _geometric(GIVE_BACK_STEP, 0.5)) == (1.0, GIVE_BACK_STEP)
     # and calibrate() takes that walk: its first probe under 1 is a quarter octave
-    harsh = apply_factor(model, min(p.factor for p in calibrate(model, loader, max_drop=0.1).points if p.accuracy < 1.0))
+    harsh = apply_factor(
+        model, min(p.factor for p in calibrate(model, loader, max_drop=0.1).points if p.accuracy < 1.0)
+    )
     order = []
     calibrate(harsh, loader, min_accuracy=1.0, on_point=lambda point: order.append(point.factor))
     assert order[:2] == [1.0, GIVE_BACK_STEP]

@@ -14,9 +14,9 @@ from adapler.config import (
     config_to_dict,
     default_backbone,
     load_config,
+    resolve_preset,
     save_config,
 )
-from adapler.config import resolve_preset
 from adapler_pipelines.config import PipelineConfig
 
 PRESET = textwrap.dedent(

@@ -34,8 +34,9 @@ def test_the_mapped_encoder_computes_the_original_hidden_states(mapped, minilm_b
     if layout == "distilbert":
         assert "token_type_ids" not in tokenizer.model_input_names  # DistilBERT has no token types
     with torch.no_grad():
-        expected = minilm_bert(**encode(AutoTokenizer.from_pretrained(default_backbone()), sentences),
-                               output_hidden_states=True).hidden_states
+        expected = minilm_bert(
+            **encode(AutoTokenizer.from_pretrained(default_backbone()), sentences), output_hidden_states=True
+        ).hidden_states
         inputs = {k: v for k, v in batch.items() if k in tokenizer.model_input_names}
         got = model(**inputs, output_hidden_states=True).hidden_states
     present = batch["attention_mask"].bool()

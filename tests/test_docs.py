@@ -22,15 +22,32 @@ pytest.importorskip("mkdocs_gen_files")
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return out
 
 
 def test_the_site_builds_strict_with_every_page(site):
-    for page in ("index", "getting-started", "your-data", "serving", "cluster", "backbones", "troubleshooting",
-                 "how-it-works", "benchmarks", "reference/configuration", "reference/cli", "reference/api"):
+    for page in (
+        "index",
+        "getting-started",
+        "your-data",
+        "serving",
+        "cluster",
+        "backbones",
+        "troubleshooting",
+        "how-it-works",
+        "benchmarks",
+        "reference/configuration",
+        "reference/cli",
+        "reference/api",
+    ):
         assert (site / page / "index.html").is_file() or (site / f"{page}.html").is_file(), page
 
 
@@ -96,13 +113,19 @@ def test_every_figure_in_the_readme_is_in_a_results_file():
     text = re.sub(r"```.*?```", "", (ROOT / "README.md").read_text(), flags=re.S)
     text = re.sub(r"\(https?://[^)]*\)|\b\d+(\.\d+){2,}\b|Apache-2\.0", "", text)
     values = _results_values()
-    missing = [figure for figure in sorted(set(re.findall(r"\d+\.\d+", text)))
-               if not any(abs(round(v, len(figure.split(".")[1])) - float(figure)) < 1e-9 for v in values)]
+    missing = [
+        figure
+        for figure in sorted(set(re.findall(r"\d+\.\d+", text)))
+        if not any(abs(round(v, len(figure.split(".")[1])) - float(figure)) < 1e-9 for v in values)
+    ]
     assert not missing, missing
 
 
 def test_no_dated_narrative_in_the_readme_or_the_docs():
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-    dated = [f"{page.relative_to(ROOT)}: {match}" for page in pages
-             for match in re.findall(r"\b20\d\d-\d\d-\d\d\b", page.read_text())]
+    dated = [
+        f"{page.relative_to(ROOT)}: {match}"
+        for page in pages
+        for match in re.findall(r"\b20\d\d-\d\d-\d\d\b", page.read_text())
+    ]
     assert not dated, dated

@@ -27,8 +27,30 @@ def test_reads_documents_and_marks_evidence_words():
     assert lazy.words[:6] == ("the", "script", "is", "unbelievably", "lazy", ".")
     # evidences: tokens [3, 5) "unbelievably lazy" and [13, 17) "the actors look bored"
     assert lazy.rationale == (
-        False, False, False, True, True, False, False, False, False, False, False, False, False,
-        True, True, True, True, False, False, False, False, False, False, False,
+        False,
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
     )
     assert not any(documents["negR_007.txt"].rationale)  # an annotation without evidence
     assert [d.annotation_id for d in load_rationale_documents(str(FIXTURE), "val")] == ["negR_004.txt"]
@@ -54,10 +76,42 @@ def test_windows_without_overlap_align_evidence_to_word_pieces(tokenizer):
     batch, evaluated, rationale = encode_windows(tokenizer, windows, max_length=16)
     tokens = [tokenizer.convert_ids_to_tokens(row) for row in batch["input_ids"].tolist()]
     assert tokens == [
-        ["[CLS]", "the", "script", "is", "un", "##bel", "##ie", "##va", "##bly", "lazy", ".",
-         "every", "joke", "lands", "with", "[SEP]"],
-        ["[CLS]", "a", "thud", "and", "the", "actors", "look", "bored", ".",
-         "i", "checked", "my", "watch", "twice", ".", "[SEP]"],
+        [
+            "[CLS]",
+            "the",
+            "script",
+            "is",
+            "un",
+            "##bel",
+            "##ie",
+            "##va",
+            "##bly",
+            "lazy",
+            ".",
+            "every",
+            "joke",
+            "lands",
+            "with",
+            "[SEP]",
+        ],
+        [
+            "[CLS]",
+            "a",
+            "thud",
+            "and",
+            "the",
+            "actors",
+            "look",
+            "bored",
+            ".",
+            "i",
+            "checked",
+            "my",
+            "watch",
+            "twice",
+            ".",
+            "[SEP]",
+        ],
     ]
     # "unbelievably" is five word pieces, all of them rationale; [CLS]/[SEP] are never evaluated
     assert evaluated.int().tolist() == [
@@ -77,8 +131,24 @@ def test_overlapping_windows_evaluate_each_word_where_it_has_most_context(tokeni
     assert [(w.first_word, len(w.words)) for w in windows] == [(0, 10), (4, 14), (12, 12)]
     batch, evaluated, rationale = encode_windows(tokenizer, windows, max_length=16)
     tokens = [tokenizer.convert_ids_to_tokens(row) for row in batch["input_ids"].tolist()]
-    assert tokens[1] == ["[CLS]", "lazy", ".", "every", "joke", "lands", "with", "a", "thud", "and",
-                         "the", "actors", "look", "bored", ".", "[SEP]"]
+    assert tokens[1] == [
+        "[CLS]",
+        "lazy",
+        ".",
+        "every",
+        "joke",
+        "lands",
+        "with",
+        "a",
+        "thud",
+        "and",
+        "the",
+        "actors",
+        "look",
+        "bored",
+        ".",
+        "[SEP]",
+    ]
     assert tokens[2][-4:] == [".", "[SEP]", "[PAD]", "[PAD]"] and batch["attention_mask"][2].tolist()[-3:] == [1, 0, 0]
     # "every": 10 pieces before / 3 after in window 0, 2 before / 11 after in window 1 -> window 0;
     # "joke": min(11, 2) = 2 in window 0 < min(3, 10) = 3 in window 1 -> window 1
@@ -114,13 +184,18 @@ def test_windows_without_rationale_are_dropped(tokenizer):
     documents = load_rationale_documents(str(FIXTURE), "test")
     long_review = split_windows(documents[0], tokenizer, window=32)
     assert [(w.first_word, len(w.words), w.has_rationale) for w in long_review] == [
-        (0, 29, False), (29, 30, True), (59, 4, True),
+        (0, 29, False),
+        (29, 30, True),
+        (59, 4, True),
     ]
     windows, dropped = rationale_windows(documents, tokenizer, window=32)
     # the first window of posR_001 and the only one of negR_007 hold no evidence
     assert dropped == 2
     assert [(w.annotation_id, w.first_word) for w in windows] == [
-        ("posR_001.txt", 29), ("posR_001.txt", 59), ("negR_002.txt", 0), ("posR_003.txt", 0),
+        ("posR_001.txt", 29),
+        ("posR_001.txt", 59),
+        ("negR_002.txt", 0),
+        ("posR_003.txt", 0),
     ]
 
 
@@ -163,5 +238,7 @@ def test_bad_data_raises_one_clear_error(tmp_path):
 def test_evidence_outside_the_document_is_an_error(tmp_path):
     directory = _copy_fixture(tmp_path)
     _rewrite_first_record(directory, lambda r: r["evidences"][0][0].update(end_token=64))
-    with pytest.raises(DataError, match=r"test.jsonl:1: evidence span \[35, 64\) is outside document posR_001.txt \(63 tokens\)"):
+    with pytest.raises(
+        DataError, match=r"test.jsonl:1: evidence span \[35, 64\) is outside document posR_001.txt \(63 tokens\)"
+    ):
         load_rationale_documents(str(directory), "test")

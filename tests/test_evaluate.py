@@ -7,9 +7,10 @@ import copy
 
 import torch
 
+from adapler.backbones import encoder_size
 from adapler.batching import input_budgets, sorted_batches, token_counts
 from adapler.evaluate import budget_gain, paired_throughput
-from adapler.flops import EncoderSize, backbone_flops
+from adapler.flops import backbone_flops
 
 
 class Recorder(torch.nn.Module):
@@ -37,7 +38,9 @@ def test_sorted_batches_are_sorted_and_cover_every_example(tokenizer, sentences)
         assert batch["input_ids"].shape[1] == max(token_counts(tokenizer, [texts[i] for i in chunk], None, 32))
 
 
-def test_both_models_are_timed_on_the_same_sorted_batches_without_tokenizing(tiny_model_factory, make_rows, sentences, monkeypatch):
+def test_both_models_are_timed_on_the_same_sorted_batches_without_tokenizing(
+    tiny_model_factory, make_rows, sentences, monkeypatch
+):
     rows = make_rows(sentences * 4)
     calls: list = []
     backbone = Recorder(tiny_model_factory(eta_init=0.01), calls)
@@ -72,10 +75,14 @@ def test_a_model_at_a_shorter_input_budget_is_timed_on_the_texts_cut_to_it(tiny_
     calls: list = []
     backbone = Recorder(tiny_model_factory(eta_init=0.01), calls)
     model = Recorder(tiny_model_factory(eta_init=1.0), calls)
-    backbone.tokenizer, model.tokenizer = (copy.deepcopy(model.tokenizer) for _ in range(2))  # one each, not the session's
+    backbone.tokenizer, model.tokenizer = (
+        copy.deepcopy(model.tokenizer) for _ in range(2)
+    )  # one each, not the session's
     backbone.tokenizer.model_max_length, model.tokenizer.model_max_length = 32, 6
     paired_throughput(backbone, model, rows, batch_size=4)
-    longest = {removal: max(int(mask.sum(-1).max()) for r, _, mask in calls if r == removal) for removal in ("none", "packed")}
+    longest = {
+        removal: max(int(mask.sum(-1).max()) for r, _, mask in calls if r == removal) for removal in ("none", "packed")
+    }
     assert longest["packed"] == 6 < longest["none"]
 
 
@@ -86,7 +93,7 @@ def test_budget_gain_is_the_backbone_flops_ratio_of_full_to_cut_inputs(tiny_mode
     full = token_counts(tokenizer, rows["text"].tolist(), None, 32)
     cut = token_counts(tokenizer, rows["text"].tolist(), None, 6)
     assert max(full) > 6  # some text is cut
-    size = EncoderSize.from_config(model.config, model.settings.cp_hidden)
+    size = encoder_size(model.config, model.settings.cp_hidden)
     expected = backbone_flops(full, size).sum() / backbone_flops(cut, size).sum()
     assert budget_gain(model, rows, 32, budget=6) > 1
     assert budget_gain(model, rows, 32, budget=6) == expected

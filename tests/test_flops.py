@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from transformers import BertConfig
 
+from adapler.backbones import encoder_size
 from adapler.flops import (
     EncoderSize,
     adapler_flops,
@@ -50,7 +51,7 @@ def test_cp_flops_formula_and_arrays():
 
 
 def test_from_config():
-    size = EncoderSize.from_config(BertConfig(num_hidden_layers=3, hidden_size=32, intermediate_size=50), cp_hidden=8)
+    size = encoder_size(BertConfig(num_hidden_layers=3, hidden_size=32, intermediate_size=50), cp_hidden=8)
     assert size == EncoderSize(3, 32, 50, 8)
 
 

@@ -147,7 +147,9 @@ def run_both(model, batch, state=None):
 
 
 def test_none_equals_hf_logits_tiny(tiny_model, sentence_batch):
-    reference = BertForSequenceClassification(BertConfig(**{**tiny_model.config.to_dict(), "attn_implementation": "eager"}))
+    reference = BertForSequenceClassification(
+        BertConfig(**{**tiny_model.config.to_dict(), "attn_implementation": "eager"})
+    )
     reference.load_state_dict(tiny_model.backbone.state_dict())
     reference.eval()
     with torch.no_grad():
@@ -207,8 +209,16 @@ def test_zero_etas_batch_of_one_unpadded(tiny_model, tokenizer):
 def test_roberta_backbone_matches_hf(removal):
     # RoBERTa: position ids from the padding index, a head without pooler, no token types
     torch.manual_seed(0)
-    config = RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=48, num_labels=2, max_position_embeddings=80, attn_implementation="sdpa")
+    config = RobertaConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        num_labels=2,
+        max_position_embeddings=80,
+        attn_implementation="sdpa",
+    )
     model = AdapLeRForSequenceClassification(RobertaForSequenceClassification(config)).eval()
     set_etas(model, 0.0)
     g = torch.Generator().manual_seed(0)
@@ -383,7 +393,9 @@ def test_mixed_eta_factors_in_one_batch_equal_each_example_alone(tiny_model, tok
     # The factors really act: at one factor for all, the batch keeps other tokens than mixed.
     uniform = run(tiny_model, batch, removal)
     differ = [i for i, f in enumerate(MIXED_FACTORS) if f != 1.0]
-    assert all(torch.equal(uniform.kept_mask[i], together.kept_mask[i]) for i, f in enumerate(MIXED_FACTORS) if f == 1.0)
+    assert all(
+        torch.equal(uniform.kept_mask[i], together.kept_mask[i]) for i, f in enumerate(MIXED_FACTORS) if f == 1.0
+    )
     assert any(not torch.equal(uniform.kept_mask[i], together.kept_mask[i]) for i in differ)
     n0 = batch["attention_mask"].sum(-1)
     assert bool((together.kept_lengths[:, -1] < n0).any()), "no removal happened: the test would prove nothing"
@@ -637,8 +649,14 @@ def test_clip_etas(tiny_model):
 
 
 def test_fresh_cps_follow_the_authors_init(tiny_model, tmp_path):
-    config = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=64, initializer_range=0.05)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        initializer_range=0.05,
+    )
     torch.manual_seed(0)
     model = AdapLeRForSequenceClassification(BertForSequenceClassification(config))
     weights = torch.cat([m.weight.flatten() for m in model.predictors.modules() if isinstance(m, nn.Linear)])
@@ -657,8 +675,14 @@ def test_fresh_cps_follow_the_authors_init(tiny_model, tmp_path):
 def test_base_model_is_the_backbones_encoder(tiny_model):
     assert tiny_model.base_model is tiny_model.backbone.bert
     assert not hasattr(tiny_model, "_encoder")
-    config = RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=48, max_position_embeddings=80)
+    config = RobertaConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=80,
+    )
     roberta = AdapLeRForSequenceClassification(RobertaForSequenceClassification(config))
     assert roberta.base_model is roberta.backbone.roberta
 
@@ -715,8 +739,14 @@ def test_unsupported_backbones():
     with pytest.raises(UnsupportedBackbone, match="albert.*not supported.*distilbert"):  # names the supported
         AdapLeRForSequenceClassification(albert)
     relative = BertForSequenceClassification(
-        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                   position_embedding_type="relative_key")
+        BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            position_embedding_type="relative_key",
+        )
     )
     with pytest.raises(UnsupportedBackbone, match="position"):
         AdapLeRForSequenceClassification(relative)
@@ -734,8 +764,10 @@ def test_from_backbone_local_dir_with_label_names(tiny_model, tmp_path):
     assert torch.allclose(model.etas, torch.full((3,), 0.4))
     assert model.tokenizer is not None and model.num_layers == 3
     # the encoder weights came from the directory
-    assert torch.equal(model.backbone.bert.encoder.layer[0].attention.self.query.weight,
-                       tiny_model.backbone.bert.encoder.layer[0].attention.self.query.weight)
+    assert torch.equal(
+        model.backbone.bert.encoder.layer[0].attention.self.query.weight,
+        tiny_model.backbone.bert.encoder.layer[0].attention.self.query.weight,
+    )
 
 
 def test_from_backbone_rejects_unsupported_config(tmp_path):

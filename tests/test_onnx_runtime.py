@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification
@@ -13,7 +12,12 @@ from adapler.artifacts import ArtifactError
 from adapler.batching import encode
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.onnx_export import (
-    MANIFEST, ONNX_SUBDIR, UnsupportedExport, check_exportable, ensure_export, export_model_dir,
+    MANIFEST,
+    ONNX_SUBDIR,
+    UnsupportedExport,
+    check_exportable,
+    ensure_export,
+    export_model_dir,
 )
 from adapler.onnx_runtime import OnnxAdapLeR, RuntimeUnavailable, providers_for
 from adapler.quantization import quantize_int8
@@ -125,8 +129,16 @@ def test_a_model_dir_carries_its_own_export(model_dir, tmp_path, tokenizer, sent
 
 def test_roberta_style_backbone_exports(tokenizer, tmp_path, sentences, spread_cps):
     torch.manual_seed(0)
-    config = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=64, num_labels=2, pad_token_id=0, max_position_embeddings=80)
+    config = RobertaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=2,
+        pad_token_id=0,
+        max_position_embeddings=80,
+    )
     model = AdapLeRForSequenceClassification(RobertaForSequenceClassification(config), tokenizer=tokenizer).eval()
     spread_cps(model)
     model.save_pretrained(tmp_path / "roberta")

@@ -23,10 +23,19 @@ from adapler.operating_points import (
 
 # factor, dev accuracy, dev FLOPs speedup: pruning less (0.5) buys 0.1 point back; accuracy is
 # not monotone (1.5 beats 1.2)
-CURVE = [CurvePoint(f, a, s, 100.0 * s) for f, a, s in [
-    (0.25, 0.800, 1.00), (0.5, 0.810, 1.30), (1.0, 0.809, 2.00), (1.2, 0.790, 2.50),
-    (1.5, 0.801, 2.80), (2.0, 0.785, 3.50), (3.0, 0.770, 5.00), (4.0, 0.700, 8.00),
-]]
+CURVE = [
+    CurvePoint(f, a, s, 100.0 * s)
+    for f, a, s in [
+        (0.25, 0.800, 1.00),
+        (0.5, 0.810, 1.30),
+        (1.0, 0.809, 2.00),
+        (1.2, 0.790, 2.50),
+        (1.5, 0.801, 2.80),
+        (2.0, 0.785, 3.50),
+        (3.0, 0.770, 5.00),
+        (4.0, 0.700, 8.00),
+    ]
+]
 
 
 @pytest.fixture
@@ -111,14 +120,20 @@ def test_measured_points_respect_their_budgets(tiny_model_factory, tokenizer, se
     """The search on a tiny model whose removal flips predictions: every named point is a measured
     one, within its budget, and measuring it again gives its figures."""
     model = tiny_model_factory(seed=2, num_labels=2)
-    texts = sentences * 2 + [f"A film about {w}." for w in ["love", "war", "money", "time", "dogs", "cats", "rain", "trains", "music"]]
+    texts = sentences * 2 + [
+        f"A film about {w}." for w in ["love", "war", "money", "time", "dogs", "cats", "rain", "trains", "music"]
+    ]
     unlabelled = make_loader(make_rows(texts, labels=[0] * len(texts)), tokenizer, 8, 64)
     with torch.no_grad():
         for predictor in model.predictors:
             predictor.net[2].weight.mul_(6.0)
         # the decision boundary amid the unpruned logits: pruning then flips predictions
-        logits = torch.cat([model(**{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
-                                  removal="none").logits for b in unlabelled])
+        logits = torch.cat(
+            [
+                model(**{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, removal="none").logits
+                for b in unlabelled
+            ]
+        )
         model.backbone.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median() + 1e-4
     labels = evaluate(model, unlabelled, removal="none").predictions.tolist()
     loader = make_loader(make_rows(texts, labels=labels), tokenizer, 8, 64)
@@ -168,8 +183,12 @@ def test_predictor_runs_each_text_at_its_point(points_model_dir, sentences, poin
     default = predictor.predict(sentences)
     fast = predictor.predict(sentences, operating_point="fast")
     assert {p.operating_point.name for p in default} == {"default"}
-    assert fast[0].to_dict()["operating_point"] == {"name": "fast", "factor": 2.0, "dev_accuracy": 0.785,
-                                                    "dev_flops_speedup": 3.5}
+    assert fast[0].to_dict()["operating_point"] == {
+        "name": "fast",
+        "factor": 2.0,
+        "dev_accuracy": 0.785,
+        "dev_flops_speedup": 3.5,
+    }
     assert sum(map(sum, (p.kept_lengths for p in fast))) < sum(map(sum, (p.kept_lengths for p in default)))
     assert sum(p.kept_lengths[-1] for p in default) > len(sentences)  # the default keeps more than [CLS]
     assert predictor.predict(sentences, target_speedup=3.0)[0].operating_point.name == "fast"

@@ -11,7 +11,9 @@ from matplotlib.colors import to_rgb
 from adapler.pictures import HighlightExample, drop_shade, highlight_html, pareto_plot, retention_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TOKEN = re.compile(r'<span class="tok" data-layers="(\d+)" title="([^"]*)" style="background:(#[0-9a-f]{6});[^"]*">([^<]*)</span>')
+TOKEN = re.compile(
+    r'<span class="tok" data-layers="(\d+)" title="([^"]*)" style="background:(#[0-9a-f]{6});[^"]*">([^<]*)</span>'
+)
 
 
 def _is_png(path) -> bool:
@@ -21,8 +23,9 @@ def _is_png(path) -> bool:
 
 def test_pareto_plot_writes_a_png(tmp_path):
     points = [(1.0, 0.80), (1.5, 0.79), (2.0, 0.70), (1.2, 0.75)]
-    path = pareto_plot(points, [(1.0, 0.80), (1.5, 0.79), (2.0, 0.70)], (1.5, 0.79), tmp_path / "sub" / "pareto.png",
-                       reference=0.8)
+    path = pareto_plot(
+        points, [(1.0, 0.80), (1.5, 0.79), (2.0, 0.70)], (1.5, 0.79), tmp_path / "sub" / "pareto.png", reference=0.8
+    )
     assert path == tmp_path / "sub" / "pareto.png" and _is_png(path)
     with pytest.raises(ValueError, match="at least one point"):
         pareto_plot([], [], (1.0, 0.8), tmp_path / "empty.png")
@@ -31,7 +34,8 @@ def test_pareto_plot_writes_a_png(tmp_path):
 def test_retention_plot_takes_several_curves_of_any_depth(tmp_path):
     one = retention_plot({"rt test": [1.0, 0.6, 0.3]}, tmp_path / "one.png")
     several = retention_plot(
-        {"rt test": [1.0, 0.6, 0.3], "bbc test": [0.9, 0.5, 0.2, 0.1, 0.1, 0.05]}, tmp_path / "several.png",
+        {"rt test": [1.0, 0.6, 0.3], "bbc test": [0.9, 0.5, 0.2, 0.1, 0.1, 0.05]},
+        tmp_path / "several.png",
         title="two models",
     )
     assert _is_png(one) and _is_png(several)
@@ -63,17 +67,27 @@ def test_highlight_shades_each_token_by_its_drop_layer():
     page = highlight_html([example], num_layers=3)
     spans = TOKEN.findall(page)
     assert [(text, int(layers)) for layers, _, _, text in spans] == [
-        ("[CLS]", 3), ("a", 0), ("grip", 2), ("ping", 2), ("film", 3), (".", 1), ("[SEP]", 3),
+        ("[CLS]", 3),
+        ("a", 0),
+        ("grip", 2),
+        ("ping", 2),
+        ("film", 3),
+        (".", 1),
+        ("[SEP]", 3),
     ]
-    for layers, title, colour, _ in spans:
+    for layers, _title, colour, _ in spans:
         assert colour == drop_shade(int(layers), 3)
     titles = {text: title for _, title, _, text in spans}
     assert titles["a"] == "dropped before layer 1" and titles["grip"] == "dropped before layer 3"
     assert titles["film"] == "kept to the end"
     assert "grip</span><span" in page  # the WordPiece continuation is glued to its word
     legend = re.findall(r'<span class="swatch" data-layers="(\d)"[^>]*>([^<]*)</span>', page)
-    assert legend == [("0", "dropped before layer 1"), ("1", "dropped before layer 2"),
-                      ("2", "dropped before layer 3"), ("3", "kept to the end")]
+    assert legend == [
+        ("0", "dropped before layer 1"),
+        ("1", "dropped before layer 2"),
+        ("2", "dropped before layer 3"),
+        ("3", "kept to the end"),
+    ]
     assert "ex1: gold pos, predicted pos" in page
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http" not in page
 

@@ -34,8 +34,9 @@ def test_false_positive_rate_by_hand():
     # outside the rationale: row 1 positions 3, 4, 5 (selected: 3, 5); row 2 positions 1, 2, 4
     # (selected: 1, 2) -> 4 false positives of 6 negatives
     assert false_positives(selected, rationale, evaluated) == 4
-    report = RationaleReport(num_layers=1, evaluated_tokens=int(evaluated.sum()),
-                             rationale_tokens=int((rationale & evaluated).sum()))
+    report = RationaleReport(
+        num_layers=1, evaluated_tokens=int(evaluated.sum()), rationale_tokens=int((rationale & evaluated).sum())
+    )
     report.false_positives["adapler"][0] = false_positives(selected, rationale, evaluated)
     assert report.negatives == 6
     assert report.fpr()["adapler"] == [pytest.approx(4 / 6)]
@@ -49,19 +50,24 @@ def test_top_k_mask_picks_the_k_best_candidates_per_row():
     # position 0 scores highest but is no candidate; the tie 5.0/5.0 is broken in token order
     assert picked.int().tolist() == [[0, 0, 1, 1, 0], [0, 0, 0, 1, 0]]
     assert top_k_mask(scores, torch.tensor([0, 3]), candidates).int().tolist() == [
-        [0, 0, 0, 0, 0], [0, 1, 1, 1, 0],
+        [0, 0, 0, 0, 0],
+        [0, 1, 1, 1, 0],
     ]
 
 
 def _two_layer_attentions():
-    layer1 = torch.tensor([  # (heads=2, T=3, T=3)
-        [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5]],
-        [[0.5, 0.1, 0.4], [0.2, 0.6, 0.2], [0.2, 0.3, 0.5]],
-    ])
-    layer2 = torch.tensor([
-        [[0.0, 1.0, 0.0], [0.4, 0.6, 0.0], [0.0, 0.0, 1.0]],
-        [[0.0, 1.0, 0.0], [0.6, 0.4, 0.0], [0.0, 0.0, 1.0]],
-    ])
+    layer1 = torch.tensor(
+        [  # (heads=2, T=3, T=3)
+            [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5]],
+            [[0.5, 0.1, 0.4], [0.2, 0.6, 0.2], [0.2, 0.3, 0.5]],
+        ]
+    )
+    layer2 = torch.tensor(
+        [
+            [[0.0, 1.0, 0.0], [0.4, 0.6, 0.0], [0.0, 0.0, 1.0]],
+            [[0.0, 1.0, 0.0], [0.6, 0.4, 0.0], [0.0, 0.0, 1.0]],
+        ]
+    )
     return layer1[None], layer2[None]  # batch of one
 
 

@@ -34,8 +34,14 @@ def test_stage1_record_round_trip_and_reuse_rule(tmp_path, capsys):
     with pytest.raises(Stage1Missing, match="run `adapler run` first"):
         read_stage1(layout)
     layout.root.mkdir(parents=True)
-    record = Stage1Record([{"path": "s3://b/c1", "epoch": 1, "dev_accuracy": 0.8},
-                           {"path": "s3://b/c0", "epoch": 0, "dev_accuracy": 0.7}], "s3://b/sal", trained_with(config))
+    record = Stage1Record(
+        [
+            {"path": "s3://b/c1", "epoch": 1, "dev_accuracy": 0.8},
+            {"path": "s3://b/c0", "epoch": 0, "dev_accuracy": 0.7},
+        ],
+        "s3://b/sal",
+        trained_with(config),
+    )
     record.write(layout)
     again = read_stage1(layout)
     assert again == record and again.reference == 0.8 and again.best_model_dir == "s3://b/c1/model"
@@ -49,10 +55,23 @@ def test_stage1_record_round_trip_and_reuse_rule(tmp_path, capsys):
 
 def test_run_result_writes_summary_json_and_a_table(tmp_path):
     result = RunResult(
-        dataset="d", backbone="b", run_dir=str(tmp_path), model_dir=str(tmp_path / "model"), stage1_dev_accuracy=0.8,
-        backbone_test_accuracy=0.81, adapler_test_accuracy=0.8, flops_speedup=2.5, dev_flops_speedup=2.4,
-        input_budget=64, backbone_input_budget=64, retention=[1.0, 0.5], no_pruning=False, within_tolerance=True,
-        warning="", chosen={"factor": 1.5}, wall_seconds=3.0,
+        dataset="d",
+        backbone="b",
+        run_dir=str(tmp_path),
+        model_dir=str(tmp_path / "model"),
+        stage1_dev_accuracy=0.8,
+        backbone_test_accuracy=0.81,
+        adapler_test_accuracy=0.8,
+        flops_speedup=2.5,
+        dev_flops_speedup=2.4,
+        input_budget=64,
+        backbone_input_budget=64,
+        retention=[1.0, 0.5],
+        no_pruning=False,
+        within_tolerance=True,
+        warning="",
+        chosen={"factor": 1.5},
+        wall_seconds=3.0,
     )
     result.write(RunLayout(tmp_path))
     assert json.loads((tmp_path / "summary.json").read_text()) == result.to_dict()

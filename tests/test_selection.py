@@ -114,7 +114,12 @@ def test_select_over_trial_epoch_and_factor_points():
     assert (selection.chosen.trial, selection.chosen.epoch, selection.chosen.factor) == ("a", 0, 2.0)
     assert selection.chosen.model_dir == "/a0" and selection.eligible
     # the scaled a0 beats trained a1 and b0 on both axes: they leave the front
-    assert [(c.trial, c.epoch, c.factor) for c in selection.front] == [("a", 0, 1.0), ("a", 0, 1.5), ("a", 0, 2.0), ("a", 0, 3.0)]
+    assert [(c.trial, c.epoch, c.factor) for c in selection.front] == [
+        ("a", 0, 1.0),
+        ("a", 0, 1.5),
+        ("a", 0, 2.0),
+        ("a", 0, 3.0),
+    ]
 
 
 def test_pruning_may_cost_at_most_the_tolerance_of_the_models_own_unpruned_accuracy():
@@ -143,8 +148,10 @@ def test_run_warnings_name_what_to_try_next_for_train_and_for_the_search():
     noop = select([Candidate("stage2", 0, 0.70, 0.98)], reference=0.70, tolerance=0.01)
     train = run_warnings(noop, 0.70, "adapler train --config runs/x/config.json", stage2)
     assert "removes almost no tokens" in train.no_pruning and not train.accuracy_lost
-    assert train.no_pruning.endswith("try `adapler train --config runs/x/config.json --set stage2.epochs=5 "
-                                     "--set stage2.eta_lr=0.04 --set stage2.phi=1`")
+    assert train.no_pruning.endswith(
+        "try `adapler train --config runs/x/config.json --set stage2.epochs=5 "
+        "--set stage2.eta_lr=0.04 --set stage2.phi=1`"
+    )
     assert train.text == train.no_pruning
     search = SimpleNamespace(phi_min=0.1, phi_max=2.0)
     tune = run_warnings(noop, 0.70, "adapler tune --config runs/x/config.json", stage2, search)
@@ -153,11 +160,14 @@ def test_run_warnings_name_what_to_try_next_for_train_and_for_the_search():
     lossy = select([Candidate("stage2", 0, 0.60, 3.0)], reference=0.70, tolerance=0.01)
     train = run_warnings(lossy, 0.70, "adapler train --config c.json", stage2)
     assert not train.no_pruning and "no model stage 2 trained stayed within" in train.accuracy_lost
-    assert train.accuracy_lost.endswith("try `adapler train --config c.json --set stage2.init=finetuned "
-                                        "--set stage2.phi=0.1`")
+    assert train.accuracy_lost.endswith(
+        "try `adapler train --config c.json --set stage2.init=finetuned --set stage2.phi=0.1`"
+    )
     tune = run_warnings(lossy, 0.70, "adapler tune --config c.json", stage2, SimpleNamespace(phi_min=0.3, phi_max=2.0))
-    assert tune.accuracy_lost.endswith("try `adapler tune --config c.json --set tune.inits=[finetuned] "
-                                       "--set tune.phi_min=0.1 --set tune.phi_max=0.5 --set stage2.phi=0.22`")
+    assert tune.accuracy_lost.endswith(
+        "try `adapler tune --config c.json --set tune.inits=[finetuned] "
+        "--set tune.phi_min=0.1 --set tune.phi_max=0.5 --set stage2.phi=0.22`"
+    )
     both = run_warnings(select([Candidate("s", 0, 0.6, 1.0)], 0.7, 0.01), 0.7, "adapler train", stage2)
     assert both.text == f"{both.no_pruning} {both.accuracy_lost}" and "\n" not in both.text
 

@@ -17,8 +17,8 @@ from adapler.modeling import AdapLeROutput
 from adapler.saliency import saliency_for_rows
 from adapler.selection import select
 from adapler.training import (
-    epoch_candidates,
     attention_dropout,
+    epoch_candidates,
     linear_schedule,
     stage2_loss,
     train_stage1,
@@ -27,8 +27,15 @@ from adapler.training import (
 
 # ---------------------------------------------------------------------------------------- end to end
 
-CUES = {0: ["good", "great", "wonderful", "superb"], 1: ["bad", "awful", "boring", "terrible"], 2: ["table", "chair", "window", "door"]}
-FILLER = "the a movie plot actor scene story film music ending camera we it this was very quite".split()
+CUES = {
+    0: ["good", "great", "wonderful", "superb"],
+    1: ["bad", "awful", "boring", "terrible"],
+    2: ["table", "chair", "window", "door"],
+}
+FILLER = [
+    "the", "a", "movie", "plot", "actor", "scene", "story", "film", "music",
+    "ending", "camera", "we", "it", "this", "was", "very", "quite",
+]  # fmt: skip
 
 
 def synthetic_rows(make_rows, n, seed):
@@ -61,20 +68,36 @@ def tiny_run(tiny_model_factory, tokenizer, make_rows):
     train_loader = make_loader(train_rows, tokenizer, batch_size, max_length, shuffle=True, seed=0)
     dev_loader = make_loader(dev_rows, tokenizer, batch_size, max_length)
     stage1 = train_stage1(
-        model, train_loader, dev_loader, Stage1Config(lr=1e-3, batch_size=batch_size, epochs=2), on_epoch, progress=False
+        model,
+        train_loader,
+        dev_loader,
+        Stage1Config(lr=1e-3, batch_size=batch_size, epochs=2),
+        on_epoch,
+        progress=False,
     )
     stage1_final = evaluate(model, dev_loader, removal="none")
 
     saliency = saliency_for_rows(model, train_rows, max_length, batch_size)
     train2 = make_loader(train_rows, tokenizer, batch_size, max_length, shuffle=True, seed=0, saliency=saliency)
-    config2 = Stage2Config(lr=1e-3, eta_lr=0.15, predictor_lr=1e-2, phi=0.5, gamma=0.005, batch_size=batch_size, epochs=3)
+    config2 = Stage2Config(
+        lr=1e-3, eta_lr=0.15, predictor_lr=1e-2, phi=0.5, gamma=0.005, batch_size=batch_size, epochs=3
+    )
     reference = stage1.best_metrics["dev_accuracy"]
     stage2 = train_stage2(model, train2, dev_loader, config2, reference, on_epoch, progress=False)
     final = evaluate(model, dev_loader, removal="packed")
     return {
-        "model": model, "stage1": stage1, "stage2": stage2, "reports": reports, "final": final,
-        "stage1_final": stage1_final, "reference": reference, "config2": config2, "etas": eta_snapshots,
-        "saliency": saliency, "train_rows": train_rows, "dev_loader": dev_loader,
+        "model": model,
+        "stage1": stage1,
+        "stage2": stage2,
+        "reports": reports,
+        "final": final,
+        "stage1_final": stage1_final,
+        "reference": reference,
+        "config2": config2,
+        "etas": eta_snapshots,
+        "saliency": saliency,
+        "train_rows": train_rows,
+        "dev_loader": dev_loader,
     }
 
 
@@ -83,14 +106,22 @@ def test_end_to_end_tiny_run(tiny_run):
     model = tiny_run["model"]
 
     # the callback: once per epoch, with stage names and metrics
-    assert [(s, e) for s, e, _, _ in reports] == [("stage1", 0), ("stage1", 1), ("stage2", 0), ("stage2", 1), ("stage2", 2)]
+    assert [(s, e) for s, e, _, _ in reports] == [
+        ("stage1", 0),
+        ("stage1", 1),
+        ("stage2", 0),
+        ("stage2", 1),
+        ("stage2", 2),
+    ]
     for stage, _, metrics, _ in reports:
         assert 0.0 <= metrics["dev_accuracy"] <= 1.0
         assert "dev_flops_speedup" in metrics and "dev_retention_layer3" in metrics
         if stage == "stage1":
             assert metrics["dev_flops_speedup"] == 1.0 and math.isfinite(metrics["train_loss"])
         else:
-            assert {"train_loss", "train_ce", "train_kl", "train_soft_length", "eta_layer1", "eta_layer3"} <= set(metrics)
+            assert {"train_loss", "train_ce", "train_kl", "train_soft_length", "eta_layer1", "eta_layer3"} <= set(
+                metrics
+            )
     assert reports[0][3] is True  # the first epoch is always the best so far
     assert len(stage1.history) == 2 and len(stage2.history) == 3
 
@@ -102,7 +133,9 @@ def test_end_to_end_tiny_run(tiny_run):
     assert set(tiny_run["saliency"]) == set(tiny_run["train_rows"]["id"])
 
     # stage 2 follows the selection rule, and the model is the selected epoch's
-    expected_best = select(epoch_candidates(stage2.history), tiny_run["reference"], tiny_run["config2"].selection_tolerance).chosen.epoch
+    expected_best = select(
+        epoch_candidates(stage2.history), tiny_run["reference"], tiny_run["config2"].selection_tolerance
+    ).chosen.epoch
     assert stage2.best_epoch == expected_best
     assert [r[3] for r in reports[2:]][stage2.best_epoch] is True
     assert torch.equal(model.etas.detach(), tiny_run["etas"][("stage2", stage2.best_epoch)])
@@ -329,8 +362,10 @@ def _first_step_grads(tiny_model_factory, tokenizer, make_rows, monkeypatch, gam
     (AdamW), read from .grad when step() is called, whatever the loop did to produce them."""
     rows = synthetic_rows(make_rows, 8, seed=4)
     rng = np.random.default_rng(0)
-    saliency = {i: rng.random(len(tokenizer(t, truncation=True, max_length=32)["input_ids"])).astype(np.float32)
-                for i, t in zip(rows["id"], rows["text"])}
+    saliency = {
+        i: rng.random(len(tokenizer(t, truncation=True, max_length=32)["input_ids"])).astype(np.float32)
+        for i, t in zip(rows["id"], rows["text"])
+    }
     loader = make_loader(rows, tokenizer, 8, 32, saliency=saliency)  # one batch
     model = tiny_model_factory(seed=5)
     with torch.no_grad():

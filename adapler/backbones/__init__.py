@@ -15,14 +15,27 @@ from adapler.backbones.deberta_v2 import DebertaV2Family
 from adapler.backbones.distilbert import DistilBertFamily
 from adapler.backbones.electra import ElectraFamily
 from adapler.backbones.modernbert import ModernBertFamily
+from adapler.flops import EncoderSize
 
 FAMILIES: tuple[type[BackboneFamily], ...] = (
-    BertFamily, DistilBertFamily, ElectraFamily, DebertaV2Family, ModernBertFamily,
+    BertFamily,
+    DistilBertFamily,
+    ElectraFamily,
+    DebertaV2Family,
+    ModernBertFamily,
 )
 SUPPORTED_MODEL_TYPES = tuple(model_type for family in FAMILIES for model_type in family.model_types)
 
-__all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "BackboneFamily", "TokenRows", "UnsupportedBackbone",
-           "family_class", "family_for"]
+__all__ = [
+    "FAMILIES",
+    "encoder_size",
+    "SUPPORTED_MODEL_TYPES",
+    "BackboneFamily",
+    "TokenRows",
+    "UnsupportedBackbone",
+    "family_class",
+    "family_for",
+]
 
 
 def family_class(config) -> type[BackboneFamily]:
@@ -40,3 +53,8 @@ def family_class(config) -> type[BackboneFamily]:
 def family_for(backbone: nn.Module) -> BackboneFamily:
     """The family bound to a Hugging Face ``...ForSequenceClassification`` model."""
     return family_class(backbone.config)(backbone)
+
+
+def encoder_size(config, cp_hidden: int = 32) -> EncoderSize:
+    """The FLOPs shape of a transformers config, read by its encoder family (its field names)."""
+    return family_class(config).encoder_size(config, cp_hidden)

@@ -60,8 +60,14 @@ class TokenRows(ABC):
         """(B, T, C) -> (..., N, C): the rows back, in the order of ``x``."""
 
     @abstractmethod
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
-               scale: float | None = None) -> torch.Tensor:
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        scale: float | None = None,
+    ) -> torch.Tensor:
         """Attention on the grid: q, k, v (B, heads, T, d) -> (B, heads, T, d). Keys that are padding
         or removed are masked here; ``bias`` (B or 1, heads or 1, T, T) adds the family's own score
         terms (relative positions, a sliding window's mask); ``scale`` multiplies q.k (default
@@ -135,8 +141,9 @@ class BackboneFamily(ABC):
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
-    def hf_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  token_type_ids: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    def hf_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+    ) -> dict[str, torch.Tensor | None]:
         """The keyword arguments of the backbone's own forward (removal "none")."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.token_types:
@@ -144,8 +151,9 @@ class BackboneFamily(ABC):
         return inputs
 
     @abstractmethod
-    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
-              attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """(B, T) ids -> (B, T, H): what enters layer 1, as the backbone's own forward computes it."""
 
     @property
@@ -172,7 +180,7 @@ class BackboneFamily(ABC):
 
     @classmethod
     @abstractmethod
-    def encoder_size(cls, config, cp_hidden: int) -> "EncoderSize":
+    def encoder_size(cls, config, cp_hidden: int) -> EncoderSize:
         """adapler.flops.EncoderSize of this family's layers, from its config's field names."""
 
     def attention_dropouts(self) -> list[nn.Dropout]:
@@ -260,7 +268,9 @@ def fused_linear(linears: tuple[nn.Linear, ...]) -> nn.Linear:
     return linear
 
 
-def split_heads(rows: TokenRows, projected: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_heads(
+    rows: TokenRows, projected: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q, K, V side by side on the rows (..., N, 3 * heads * d) -> each (B, heads, T, d) on the
     grid: one matmul over the rows (the fused projection), one scatter into the grid."""
     grid = rows.to_grid(projected)  # (B, T, 3 * heads * d)

@@ -23,7 +23,15 @@ import argparse
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, BertModel, DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    ElectraConfig,
+    ElectraModel,
+)
 
 from adapler.backbones.base import UnsupportedBackbone
 
@@ -62,25 +70,36 @@ def _to_distilbert(bert: BertModel) -> DistilBertModel:
             f"DistilBERT's LayerNorms use eps {DISTILBERT_LAYER_NORM_EPS}; this BERT uses {config.layer_norm_eps}"
         )
     target = DistilBertConfig(
-        vocab_size=config.vocab_size, max_position_embeddings=config.max_position_embeddings,
-        sinusoidal_pos_embds=False, n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads,
-        dim=config.hidden_size, hidden_dim=config.intermediate_size, dropout=config.hidden_dropout_prob,
-        attention_dropout=config.attention_probs_dropout_prob, activation=config.hidden_act,
-        initializer_range=config.initializer_range, pad_token_id=config.pad_token_id,
+        vocab_size=config.vocab_size,
+        max_position_embeddings=config.max_position_embeddings,
+        sinusoidal_pos_embds=False,
+        n_layers=config.num_hidden_layers,
+        n_heads=config.num_attention_heads,
+        dim=config.hidden_size,
+        hidden_dim=config.intermediate_size,
+        dropout=config.hidden_dropout_prob,
+        attention_dropout=config.attention_probs_dropout_prob,
+        activation=config.hidden_act,
+        initializer_range=config.initializer_range,
+        pad_token_id=config.pad_token_id,
     )
     source = bert.state_dict()
     state = {
-        "embeddings.word_embeddings.weight":
-            source["embeddings.word_embeddings.weight"] + source["embeddings.token_type_embeddings.weight"][0],
+        "embeddings.word_embeddings.weight": source["embeddings.word_embeddings.weight"]
+        + source["embeddings.token_type_embeddings.weight"][0],
         "embeddings.position_embeddings.weight": source["embeddings.position_embeddings.weight"],
         "embeddings.LayerNorm.weight": source["embeddings.LayerNorm.weight"],
         "embeddings.LayerNorm.bias": source["embeddings.LayerNorm.bias"],
     }
     names = {  # DistilBERT layer module <- BERT layer module
-        "attention.q_lin": "attention.self.query", "attention.k_lin": "attention.self.key",
-        "attention.v_lin": "attention.self.value", "attention.out_lin": "attention.output.dense",
-        "sa_layer_norm": "attention.output.LayerNorm", "ffn.lin1": "intermediate.dense",
-        "ffn.lin2": "output.dense", "output_layer_norm": "output.LayerNorm",
+        "attention.q_lin": "attention.self.query",
+        "attention.k_lin": "attention.self.key",
+        "attention.v_lin": "attention.self.value",
+        "attention.out_lin": "attention.output.dense",
+        "sa_layer_norm": "attention.output.LayerNorm",
+        "ffn.lin1": "intermediate.dense",
+        "ffn.lin2": "output.dense",
+        "output_layer_norm": "output.LayerNorm",
     }
     for index in range(config.num_hidden_layers):
         for mine, theirs in names.items():
@@ -92,13 +111,21 @@ def _to_distilbert(bert: BertModel) -> DistilBertModel:
 def _to_electra(bert: BertModel) -> ElectraModel:
     config = bert.config
     target = ElectraConfig(
-        vocab_size=config.vocab_size, embedding_size=config.hidden_size, hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size, hidden_act=config.hidden_act,
-        hidden_dropout_prob=config.hidden_dropout_prob, attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        max_position_embeddings=config.max_position_embeddings, type_vocab_size=config.type_vocab_size,
-        initializer_range=config.initializer_range, layer_norm_eps=config.layer_norm_eps,
-        pad_token_id=config.pad_token_id, position_embedding_type="absolute",
+        vocab_size=config.vocab_size,
+        embedding_size=config.hidden_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_act=config.hidden_act,
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        max_position_embeddings=config.max_position_embeddings,
+        type_vocab_size=config.type_vocab_size,
+        initializer_range=config.initializer_range,
+        layer_norm_eps=config.layer_norm_eps,
+        pad_token_id=config.pad_token_id,
+        position_embedding_type="absolute",
     )
     return _load(ElectraModel(target), dict(bert.state_dict()))  # the same module names
 

@@ -92,8 +92,9 @@ class DebertaV2Family(BackboneFamily):
         attended = layer.attention.output(merge_heads(rows, context), x)  # dense, dropout, LayerNorm(+ residual)
         return layer.output(layer.intermediate(attended), attended)  # FFN, LayerNorm(+ residual)
 
-    def _relative_scores(self, index: int, q: torch.Tensor, k: torch.Tensor,
-                         positions: torch.Tensor) -> torch.Tensor | None:
+    def _relative_scores(
+        self, index: int, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor | None:
         """c2p + p2c scores (B, heads, T, T), unscaled, from the slots' original positions (B, T);
         None where pos_att_type has neither term."""
         attn = self.layers[index].attention.self
@@ -129,7 +130,10 @@ class DebertaV2Family(BackboneFamily):
         inference = not torch.is_grad_enabled() and not self.backbone.training
         sources = (encoder.rel_embeddings, getattr(encoder, "LayerNorm", None), key_proj, query_proj)
         if inference:
-            stamp = (sources, tuple((p.data_ptr(), p._version) for m in sources if m is not None for p in m.parameters()))
+            stamp = (
+                sources,
+                tuple((p.data_ptr(), p._version) for m in sources if m is not None for p in m.parameters()),
+            )
             cached = self._position_tables.get(index)
             if cached is not None and cached[0] == stamp:
                 return cached[1], cached[2]
@@ -153,8 +157,13 @@ class DebertaV2Family(BackboneFamily):
     def encoder_size(cls, config, cp_hidden: int):
         from adapler.flops import EncoderSize
 
-        return EncoderSize(config.num_hidden_layers, config.hidden_size, config.intermediate_size, cp_hidden,
-                           extra_per_token=relative_flops_per_token(config))
+        return EncoderSize(
+            config.num_hidden_layers,
+            config.hidden_size,
+            config.intermediate_size,
+            cp_hidden,
+            extra_per_token=relative_flops_per_token(config),
+        )
 
     def attention_dropouts(self) -> list[nn.Dropout]:
         return [layer.attention.self.dropout for layer in self.layers]

@@ -71,8 +71,9 @@ def test_max_drop_without_output_only_prints(model_dir, capsys):
 
 def test_points_store_named_operating_points_with_the_model(model_dir, tmp_path, capsys):
     output = tmp_path / "with-points"
-    assert main(["calibrate", "--model", model_dir, *DATA, "--points", "--fast-drop", "0.1",
-                 "--output", str(output)]) == 0
+    assert (
+        main(["calibrate", "--model", model_dir, *DATA, "--points", "--fast-drop", "0.1", "--output", str(output)]) == 0
+    )
     out = capsys.readouterr().out
     curve = curve_rows(out)
     for name in ("accurate", "balanced", "fast"):
@@ -89,7 +90,9 @@ def test_points_store_named_operating_points_with_the_model(model_dir, tmp_path,
     model = apply_factor(source, fast.factor)  # measured again: the stored figures hold
     loader = make_loader(load_splits("rotten_tomatoes", limit=20).dev, model.tokenizer, 32, 64)
     check = evaluate(model, loader)
-    assert check.accuracy == pytest.approx(fast.dev_accuracy) and check.flops_speedup == pytest.approx(fast.dev_flops_speedup)
+    assert check.accuracy == pytest.approx(fast.dev_accuracy) and check.flops_speedup == pytest.approx(
+        fast.dev_flops_speedup
+    )
 
 
 @pytest.mark.parametrize(
@@ -97,10 +100,14 @@ def test_points_store_named_operating_points_with_the_model(model_dir, tmp_path,
     [
         (["--model", "/nonexistent", *DATA, "--max-drop", "0.01"], "model directory not found"),
         (["--model", "{model}", "--data", "bbc_news", "--set", "limit=5", "--max-drop", "0.01"], "labels"),
-        (["--model", "{model}", *DATA, "--target-speedup", "1000"],
-         "unreachable by scaling the thresholds: the best reached is"),
-        (["--model", "{model}", *DATA, "--max-drop", "0.01", "--set-alias", "champion"],
-         "--set-alias needs a registered model"),
+        (
+            ["--model", "{model}", *DATA, "--target-speedup", "1000"],
+            "unreachable by scaling the thresholds: the best reached is",
+        ),
+        (
+            ["--model", "{model}", *DATA, "--max-drop", "0.01", "--set-alias", "champion"],
+            "--set-alias needs a registered model",
+        ),
         (["--model", "{model}", *DATA, "--max-drop", "0.01", "--output", "{model}"], "--output must differ"),
         (["--model", "{model}", *DATA, "--max-drop", "2"], "--max-drop must be in [0, 1]"),
         (["--model", "{model}", *DATA, "--max-drop", "0.01", "--fast-drop", "0.05"], "--fast-drop goes with --points"),
@@ -127,8 +134,18 @@ def test_calibrate_on_onnx_runtime_saves_the_factor_torch_finds(model_dir, tmp_p
     etas = {}
     for runtime in ("torch", "onnx"):
         output = tmp_path / f"calibrated-{runtime}"
-        argv = ["calibrate", "--model", model_dir, *DATA, "--target-speedup", "3", "--runtime", runtime,
-                "--output", str(output)]
+        argv = [
+            "calibrate",
+            "--model",
+            model_dir,
+            *DATA,
+            "--target-speedup",
+            "3",
+            "--runtime",
+            runtime,
+            "--output",
+            str(output),
+        ]
         assert main(argv) == 0
         capsys.readouterr()
         etas[runtime] = AdapLeRForSequenceClassification.from_pretrained(output).etas.detach()

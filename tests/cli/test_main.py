@@ -129,7 +129,12 @@ def test_predict_at_an_operating_point(tiny_model_factory, save_review_model, mo
 
     assert main(["predict", "--model", directory, "--json", text]) == 0
     default = json.loads(capsys.readouterr().out)[0]
-    assert default["operating_point"] == {"name": "default", "factor": 1.0, "dev_accuracy": 0.8, "dev_flops_speedup": 1.5}
+    assert default["operating_point"] == {
+        "name": "default",
+        "factor": 1.0,
+        "dev_accuracy": 0.8,
+        "dev_flops_speedup": 1.5,
+    }
     assert main(["predict", "--model", directory, "--json", "--operating-point", "fast", text]) == 0
     fast = json.loads(capsys.readouterr().out)[0]
     assert fast["operating_point"]["name"] == "fast" and fast["operating_point"]["factor"] == 4.0
@@ -149,7 +154,8 @@ def test_predict_at_an_operating_point(tiny_model_factory, save_review_model, mo
 
 
 def test_a_model_at_a_shorter_budget_reports_its_speedup_against_its_reference(
-        tmp_path, tiny_model_factory, save_review_model, capsys):
+    tmp_path, tiny_model_factory, save_review_model, capsys
+):
     model = tiny_model_factory(num_labels=2)
     model.tokenizer = copy.deepcopy(model.tokenizer)
     save_review_model(model, tmp_path / "short")

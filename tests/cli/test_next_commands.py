@@ -12,8 +12,14 @@ from adapler_pipelines.config import PipelineConfig
 
 def summary(tmp_path, name="adapler-demo", alias="champion"):
     run_dir = tmp_path / "runs" / "demo"
-    return SimpleNamespace(registered_model=name, version="3", alias=alias, run_dir=str(run_dir),
-                           model_dir=str(run_dir / "model"), promotion="version 3 became champion: ...")
+    return SimpleNamespace(
+        registered_model=name,
+        version="3",
+        alias=alias,
+        run_dir=str(run_dir),
+        model_dir=str(run_dir / "model"),
+        promotion="version 3 became champion: ...",
+    )
 
 
 def parsed(commands):
@@ -49,9 +55,14 @@ def test_demo_commands_use_the_registered_alias_the_model_dir_and_the_run_data(t
 def test_a_challenger_files_data_and_an_explicit_tracking_uri(tmp_path, monkeypatch):
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
-    overrides = ["name=mine", "data.train_file=data/train.csv", "data.test_file=data/test.csv",
-                 "data.text_column=review", "data.text_pair_column=title",
-                 "mlflow.tracking_uri=sqlite:///store/mlflow.db"]
+    overrides = [
+        "name=mine",
+        "data.train_file=data/train.csv",
+        "data.test_file=data/test.csv",
+        "data.text_column=review",
+        "data.text_pair_column=title",
+        "mlflow.tracking_uri=sqlite:///store/mlflow.db",
+    ]
     config = load_config(resolve_preset("files"), overrides, cls=PipelineConfig)
     commands = parsed(next_commands(summary(tmp_path / "elsewhere", "adapler-mine", "challenger"), config))
 
@@ -60,8 +71,12 @@ def test_a_challenger_files_data_and_an_explicit_tracking_uri(tmp_path, monkeypa
     assert predict.tracking_uri == "sqlite:///store/mlflow.db"
     evaluate = commands["evaluate"][1]
     assert evaluate.model == "models:/adapler-mine@challenger" and evaluate.data == "files"
-    assert set(evaluate.set) == {"train_file=data/train.csv", "test_file=data/test.csv", "text_column=review",
-                                 "text_pair_column=title"}
+    assert set(evaluate.set) == {
+        "train_file=data/train.csv",
+        "test_file=data/test.csv",
+        "text_column=review",
+        "text_pair_column=title",
+    }
     assert commands["calibrate"][1].set == evaluate.set
     assert commands["serve"][1].tracking_uri == "sqlite:///store/mlflow.db"
     # a run directory outside the working directory is shown as it is

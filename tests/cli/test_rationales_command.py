@@ -35,8 +35,22 @@ def test_prints_a_layer_by_method_table(model_dir, capsys):
 
 def test_json_report_and_output_file(model_dir, tmp_path, capsys):
     output = tmp_path / "rationales.json"
-    argv = ["rationales", "--model", model_dir, "--data", str(FIXTURE), "--window", "16", "--stride", "8",
-            "--limit", "3", "--json", "--output", str(output)]
+    argv = [
+        "rationales",
+        "--model",
+        model_dir,
+        "--data",
+        str(FIXTURE),
+        "--window",
+        "16",
+        "--stride",
+        "8",
+        "--limit",
+        "3",
+        "--json",
+        "--output",
+        str(output),
+    ]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(output.read_text())

@@ -72,18 +72,29 @@ def _tiny_backbone(directory: Path) -> str:
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(default_backbone())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
 
 
 def _environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "RAY_ADDRESS", "PYTEST_"))}  # ./mlflow.db, a private Ray
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS", "PYTEST_"))
+    }  # ./mlflow.db, a private Ray
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+    )
     env.setdefault("RAY_AUTH_MODE", "disabled")  # as the other tests' local Ray: 127.0.0.1 only
     return env
 
@@ -128,13 +139,21 @@ class Serve:
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], port: int, log: Path):
         self.port, self.log = port, log
         self.out = log.open("w")
-        self.process = subprocess.Popen([*argv, "--port", str(port)], cwd=cwd, env=env, stdout=self.out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            [*argv, "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + SERVE_READY_S
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"serve exited {self.process.returncode}:\n{self.log.read_text()[-4000:]}"
+            assert self.process.poll() is None, (
+                f"serve exited {self.process.returncode}:\n{self.log.read_text()[-4000:]}"
+            )
             try:
                 if _http(f"http://127.0.0.1:{self.port}/healthz", timeout=5)[0] == 200:
                     return
@@ -167,14 +186,22 @@ def test_readme_commands_work_after_the_demo(tmp_path):
     env = _environment()
     backbone = _tiny_backbone(tmp_path / "tiny-backbone")
     demo = [str(ADAPLER), "demo"]
-    for item in (f"model.backbone={backbone}", "data.limit=48", "stage1.epochs=1", "stage1.batch_size=16",
-                 "stage2.epochs=1", "stage2.batch_size=16", "tune.num_samples=1", "ray.cpus_per_worker=1",
-                 # the block loads @champion, which a run that warns does not get; a tiny random
-                 # backbone may well warn (the real demo's run does not)
-                 "mlflow.promote=always"):
+    for item in (
+        f"model.backbone={backbone}",
+        "data.limit=48",
+        "stage1.epochs=1",
+        "stage1.batch_size=16",
+        "stage2.epochs=1",
+        "stage2.batch_size=16",
+        "tune.num_samples=1",
+        "ray.cpus_per_worker=1",
+        # the block loads @champion, which a run that warns does not get; a tiny random
+        # backbone may well warn (the real demo's run does not)
+        "mlflow.promote=always",
+    ):
         demo += ["--set", item]
     out = _run(demo, work, env, timeout=1800)
-    print(out[out.rfind("registered:"):], file=sys.stderr)  # what the demo told the user to do next
+    print(out[out.rfind("registered:") :], file=sys.stderr)  # what the demo told the user to do next
     assert "models:/adapler-demo@champion" in out and "runs/demo/model" in out, out[-3000:]
     assert (work / "runs" / "demo" / "model" / "config.json").is_file()
 

@@ -70,7 +70,9 @@ def test_calibrated_model_is_a_new_version_with_its_curve(registered, tmp_path, 
     calibrate_run = client.get_run(client.get_run(version.run_id).data.tags["mlflow.parentRunId"])
     assert calibrate_run.data.tags["adapler.stage"] == "calibrate"
     assert {a.path for a in client.list_artifacts(calibrate_run.info.run_id, "calibration")} == {
-        "calibration/curve.csv", "calibration/curve.png"}
+        "calibration/curve.csv",
+        "calibration/curve.png",
+    }
     curve = pd.read_csv(client.download_artifacts(calibrate_run.info.run_id, "calibration/curve.csv", str(tmp_path)))
     assert list(curve.columns) == ["factor", "accuracy", "flops_speedup", "examples_per_s", "chosen"]
     assert curve.factor.is_monotonic_increasing and len(curve) >= 4 and curve.chosen.sum() == 1
@@ -86,8 +88,21 @@ def test_calibrated_model_is_a_new_version_with_its_curve(registered, tmp_path, 
 
 
 def test_unknown_registered_model_is_one_line_exit_2(mlflow_uri, capsys):
-    assert main(["calibrate", "--model", "models:/no-such-model@champion", "--tracking-uri", mlflow_uri,
-                 *DATA, "--max-drop", "0.01"]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                "models:/no-such-model@champion",
+                "--tracking-uri",
+                mlflow_uri,
+                *DATA,
+                "--max-drop",
+                "0.01",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "adapler: error: no registered model 'no-such-model'" in err and "Traceback" not in err
 
@@ -96,8 +111,22 @@ def test_points_round_trip_through_the_registry(registered, tmp_path, capsys):
     """`calibrate --points` on a registered model: a new version with the same etas and the points
     in its config.json, the curve in MLflow, the points as tags; the pyfunc takes a point."""
     uri = registered["uri"]
-    assert main(["calibrate", "--model", f"models:/{NAME}@champion", "--tracking-uri", uri, *DATA, "--points",
-                 "--set-alias", "points"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                f"models:/{NAME}@champion",
+                "--tracking-uri",
+                uri,
+                *DATA,
+                "--points",
+                "--set-alias",
+                "points",
+            ]
+        )
+        == 0
+    )
     assert f"registered: {NAME} version 2 (alias points)" in capsys.readouterr().out
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -114,9 +143,13 @@ def test_points_round_trip_through_the_registry(registered, tmp_path, capsys):
 
     calibrate_run = client.get_run(client.get_run(version.run_id).data.tags["mlflow.parentRunId"])
     assert {a.path for a in client.list_artifacts(calibrate_run.info.run_id, "operating_points")} == {
-        "operating_points/curve.csv", "operating_points/curve.png"}
-    curve = pd.read_csv(client.download_artifacts(calibrate_run.info.run_id, "operating_points/curve.csv",
-                                                  str(tmp_path)), keep_default_na=False)
+        "operating_points/curve.csv",
+        "operating_points/curve.png",
+    }
+    curve = pd.read_csv(
+        client.download_artifacts(calibrate_run.info.run_id, "operating_points/curve.csv", str(tmp_path)),
+        keep_default_na=False,
+    )
     assert curve.factor.tolist() == pytest.approx([p.factor for p in points.curve])
     named = {name: f for names, f in zip(curve.point, curve.factor) if names for name in names.split("/")}
     assert named == pytest.approx(dict(points.named))
@@ -130,8 +163,9 @@ def test_points_round_trip_through_the_registry(registered, tmp_path, capsys):
     assert list(fast.operating_point) == ["fast"] * 3
     assert list(fast.eta_factor) == pytest.approx([points.named["fast"]] * 3)
     assert fast.kept_tokens.sum() < default.kept_tokens.sum()
-    mixed = pyfunc.predict(pd.DataFrame({"text": texts, "operating_point": ["fast", None, "accurate"]}),
-                           params={"factor": 1.0})
+    mixed = pyfunc.predict(
+        pd.DataFrame({"text": texts, "operating_point": ["fast", None, "accurate"]}), params={"factor": 1.0}
+    )
     assert list(mixed.operating_point) == ["fast", "factor=1", "accurate"]
     assert mixed.kept_tokens[0] == fast.kept_tokens[0] and mixed.kept_tokens[1] == default.kept_tokens[1]
     with pytest.raises(ValueError, match="unknown operating point 'turbo'; stored points: accurate"):

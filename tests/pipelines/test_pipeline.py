@@ -23,7 +23,11 @@ from adapler_pipelines.train import fit_stage
 def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative output_dir, as in the presets: trials run elsewhere
     overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "e2e") + [
-        "output_dir=runs", "mlflow.onnx_export=int8", "tune.max_lengths=[16, 32]", "tune.phi_min=0.5"]
+        "output_dir=runs",
+        "mlflow.onnx_export=int8",
+        "tune.max_lengths=[16, 32]",
+        "tune.phi_min=0.5",
+    ]
     config = load_config(None, overrides, cls=PipelineConfig)
     summary = run_pipeline(config)
 
@@ -31,8 +35,15 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
     assert summary.alias == "champion" and "no champion yet" in summary.promotion
     assert summary.flops_speedup > 0 and 0.0 <= summary.adapler_test_accuracy <= 1.0
     out = tmp_path / "runs" / "e2e"
-    for name in ("config.json", "stage1.json", "summary.json", "report/pareto.csv", "report/pareto.png",
-                 "report/retention.png", "report/highlight.html"):
+    for name in (
+        "config.json",
+        "stage1.json",
+        "summary.json",
+        "report/pareto.csv",
+        "report/pareto.png",
+        "report/retention.png",
+        "report/highlight.html",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert summary.model_dir == str(out / "model")
     check_model_dir(out / "model")  # the chosen model, where `adapler predict --model runs/<name>/model` looks
@@ -69,7 +80,9 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
     assert len(list((out / "saliency").glob("saliency-*"))) == 2  # labels for each budget
     tokenizer_config = json.loads((out / "model" / "tokenizer_config.json").read_text())
     assert summary.input_budget == tokenizer_config["model_max_length"] == summary.chosen["params"]["data.max_length"]
-    assert saved["reference_max_length"] == (32 if summary.input_budget == 16 else None)  # what its speedups are against
+    assert saved["reference_max_length"] == (
+        32 if summary.input_budget == 16 else None
+    )  # what its speedups are against
     parent = next(run for run in runs if run.info.run_name == "e2e")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/retention.png", "report/highlight.html", "report/pareto.png"} <= logged, logged
@@ -77,7 +90,9 @@ def test_pipeline_end_to_end_registers_a_champion(ray_local, tiny_backbone_dir, 
     assert str(version.version) == summary.version
     assert version.tags["operating_points"].startswith("accurate (factor ")  # and the version's run has the curve
     assert {a.path for a in client.list_artifacts(version.run_id, "operating_points")} == {
-        "operating_points/curve.csv", "operating_points/curve.png"}
+        "operating_points/curve.csv",
+        "operating_points/curve.png",
+    }
 
     model = mlflow.pyfunc.load_model("models:/adapler-tiny@champion")
     predictions = model.predict(["a gripping, beautifully made film", "dull and far too long"])
@@ -107,12 +122,18 @@ def test_worker_failure_resumes_from_the_last_checkpoint(ray_local, tiny_backbon
 
 @pytest.mark.slow
 def test_a_rerun_with_another_config_does_not_resume_the_first_runs_checkpoints(
-        ray_local, tiny_backbone_dir, tiny_overrides, tmp_path):
+    ray_local, tiny_backbone_dir, tiny_overrides, tmp_path
+):
     # Ray Train resumes from a snapshot under storage_path/<name>: a second `adapler run` of the same
     # name with other data once got the first run's stage-1 weights back, untrained on its data.
-    first = fit_stage(load_config(None, tiny_overrides(tiny_backbone_dir, tmp_path, "rerun"), cls=PipelineConfig),
-                      "stage1", "rerun-stage1")
-    other = load_config(None, tiny_overrides(tiny_backbone_dir, tmp_path, "rerun") + ["stage1.lr=3e-4"], cls=PipelineConfig)
+    first = fit_stage(
+        load_config(None, tiny_overrides(tiny_backbone_dir, tmp_path, "rerun"), cls=PipelineConfig),
+        "stage1",
+        "rerun-stage1",
+    )
+    other = load_config(
+        None, tiny_overrides(tiny_backbone_dir, tmp_path, "rerun") + ["stage1.lr=3e-4"], cls=PipelineConfig
+    )
     second = fit_stage(other, "stage1", "rerun-stage1")
     assert {c.path for c in first}.isdisjoint(c.path for c in second)
     assert second[0].metrics["train_loss"] != first[0].metrics["train_loss"]  # trained again, at its own rate
@@ -120,15 +141,23 @@ def test_a_rerun_with_another_config_does_not_resume_the_first_runs_checkpoints(
 
 # Etas pinned at 1e-4: a token leaves only if its score is under 1e-4 of the uniform 1/n, which
 # near-uniform fresh CPs never give, so no token is removed.
-NOTHING_REMOVED = ["model.adapler.eta_init=1e-4", "model.adapler.eta_min=1e-4", "model.adapler.eta_max=1e-4",
-                   "stage2.eta_lr=0", "stage2.phi=0"]
+NOTHING_REMOVED = [
+    "model.adapler.eta_init=1e-4",
+    "model.adapler.eta_min=1e-4",
+    "model.adapler.eta_max=1e-4",
+    "stage2.eta_lr=0",
+    "stage2.phi=0",
+]
 
 
 @pytest.mark.slow
 def test_a_run_that_removes_nothing_says_so(ray_local, tiny_backbone_dir, tiny_overrides, tmp_path, capsys):
     # no calibration in the loop: on a model at chance level it would scale the etas until only [CLS] is left
-    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "noop") + ["tune.num_samples=0", "tune.calibrate=false",
-                                                                       *NOTHING_REMOVED]
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "noop") + [
+        "tune.num_samples=0",
+        "tune.calibrate=false",
+        *NOTHING_REMOVED,
+    ]
     config = load_config(None, overrides, cls=PipelineConfig)
     summary = run_pipeline(config)
 
@@ -139,8 +168,10 @@ def test_a_run_that_removes_nothing_says_so(ray_local, tiny_backbone_dir, tiny_o
     assert saved["no_pruning"] is True and saved["warning"] == summary.warning
     assert saved["within_tolerance"] is summary.within_tolerance
     client = MlflowClient(config.mlflow.tracking_uri)
-    parent = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id],
-                                filter_string="attributes.run_name = 'noop'")[0]
+    parent = client.search_runs(
+        [client.get_experiment_by_name(config.mlflow.experiment).experiment_id],
+        filter_string="attributes.run_name = 'noop'",
+    )[0]
     assert parent.data.tags["adapler.no_pruning"] == "true"
     trial = client.search_runs([parent.info.experiment_id], filter_string="tags.`adapler.stage` = 'stage2-stage2'")
     assert len(trial) == 1  # the no-search stage-2 run, logged like a trial

@@ -117,7 +117,9 @@ def test_pyfunc_predicts_like_predictor(registered):
 
     # A frame with text only gives the same; text_pair is used (not dropped), ids are kept.
     same = pyfunc.predict(pd.DataFrame({"text": TEXTS}))
-    np.testing.assert_allclose(np.array([[r["neg"], r["pos"]] for r in same["probabilities"]]), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.array([[r["neg"], r["pos"]] for r in same["probabilities"]]), want, rtol=1e-5, atol=1e-6
+    )
     paired = pyfunc.predict(pd.DataFrame({"id": ["a", "b", "c"], "text": TEXTS, "text_pair": PAIRS}))
     expected_pairs = Predictor.from_directory(registered["model_dir"]).predict(TEXTS, PAIRS)
     assert list(paired["id"]) == ["a", "b", "c"]
@@ -126,15 +128,18 @@ def test_pyfunc_predicts_like_predictor(registered):
     np.testing.assert_allclose(
         np.array([[r["neg"], r["pos"]] for r in paired["probabilities"]]),
         np.array([[p.probabilities["neg"], p.probabilities["pos"]] for p in expected_pairs]),
-        rtol=1e-5, atol=1e-6,
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
 def test_registry_holds_code_and_safetensors_not_pickles(registered, tmp_path):
     use_store(registered["uri"])
-    local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{registered['name']}/{registered['version']}", dst_path=str(tmp_path)
-    ))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{registered['name']}/{registered['version']}", dst_path=str(tmp_path)
+        )
+    )
     names = [p.name for p in local.rglob("*") if p.is_file()]
     assert {"model.safetensors", "adapler.safetensors", "config.json"} <= set(names)
     assert not [n for n in names if n.endswith((".pkl", ".pickle", ".bin", ".pt", ".pth"))], names
@@ -147,8 +152,16 @@ def test_registry_holds_code_and_safetensors_not_pickles(registered, tmp_path):
 def test_load_champion_and_download_model_dir(registered, tmp_path):
     name, uri = registered["name"], registered["uri"]
     out = registry.load_champion(name, uri=uri).predict(pd.DataFrame({"text": TEXTS[:2]}))
-    assert list(out.columns) == ["label", "label_id", "probabilities", "input_tokens", "kept_tokens", "flops_speedup",
-                                 "operating_point", "eta_factor"]
+    assert list(out.columns) == [
+        "label",
+        "label_id",
+        "probabilities",
+        "input_tokens",
+        "kept_tokens",
+        "flops_speedup",
+        "operating_point",
+        "eta_factor",
+    ]
 
     directory = registry.download_model_dir(name, "champion", dst_path=tmp_path / "dl", uri=uri)
     assert Path(directory).is_relative_to(tmp_path / "dl")
@@ -250,8 +263,12 @@ def test_log_stage_run_records_config_metrics_and_files(mlflow_uri, tiny_backbon
         {"dev_accuracy": 0.65, "dev_flops_speedup": 2.0},
     ]
     run_id = tracking.log_stage_run(
-        config, "stage2", history, artifacts={"extra/notes.txt": notes, "saliency": folder},
-        parent_run_id=parent, tags={"trial": 3},
+        config,
+        "stage2",
+        history,
+        artifacts={"extra/notes.txt": notes, "saliency": folder},
+        parent_run_id=parent,
+        tags={"trial": 3},
     )
 
     run = client.get_run(run_id)
@@ -307,7 +324,10 @@ def test_tracking_uri_resolution(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert tracking.tracking_uri(MlflowConfig()) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     # a relative SQLite path is pinned to this working directory (Ray trials run elsewhere)
-    assert tracking.tracking_uri(MlflowConfig(tracking_uri="sqlite:///runs/m.db")) == f"sqlite:///{tmp_path.resolve() / 'runs/m.db'}"
+    assert (
+        tracking.tracking_uri(MlflowConfig(tracking_uri="sqlite:///runs/m.db"))
+        == f"sqlite:///{tmp_path.resolve() / 'runs/m.db'}"
+    )
 
 
 def test_pyfunc_input_checks():
@@ -333,4 +353,6 @@ def test_read_run_config_takes_runs_logged_before_champion_challenger(mlflow_uri
     client.log_text(run, json.dumps(legacy), "config.json")
     assert tracking.read_run_config(mlflow_uri, run).stage2.phi == 0.004
     with pytest.raises(tracking.TrackingError, match="no config.json"):
-        tracking.read_run_config(mlflow_uri, client.create_run(client.get_experiment_by_name("adapler-test").experiment_id).info.run_id)
+        tracking.read_run_config(
+            mlflow_uri, client.create_run(client.get_experiment_by_name("adapler-test").experiment_id).info.run_id
+        )

@@ -72,8 +72,19 @@ def pipeline_run(tiny_backbone_dir, tiny_overrides, tmp_path_factory) -> dict:
     )
     model.save_pretrained(tmp / "model")
     done = subprocess.run(
-        [sys.executable, "-c", LOG_RUN, str(tmp / "config.json"), str(tmp / "model"), json.dumps(TRIALS), str(REFERENCE)],
-        capture_output=True, text=True, timeout=240, cwd=tmp,
+        [
+            sys.executable,
+            "-c",
+            LOG_RUN,
+            str(tmp / "config.json"),
+            str(tmp / "model"),
+            json.dumps(TRIALS),
+            str(REFERENCE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp,
         env={**os.environ, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri},
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -85,8 +96,19 @@ def pipeline_run(tiny_backbone_dir, tiny_overrides, tmp_path_factory) -> dict:
 def test_report_writes_the_pictures_and_logs_them_to_the_run(pipeline_run, tmp_path):
     uri_before = mlflow.get_tracking_uri()
     out = tmp_path / "pictures"
-    code = main(["report", "--run", pipeline_run["run_id"], "--out", str(out),
-                 "--tracking-uri", pipeline_run["uri"], "--examples", "3"])
+    code = main(
+        [
+            "report",
+            "--run",
+            pipeline_run["run_id"],
+            "--out",
+            str(out),
+            "--tracking-uri",
+            pipeline_run["uri"],
+            "--examples",
+            "3",
+        ]
+    )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == FILES
     for name in FILES:
@@ -141,6 +163,10 @@ def test_highlight_counts_match_the_predictor(tiny_model_factory, make_rows, sen
     assert any(0 < p.kept_lengths[-1] < p.input_tokens for p in expected)  # something was dropped
     for example, prediction in zip(examples, expected):
         assert len(example.tokens) == prediction.input_tokens
-        assert [sum(k > layer for k in example.layers_entered) for layer in range(model.num_layers)] == prediction.kept_lengths
-        assert [t for t, k in zip(example.tokens, example.layers_entered) if k == model.num_layers] == prediction.kept_tokens[-1]
+        assert [
+            sum(k > layer for k in example.layers_entered) for layer in range(model.num_layers)
+        ] == prediction.kept_lengths
+        assert [
+            t for t, k in zip(example.tokens, example.layers_entered) if k == model.num_layers
+        ] == prediction.kept_tokens[-1]
         assert f"predicted {prediction.label}" in example.caption

@@ -27,8 +27,24 @@ from adapler_pipelines.saliency import (
 )
 
 MAX_LENGTH = 24
-WORDS = ["the", "movie", "was", "good", "bad", "great", "awful", "plot", "actors", "boring", "fun", "long", "short",
-         "story", "music", "dull"]
+WORDS = [
+    "the",
+    "movie",
+    "was",
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "plot",
+    "actors",
+    "boring",
+    "fun",
+    "long",
+    "short",
+    "story",
+    "music",
+    "dull",
+]
 
 
 @pytest.fixture(scope="module")

@@ -25,19 +25,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from chaos import HOOK
+from chaos import marker as chaos_marker
 
 from adapler.batching import make_loader
 from adapler.config import ConfigError, load_config
+from adapler.data import load_data
 from adapler.evaluate import evaluate
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.data import load_data
 from adapler.run_layout import CHECKPOINT_MODEL_SUBDIR
 from adapler_pipelines.config import PipelineConfig, worker_batch_size
 from adapler_pipelines.saliency import SUCCESS_MARKER, compute_saliency, load_saliency
 from adapler_pipelines.storage import join, local_copy
 from adapler_pipelines.train import STATE_FILE, fit_stage, run_stage
-from chaos import HOOK
-from chaos import marker as chaos_marker
 
 BUCKET = "adapler-test"
 DEV_ROWS = 48  # data.limit in tiny_overrides: every split has 48 rows
@@ -58,8 +58,11 @@ def s3_server():
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     env = {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
     }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
@@ -90,8 +93,14 @@ def stage1_two_workers(two_node_cluster, scale_config):
 def saliency_one_actor(stage1_two_workers, scale_config, tmp_path_factory) -> str:
     data = load_data(scale_config)
     best = stage1_two_workers[-1]
-    return compute_saliency(data.train, [join(best.path, CHECKPOINT_MODEL_SUBDIR)], scale_config.data.max_length,
-                            tmp_path_factory.mktemp("saliency-1"), num_actors=1, batch_size=8)
+    return compute_saliency(
+        data.train,
+        [join(best.path, CHECKPOINT_MODEL_SUBDIR)],
+        scale_config.data.max_length,
+        tmp_path_factory.mktemp("saliency-1"),
+        num_actors=1,
+        batch_size=8,
+    )
 
 
 def alone(config: PipelineConfig, stage: str, **kwargs) -> list[dict]:
@@ -174,8 +183,14 @@ def test_two_saliency_actors_give_the_labels_of_one(saliency_one_actor, stage1_t
     data = load_data(scale_config)
     shuffled = data.train.sample(frac=1.0, random_state=7).reset_index(drop=True)  # other blocks, other order
     best = stage1_two_workers[-1]
-    two = compute_saliency(shuffled, [join(best.path, CHECKPOINT_MODEL_SUBDIR)], scale_config.data.max_length, tmp_path,
-                           num_actors=2, batch_size=4)
+    two = compute_saliency(
+        shuffled,
+        [join(best.path, CHECKPOINT_MODEL_SUBDIR)],
+        scale_config.data.max_length,
+        tmp_path,
+        num_actors=2,
+        batch_size=4,
+    )
     assert Path(two, SUCCESS_MARKER).is_file()
     tokenizer = AdapLeRForSequenceClassification.from_pretrained(Path(best.path) / CHECKPOINT_MODEL_SUBDIR).tokenizer
     one_labels = load_saliency(saliency_one_actor, data.train, tokenizer, scale_config.data.max_length)
@@ -193,8 +208,9 @@ def _bucket_keys(prefix: str = "") -> list[str]:
 
 
 @pytest.mark.slow
-def test_pipeline_with_storage_in_s3_and_a_failing_worker(two_node_cluster, tiny_backbone_dir, tiny_overrides,
-                                                           tmp_path, isolated_mlflow):
+def test_pipeline_with_storage_in_s3_and_a_failing_worker(
+    two_node_cluster, tiny_backbone_dir, tiny_overrides, tmp_path, isolated_mlflow
+):
     """ray.storage_path and MLflow's artefacts in one bucket; a worker fails once mid-epoch."""
     from mlflow import MlflowClient
 
@@ -202,11 +218,19 @@ def test_pipeline_with_storage_in_s3_and_a_failing_worker(two_node_cluster, tiny
     from adapler_pipelines.run import run_pipeline
 
     storage = f"s3://{BUCKET}/adapler"
-    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "s3run") + TWO_WORKERS + [
-        "stage1.epochs=2", f"ray.loader_hook={HOOK}", "tune.num_samples=1", f"ray.storage_path={storage}",
-        f"mlflow.artifact_location={storage}/mlflow", "mlflow.experiment=adapler-s3",
-        "mlflow.promote=always",  # @champion whether or not the tiny model's run warns: storage is the subject
-    ]
+    overrides = (
+        tiny_overrides(tiny_backbone_dir, tmp_path, "s3run")
+        + TWO_WORKERS
+        + [
+            "stage1.epochs=2",
+            f"ray.loader_hook={HOOK}",
+            "tune.num_samples=1",
+            f"ray.storage_path={storage}",
+            f"mlflow.artifact_location={storage}/mlflow",
+            "mlflow.experiment=adapler-s3",
+            "mlflow.promote=always",  # @champion whether or not the tiny model's run warns: storage is the subject
+        ]
+    )
     config = load_config(None, overrides, cls=PipelineConfig)
     marker = chaos_marker(config.name)
     marker.unlink(missing_ok=True)
@@ -222,7 +246,9 @@ def test_pipeline_with_storage_in_s3_and_a_failing_worker(two_node_cluster, tiny
     assert stage1["checkpoints"][0]["path"].startswith(f"{storage}/s3run-stage1-")
     assert stage1["saliency_path"].startswith(f"{storage}/s3run/saliency/saliency-")
     saliency = stage1["saliency_path"].removeprefix(f"s3://{BUCKET}/")
-    assert f"{saliency}/{SUCCESS_MARKER}" in keys and any(k.startswith(saliency) and k.endswith(".parquet") for k in keys)
+    assert f"{saliency}/{SUCCESS_MARKER}" in keys and any(
+        k.startswith(saliency) and k.endswith(".parquet") for k in keys
+    )
     assert any(k.startswith("adapler/s3run-tune/") for k in keys)  # Tune's results and trial checkpoints
     model_files = [k for k in keys if k.startswith("adapler/mlflow/") and k.endswith("/model.safetensors")]
     assert model_files, "the registered model is not in the bucket"
@@ -247,12 +273,30 @@ def test_ray_job_submit_runs_the_demo_on_both_nodes(two_node_cluster, tiny_backb
         pytest.skip("needs the installed `adapler` command beside this Python")
     job_dir = tmp_path / "job"
     job_dir.mkdir()
-    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "job") + TWO_WORKERS + [
-        "tune.num_samples=0", "mlflow.promote=always"]  # @champion whether or not the tiny model's run warns
+    overrides = (
+        tiny_overrides(tiny_backbone_dir, tmp_path, "job")
+        + TWO_WORKERS
+        + ["tune.num_samples=0", "mlflow.promote=always"]
+    )  # @champion whether or not the tiny model's run warns
     job = subprocess.run(
-        [str(bin_dir / "ray"), "job", "submit", "--address", two_node_cluster.dashboard, "--working-dir", ".",
-         "--", "adapler", "demo", *[arg for item in overrides for arg in ("--set", item)]],
-        cwd=job_dir, env=two_node_cluster.env, capture_output=True, text=True, timeout=900,
+        [
+            str(bin_dir / "ray"),
+            "job",
+            "submit",
+            "--address",
+            two_node_cluster.dashboard,
+            "--working-dir",
+            ".",
+            "--",
+            "adapler",
+            "demo",
+            *[arg for item in overrides for arg in ("--set", item)],
+        ],
+        cwd=job_dir,
+        env=two_node_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "succeeded" in job.stdout.lower()

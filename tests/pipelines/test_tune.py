@@ -26,7 +26,9 @@ from adapler_pipelines.tune import (
 
 
 def test_search_space_is_dotted_config_keys_applied_like_set():
-    config = load_config(None, ["tune.phi_min=0.002", "tune.phi_max=0.004", "tune.inits=[finetuned]"], cls=PipelineConfig)
+    config = load_config(
+        None, ["tune.phi_min=0.002", "tune.phi_max=0.004", "tune.inits=[finetuned]"], cls=PipelineConfig
+    )
     space = param_space(config.tune)
     assert set(space) == {"stage2.gamma", "stage2.phi", "stage2.lr", "stage2.init"}  # empty choices: not searched
     sampled = {key: domain.sample() for key, domain in space.items()}
@@ -45,8 +47,17 @@ def test_one_line_adds_a_searched_parameter():
 
 
 def test_the_first_trials_take_each_input_budget_shortest_first_then_a_gentler_phi():
-    config = load_config(None, ["tune.max_lengths=[64, 16, 32]", "stage2.phi=5.0", "stage2.lr=1e-4",
-                                "tune.lrs=[3e-5, 5e-5]", "tune.inits=[finetuned]"], cls=PipelineConfig)
+    config = load_config(
+        None,
+        [
+            "tune.max_lengths=[64, 16, 32]",
+            "stage2.phi=5.0",
+            "stage2.lr=1e-4",
+            "tune.lrs=[3e-5, 5e-5]",
+            "tune.inits=[finetuned]",
+        ],
+        cls=PipelineConfig,
+    )
     points = first_points(config)
     assert [p["data.max_length"] for p in points] == [16, 32, 64, 64]
     for point in points:
@@ -56,11 +67,13 @@ def test_the_first_trials_take_each_input_budget_shortest_first_then_a_gentler_p
     assert [p["stage2.phi"] for p in points] == [config.tune.phi_max] * 3 + [pytest.approx(config.tune.phi_max / 2)]
     from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(space=param_space(config.tune), metric=["a", "b"], mode=["max", "max"], seed=0,
-                            points_to_evaluate=points)
+    searcher = OptunaSearch(
+        space=param_space(config.tune), metric=["a", "b"], mode=["max", "max"], seed=0, points_to_evaluate=points
+    )
     suggested = [searcher.suggest(str(i)) for i in range(4)]
     assert [(s["data.max_length"], s["stage2.phi"]) for s in suggested] == [
-        (p["data.max_length"], p["stage2.phi"]) for p in points]
+        (p["data.max_length"], p["stage2.phi"]) for p in points
+    ]
 
     # without a searched budget: the config's own point, then the gentler one, clamped into the range
     unbudgeted = apply_overrides(config, {"tune.max_lengths": [], "stage2.phi": 0.15, "tune.phi_min": 0.1})
@@ -86,8 +99,10 @@ def test_asha_stops_early_all_but_the_gentler_trial():
         trials = [SimpleNamespace(trial_id=str(i), config=point) for i, point in enumerate(points)]
         for trial in trials:
             scheduler.on_trial_add(None, trial)
-        first = [scheduler.on_trial_result(None, t, {"training_iteration": 1, "objective": s})
-                 for t, s in zip(trials, scores)]
+        first = [
+            scheduler.on_trial_result(None, t, {"training_iteration": 1, "objective": s})
+            for t, s in zip(trials, scores)
+        ]
         return first, scheduler.on_trial_result(None, trials[-1], {"training_iteration": 3, "objective": 2.0})
 
     scores = [2.0, -0.07, 1.4]  # 32 tokens within the tolerance, 64 pruned too hard, the gentler one slower
@@ -101,9 +116,13 @@ def test_asha_stops_early_all_but_the_gentler_trial():
 
 
 def test_calibration_in_the_loop_adds_only_factors_within_the_goal_against_the_full_length(
-        tiny_model_factory, tmp_path):
-    config = load_config(None, ["data.source=rotten_tomatoes", "data.limit=24", "data.max_length=32",
-                                "stage2.batch_size=8"], cls=PipelineConfig)
+    tiny_model_factory, tmp_path
+):
+    config = load_config(
+        None,
+        ["data.source=rotten_tomatoes", "data.limit=24", "data.max_length=32", "stage2.batch_size=8"],
+        cls=PipelineConfig,
+    )
     model = tiny_model_factory(eta_init=0.5)
     model.tokenizer = copy.deepcopy(model.tokenizer)
     model.tokenizer.model_max_length = 16  # a trial at a 16-token budget
@@ -118,8 +137,9 @@ def test_calibration_in_the_loop_adds_only_factors_within_the_goal_against_the_f
     assert outcome.candidates[0].unpruned_accuracy == pytest.approx(unpruned)  # measured for each trained epoch
     added = [c for c in outcome.candidates if c.factor != 1.0]
     floor = max(own.accuracy, unpruned) - 0.01
-    assert added and all(c.dev_accuracy >= floor and c.unpruned_accuracy == pytest.approx(unpruned)
-                         for c in added)  # probes past the edge left out
+    assert added and all(
+        c.dev_accuracy >= floor and c.unpruned_accuracy == pytest.approx(unpruned) for c in added
+    )  # probes past the edge left out
     gain = budget_gain(model, dev, 32)
     assert gain > 1
     for c in added:  # each factor's speedup at the budget, times the budget's gain: against the 32-token backbone
