@@ -33,6 +33,15 @@ Goals (exactly one):
   max_drop=D        the largest dev FLOPs speedup among the explored factors whose dev accuracy
                     is >= (dev accuracy at f = 1) - D. f = 1 always qualifies, so this always
                     succeeds; the walk goes up only.
+  paired=PairedGoal the paired rule of :mod:`adapler.selection`: the fastest factor whose upper
+                    confidence bound of the paired accuracy drop against the reference's dev
+                    predictions (and the same weights with removal off) is within the
+                    tolerance, walking the factors up from the smallest measured and stopping
+                    at the first that fails (fixed-sequence testing: the walk's order is the
+                    factor, never an accuracy). Searched like ``min_accuracy``: up from f = 1
+                    when it meets the goal, else down. The bisection picks its midpoints by
+                    earlier outcomes, a handful of extra looks that the walk does not correct
+                    for. If no factor qualifies, the one with the smallest bound is chosen.
   min_accuracy=A    the largest dev FLOPs speedup among the explored factors whose dev accuracy
                     is >= A. If f = 1 is under A, the walk goes down (down to ``min_factor``)
                     until a factor meets it: a model trained to prune too hard gives accuracy
@@ -55,14 +64,38 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from adapler.evaluate import evaluate, unwrap
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.operating_points import CurvePoint, OperatingPoints, PointBudgets, budget_floor, name_points
+from adapler.paired import LabelFree, compare
+from adapler.selection import Candidate, certified, select
 
 
 GIVE_BACK_STEP = 2 ** -0.25  # walking down for min_accuracy: quarter octaves to 1/2, then halving
+
+
+@dataclass(frozen=True)
+class PairedGoal:
+    """The paired rule as a calibration goal (:func:`calibrate`): what each factor's dev
+    predictions (loader order) are compared with, and the promise (:mod:`adapler.selection`)."""
+
+    reference: np.ndarray  # (N,) the reference's dev predictions (stage 1: the backbone fine-tuned)
+    labels: np.ndarray  # (N,) dev labels
+    tolerance: float  # fraction (0.01 = one point)
+    confidence: float  # of this curve's walk (already corrected for other curves searched)
+    relative_tolerance: float | None = None
+    unpruned: np.ndarray | None = None  # (N,) the same weights with removal off; None: not compared
+    label_free: Callable[[float], LabelFree] | None = None  # factor -> changes on texts without labels
+
+    def candidate(self, factor: float, predictions: np.ndarray, accuracy: float, speedup: float) -> Candidate:
+        """One measured factor as a selection candidate (trial "calibration", epoch 0)."""
+        return Candidate(
+            "calibration", 0, accuracy, speedup, factor=factor, paired=compare(self.reference, predictions, self.labels),
+            unpruned_paired=None if self.unpruned is None else compare(self.unpruned, predictions, self.labels),
+            label_free=None if self.label_free is None else self.label_free(factor))
 
 
 @dataclass(frozen=True)
@@ -73,9 +106,12 @@ class Calibration:
     target_speedup: float | None  # the goal, as given to calibrate()
     max_drop: float | None
     min_accuracy: float | None = None
+    paired: list[Candidate] | None = None  # goal paired: every factor as a candidate with its comparisons, by factor
 
     @property
     def goal(self) -> str:
+        if self.paired is not None:
+            return "paired bound"
         if self.target_speedup is not None:
             return f"target_speedup={self.target_speedup:g}"
         if self.min_accuracy is not None:
@@ -142,12 +178,13 @@ def calibrate(
     min_factor: float = 1 / 64,
     on_point: Callable[[CurvePoint], None] | None = None,
     flops_gain: float = 1.0,
+    paired: PairedGoal | None = None,
 ) -> Calibration:
     """Search one global eta factor on ``loader`` (the dev split) for the goal; see the module
     docstring. ``on_point`` is called with each point as it is measured (progress). The model's
     etas are restored afterwards; build the calibrated model with :func:`apply_factor`."""
-    if sum(goal is not None for goal in (target_speedup, max_drop, min_accuracy)) != 1:
-        raise ValueError("give exactly one of target_speedup, max_drop and min_accuracy")
+    if sum(goal is not None for goal in (target_speedup, max_drop, min_accuracy, paired)) != 1:
+        raise ValueError("give exactly one of target_speedup, max_drop, min_accuracy and paired")
     if target_speedup is not None and not target_speedup > 0:
         raise ValueError(f"target_speedup must be > 0, got {target_speedup}")
     if max_drop is not None and not 0 <= max_drop <= 1:
@@ -159,6 +196,21 @@ def calibrate(
     curve = measure.curve
     baseline = measure(1.0)
     ceiling = max(saturation_factor(model, _max_input_length(loader)), 1.0)  # <= 1: saturated as trained
+    if paired is not None:
+        def candidates() -> list[Candidate]:
+            return [paired.candidate(p.factor, measure.predictions[p.factor], p.accuracy, p.flops_speedup) for p in curve()]
+
+        def meets(point: CurvePoint) -> bool:  # the walk's verdict over the points measured so far
+            passed = certified(candidates(), paired.confidence, paired.tolerance, paired.relative_tolerance)
+            return any(c.factor == point.factor for c in passed)
+
+        upwards = meets(baseline)
+        flip = _walk(measure, meets, _geometric(2.0, ceiling) if upwards else _geometric(GIVE_BACK_STEP, min_factor))
+        if flip is not None:
+            _bisect(*flip, measure, meets, tolerance)
+        final = candidates()
+        choice = select(final, 0.0, paired.tolerance, paired.confidence, paired.relative_tolerance).chosen
+        return Calibration(curve(), measure(choice.factor), baseline, None, None, None, final)
     if min_accuracy is not None:
         def meets(point: CurvePoint) -> bool:
             return point.accuracy >= min_accuracy
@@ -204,6 +256,7 @@ class _Probe:
     def __init__(self, model, loader, on_point: Callable[[CurvePoint], None] | None, flops_gain: float = 1.0):
         self.model, self.loader, self.on_point, self.flops_gain = model, loader, on_point, flops_gain
         self.measured: dict[float, CurvePoint] = {}
+        self.predictions: dict[float, np.ndarray] = {}  # factor -> (N,) dev predictions, loader order
 
     def __call__(self, factor: float) -> CurvePoint:
         if not self.measured:
@@ -213,6 +266,7 @@ class _Probe:
                 result = evaluate(self.model, self.loader, removal="packed")
             self.measured[factor] = CurvePoint(
                 factor, result.accuracy, result.flops_speedup * self.flops_gain, result.examples_per_s)
+            self.predictions[factor] = result.predictions
             if self.on_point is not None:
                 self.on_point(self.measured[factor])
         return self.measured[factor]
