@@ -113,6 +113,19 @@ def drop_upper_bound(comparison: PairedComparison, confidence: float, label_free
     return min(conditional, clopper_pearson_upper(changed, texts, alpha))
 
 
+def paired_summary(comparison: PairedComparison, confidence: float) -> dict[str, float]:
+    """The comparison's figures as one flat record (fractions; what `adapler evaluate --against`
+    prints and a run's records carry)."""
+    return {
+        "examples": comparison.examples, "changed": comparison.changed, "newly_wrong": comparison.newly_wrong,
+        "newly_right": comparison.newly_right, "drop": comparison.drop,
+        "drop_bound": drop_upper_bound(comparison, confidence), "confidence": confidence,
+        "error_ratio": comparison.error_ratio,
+        "smallest_certifiable_drop": smallest_certifiable_drop(
+            comparison.examples, comparison.changed / max(comparison.examples, 1), confidence),
+    }
+
+
 def smallest_certifiable_drop(examples: int, changed_rate: float, confidence: float,
                               label_free: LabelFree | None = None) -> float:
     """The bound a point would get on ``examples`` labelled examples if it changed this share of
