@@ -45,6 +45,7 @@ Plain Python: the training loop, the Ray Tune search and the report all import i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,6 +168,11 @@ class Certificate:
 
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
+
+    def metrics(self) -> dict[str, float]:
+        """As run metrics (``paired_`` names; an infinite error ratio, the reference made no
+        error, left out)."""
+        return {f"paired_{k}": v for k, v in self.to_dict().items() if math.isfinite(v)}
 
 
 def certificate(selection: Selection, tolerance: float, relative_tolerance: float | None = None) -> Certificate | None:
