@@ -32,7 +32,8 @@ from adapler.data import load_data
 from adapler.calibration import apply_factor, measure_operating_points
 from adapler.onnx_export import export_model_dir
 from adapler.operating_points import OperatingPoints
-from adapler.selection import Candidate, best_epochs, no_pruning_warning, tolerance_warning
+from adapler.selection import (Candidate, best_epochs, certificate, loose_bound_warning, no_pruning_warning,
+                               tolerance_warning)
 from adapler_pipelines.calibrate import points_tags, write_points_curve
 from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.ray_local import init_ray
@@ -101,6 +102,8 @@ class PipelineSummary:
     chosen: dict
     wall_seconds: float
     operating_points: dict | None = None  # the registered model's (OperatingPoints.to_dict), None if off
+    # The chosen point's paired evidence on dev (adapler.selection.Certificate), None under the marginal rule
+    certificate: dict | None = None
 
     def table(self) -> str:
         rows = [
@@ -197,7 +200,7 @@ def run_stage2(config: PipelineConfig, stage1: Stage1Outcome, out: Path, parent_
         outcome = without_search(config, epochs, stage1.reference)
     if config.tune.calibrate:
         print("      calibrating the front's models on dev (global eta factor)", flush=True)
-        outcome = calibrate_front(outcome, config, stage1.reference)
+        outcome = calibrate_front(outcome, config, stage1.reference, stage1.best_model_dir)
     write_pareto(outcome.candidates, outcome.selection, out / "report", stage1.reference)
     mlflow.log_artifacts(str(out / "report"), artifact_path="report", run_id=parent_run_id)
     if not outcome.selection.eligible:
@@ -274,14 +277,15 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
         f"try `adapler tune --config {out / 'config.json'} --set tune.inits=[finetuned] --set tune.phi_min={low:g} "
         f"--set tune.phi_max={high:g} --set stage2.phi={math.sqrt(low * high):.2g}`",
     )
-    warning = " ".join(w for w in (no_pruning, accuracy_lost) if w)
+    trust = certificate(outcome.selection, config.stage2.selection_tolerance, config.stage2.selection_relative_tolerance)
+    warning = " ".join(w for w in (no_pruning, accuracy_lost, loose_bound_warning(trust)) if w)
     metrics = {
         "stage1_dev_accuracy": stage1.reference, "dev_accuracy": chosen.dev_accuracy,
         "backbone_test_accuracy": base.accuracy, "test_accuracy": ours.accuracy,
         "flops_speedup": flops_speedup, "dev_flops_speedup": chosen.dev_flops_speedup,
         "input_budget": model.tokenizer.model_max_length,
         "backbone_examples_per_s": base_speed, "adapler_examples_per_s": our_speed,
-        "eta_factor": chosen.factor,
+        "eta_factor": chosen.factor, **(trust.metrics() if trust else {}),
     }
     if warning:
         print(f"      warning: {warning}", flush=True)
@@ -309,6 +313,7 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
         warning=warning,
         alias=promotion.alias, promotion=promotion.reason, run_dir=str(out), model_dir=str(model_dir), chosen=asdict(chosen),
         wall_seconds=time.perf_counter() - start, operating_points=points.to_dict() if points else None,
+        certificate=trust.to_dict() if trust else None,
     )
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
