@@ -38,6 +38,11 @@ Goals:
                       is an error that names the best speedup reached.
   --max-drop D        the highest dev FLOPs speedup among the factors tried whose dev accuracy
                       is >= the as-trained dev accuracy - D (e.g. 0.01 = one point).
+                      With --against STAGE1 (the reference: stage 1's model, or the backbone
+                      fine-tuned), the paired rule instead: the fastest factor whose upper
+                      --confidence bound (default 0.9) of the paired accuracy drop against the
+                      reference's and its own unpruned dev predictions is within D, walking the
+                      factors up (adapler.selection, adapler.paired).
   --points            leave the etas as they are and store the model's operating points in its
                       config.json: a curve of factors on dev and three names on it, accurate
                       (the fastest within 0.2 points of the best dev accuracy), balanced (the
@@ -72,6 +77,9 @@ def add_calibrate_command(subparsers) -> argparse.ArgumentParser:
                       help="store the operating points accurate / balanced / fast (and the curve) with the model")
     c.add_argument("--fast-drop", type=float, metavar="D",
                    help="--points: dev accuracy the 'fast' point may lose against 'accurate' (default 0.03)")
+    c.add_argument("--against", metavar="MODEL",
+                   help="--max-drop: bound the paired drop against this reference's dev predictions (stage 1's model)")
+    c.add_argument("--confidence", type=float, default=0.9, help="--against: of the upper bound (default 0.9)")
     c.add_argument("--output", help="save the calibrated model here (save_pretrained format)")
     c.add_argument("--set-alias", metavar="NAME",
                    help="models:/ only: point this alias (e.g. champion) at the new version")
@@ -95,6 +103,10 @@ def _check_args(args: argparse.Namespace, from_registry: bool) -> None:
         raise UserError("--fast-drop goes with --points")
     if args.fast_drop is not None and not 0 <= args.fast_drop <= 1:
         raise UserError(f"--fast-drop must be in [0, 1] (absolute accuracy), got {args.fast_drop:g}")
+    if args.against and args.max_drop is None:
+        raise UserError("--against goes with --max-drop (the drop the paired bound must stay within)")
+    if not 0 < args.confidence < 1:
+        raise UserError(f"--confidence must be in (0, 1), got {args.confidence:g}")
     if args.set_alias and not from_registry:
         raise UserError("--set-alias needs a registered model (--model models:/<name>@<alias>)")
     if args.output:
@@ -154,7 +166,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
               file=sys.stderr, flush=True)
 
     search = _search_points if args.points else _search_factor
-    calibrated, register = search(model, engine, loader, args, data_description, progress, flops_gain)
+    calibrated, register = search(model, engine, loader, rows, args, data_description, progress, flops_gain)
     if args.output:
         calibrated.save_pretrained(args.output)
         print(f"saved: {args.output}")
@@ -170,15 +182,21 @@ def run_calibrate(args: argparse.Namespace) -> None:
         print("not saved: give --output DIR to keep the calibrated model")
 
 
-def _search_factor(model, engine, loader, args: argparse.Namespace, data_description: str, progress,
+def _search_factor(model, engine, loader, rows, args: argparse.Namespace, data_description: str, progress,
                    flops_gain: float):
     """--target-speedup / --max-drop, measured on ``engine`` (``model`` on the chosen runtime):
     the calibrated model, and how to register it."""
     from adapler.calibration import TargetUnreachable, apply_factor, calibrate
 
+    goals = {"target_speedup": args.target_speedup, "max_drop": args.max_drop}
+    if args.against:
+        from adapler.evidence import paired_goal, reference_predictions
+
+        reference = reference_predictions(load_model(args.against, args.device), rows, None, args.batch_size)
+        goals = {"paired": paired_goal(model, rows, None, reference, args.max_drop, args.confidence,
+                                       batch_size=args.batch_size)}
     try:
-        result = calibrate(engine, loader, target_speedup=args.target_speedup, max_drop=args.max_drop,
-                           on_point=progress, flops_gain=flops_gain)
+        result = calibrate(engine, loader, **goals, on_point=progress, flops_gain=flops_gain)
     except TargetUnreachable as err:
         print(format_curve(err.points))
         raise UserError(str(err)) from None
@@ -200,7 +218,7 @@ def _search_factor(model, engine, loader, args: argparse.Namespace, data_descrip
     return apply_factor(model, chosen.factor), register
 
 
-def _search_points(model, engine, loader, args: argparse.Namespace, data_description: str, progress,
+def _search_points(model, engine, loader, rows, args: argparse.Namespace, data_description: str, progress,
                    flops_gain: float):
     """--points, measured on ``engine``: the model with its operating points (etas unchanged), and
     how to register it."""
