@@ -69,7 +69,8 @@ import torch
 
 from adapler.evaluate import evaluate, unwrap
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.operating_points import CurvePoint, OperatingPoints, PointBudgets, budget_floor, name_points
+from adapler.operating_points import (CurvePoint, OperatingPoints, PointBudgets, budget_floor, name_points,
+                                      name_points_paired)
 from adapler.paired import LabelFree, compare
 from adapler.selection import Candidate, certified, select
 
@@ -287,6 +288,7 @@ def measure_operating_points(
     min_factor: float = 1 / 8,
     on_point: Callable[[CurvePoint], None] | None = None,
     flops_gain: float = 1.0,
+    confidence: float | None = None,
 ) -> OperatingPoints:
     """Measure the model's curve on ``loader`` (the dev split) and name its operating points
     (:mod:`adapler.operating_points`); the model's etas are left as they are.
@@ -296,7 +298,8 @@ def measure_operating_points(
     budget (up to saturation). Then, for accurate, balanced and fast in turn, bisect between the
     named point and the next factor measured above it (the one that left the budget), to within
     ``tolerance`` (relative). Accuracy need not be monotone in the factor: the names are always
-    given over every point measured. ``flops_gain``: as in :func:`calibrate`."""
+    given over every point measured. ``flops_gain``: as in :func:`calibrate`. With ``confidence``,
+    balanced and fast are named by the paired rule (:func:`adapler.operating_points.name_points_paired`)."""
     budgets = budgets or PointBudgets()
     measure = _Probe(model, loader, on_point, flops_gain)
     baseline = measure(1.0)
@@ -313,7 +316,11 @@ def measure_operating_points(
         above = [p for p in measure.curve() if p.factor > point.factor]
         if above and not within(name)(above[0]):
             _bisect(point.factor, above[0].factor, measure, within(name), tolerance)
-    return OperatingPoints.from_curve(measure.curve(), budgets, data)
+    if confidence is None:
+        return OperatingPoints.from_curve(measure.curve(), budgets, data)
+    labels = np.concatenate([batch["labels"].numpy() for batch in loader])
+    named = name_points_paired(measure.curve(), measure.predictions, labels, budgets, confidence)
+    return OperatingPoints(tuple(measure.curve()), {name: p.factor for name, p in named.items()}, budgets, data)
 
 
 def _geometric(step: float, limit: float, start: float = 1.0) -> Iterator[float]:

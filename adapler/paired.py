@@ -6,19 +6,21 @@ before? With n labelled examples, b newly wrong and c newly right, the observed 
 (b - c) / n. Its noise comes from the b + c changed predictions only, far less than the marginal
 noise of two accuracies.
 
-The one-sided upper confidence bound (:func:`drop_upper_bound`) is exact on the disagreements:
-conditional on the d = b + c predictions that turned, b is binomial with p = P(newly wrong |
-turned), and drop = pi * (2p - 1) with pi the turning rate. Clopper-Pearson bounds p from above
-(p_u, 1 when nothing turned), and pi is plugged in at its estimate: d / n from the labels, or,
-where label-free texts are given, the rate of any changed prediction over every text (>= pi,
+The one-sided upper confidence bound (:func:`drop_upper_bound`) is the exact binomial one on the
+disagreements: conditional on the d = b + c predictions that turned, b is binomial with p =
+P(newly wrong | turned), and drop = pi * (2p - 1) with pi the turning rate. Clopper-Pearson bounds
+p from above (p_u, 1 when nothing turned); pi is plugged in at its estimate (not bounded: its
+noise multiplies 2p - 1, which is near 0 exactly where the bound decides), d / n from the labels,
+or, where label-free texts are given, the rate of any changed prediction over every text (>= pi,
 since a wrong label can also turn into another wrong one). A prediction that does not change
 cannot lose accuracy, so the drop is also at most the disagreement rate: its own Clopper-Pearson
-bound (on every text counted) caps the result. Either bound alone holds at ``confidence``; their
-minimum at 1 - 2 (1 - confidence) in the worst case, and the cap binds only where hardly anything
-changes. :func:`smallest_certifiable_drop` is the bound this split gives a point that changes its
-observed share of predictions and loses nothing on balance, and :func:`rows_needed` how many
-examples would bring it under a tolerance. The benchmark (bench/selection_trust.py) measured it
-against a paired bootstrap (:mod:`adapler.selection` has the numbers).
+bound (on every text counted) caps the result, which binds only where hardly anything changes.
+The bootstrap the issue used resamples the same counts without the conditioning and was the more
+optimistic of the two on the benchmark (bench/selection_trust.py).
+
+:func:`smallest_certifiable_drop` is the bound this split gives a point that changes its observed
+share of predictions and loses nothing on balance, and :func:`rows_needed` how many examples
+would bring it under a tolerance.
 
 Numpy and ``math`` only (scipy is no dependency): the beta quantiles come from :func:`_beta_ppf`,
 bisection on the regularized incomplete beta (a continued fraction); the counts are integers, so
