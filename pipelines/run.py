@@ -241,7 +241,7 @@ def store_operating_points(config: PipelineConfig, model_dir: Path, dev: pd.Data
 
     model.operating_points = measure_operating_points(
         model, loader, config.operating_points.budgets, data=f"{data_name} dev ({len(dev)} examples)", on_point=progress,
-        flops_gain=budget_gain(model, dev))
+        flops_gain=budget_gain(model, dev), confidence=config.stage2.selection_confidence)
     model.save_pretrained(model_dir)
     print(f"      operating points: {model.operating_points.describe()}", flush=True)
     files = write_points_curve(model.operating_points, report_dir / "operating_points")
