@@ -255,11 +255,13 @@ def no_pruning_warning(dev_flops_speedup: float, next_step: str) -> str:
 
 def tolerance_warning(selection: Selection, reference: float, tolerance: float, next_step: str) -> str:
     """One plain sentence when no candidate stayed within ``tolerance`` (the rule then took the
-    most accurate one, which is less accurate than the backbone), else "". ``next_step``: what
+    most accurate one, which is less accurate than the backbone), else "". Under the paired rule
+    only when the chosen point's observed dev drop exceeds the tolerance too: a bound that is
+    merely loose is :func:`loose_bound_warning`'s. ``next_step``: what
     to try, e.g. a command."""
-    if selection.eligible:
-        return ""
     chosen = selection.chosen
+    if selection.eligible or (chosen.paired is not None and chosen.paired.drop <= tolerance):
+        return ""  # paired rule, nothing certified but nothing seen lost: loose_bound_warning speaks
     return (f"no model stage 2 trained stayed within {tolerance * 100:g} point(s) of stage 1's dev accuracy "
             f"{reference:.4f}, so the chosen one is only the most accurate it found ({chosen.dev_accuracy:.4f} on dev "
             f"at {chosen.dev_flops_speedup:.2f}x): stage 2 lost accuracy, most often because the length penalty phi "
