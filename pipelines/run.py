@@ -294,7 +294,7 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
             **(points_tags(points) if points else {})}
     name, version = register_model(model_dir, config, metrics, model_name(config), parent_run_id=parent_run_id,
                                    tags=tags, artifacts=curve_files)
-    promotion = promote(name, version, config, warning)
+    promotion = promote(name, version, config, " ".join(w for w in (no_pruning, accuracy_lost) if w))  # a loose bound is said, not held against it
     print(f"      {name}: {promotion.reason}", flush=True)
     client = client_for(config.mlflow.tracking_uri)
     for key, value in (("registered_model", name), ("version", version), ("alias", promotion.alias),
