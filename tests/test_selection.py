@@ -203,7 +203,7 @@ def test_label_free_texts_are_used_and_reported(tmp_path):
 def test_loose_bound_sentence_on_a_tiny_dev_split():
     from adapler.selection import certificate, loose_bound_warning, tolerance_warning
 
-    tiny = select([paired_point("a", 0, 1.0, 2.0, b=4, c=3, n=60)], 0.8, 0.01)
+    tiny = select([paired_point("a", 0, 1.0, 2.0, b=3, c=3, n=60)], 0.8, 0.01)
     warning = loose_bound_warning(certificate(tiny, 0.01))
     assert "60 dev examples" in warning and "data.unlabeled_file" in warning and "add about" in warning
     assert not tiny.eligible and tolerance_warning(tiny, 0.8, 0.01, "try x") == ""  # loose, not seen lost
