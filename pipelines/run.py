@@ -294,7 +294,8 @@ def finish(config: PipelineConfig, stage1: Stage1Outcome, outcome: SearchOutcome
             **(points_tags(points) if points else {})}
     name, version = register_model(model_dir, config, metrics, model_name(config), parent_run_id=parent_run_id,
                                    tags=tags, artifacts=curve_files)
-    promotion = promote(name, version, config, " ".join(w for w in (no_pruning, accuracy_lost) if w))  # a loose bound is said, not held against it
+    # A loose bound is said (warning), not held against promotion: small dev splits are the norm.
+    promotion = promote(name, version, config, " ".join(w for w in (no_pruning, accuracy_lost) if w))
     print(f"      {name}: {promotion.reason}", flush=True)
     client = client_for(config.mlflow.tracking_uri)
     for key, value in (("registered_model", name), ("version", version), ("alias", promotion.alias),
