@@ -32,6 +32,15 @@ Goals (exactly one):
   max_drop=D        the largest dev FLOPs speedup among the explored factors whose dev accuracy
                     is >= (dev accuracy at f = 1) - D. f = 1 always qualifies, so this always
                     succeeds; the walk goes up only.
+  paired=PairedGoal the paired rule of :mod:`adapler.selection`: the fastest factor whose upper
+                    confidence bound of the paired accuracy drop against the reference's dev
+                    predictions (and the same weights with removal off) is within the
+                    tolerance, walking the factors up from the smallest measured and stopping
+                    at the first that fails (fixed-sequence testing: the walk's order is the
+                    factor, never an accuracy). Searched like ``min_accuracy``: up from f = 1
+                    when it meets the goal, else down. The bisection picks its midpoints by
+                    earlier outcomes, a handful of extra looks that the walk does not correct
+                    for. If no factor qualifies, the one with the smallest bound is chosen.
   min_accuracy=A    the largest dev FLOPs speedup among the explored factors whose dev accuracy
                     is >= A. If f = 1 is under A, the walk goes down (down to ``min_factor``)
                     until a factor meets it: a model trained to prune too hard gives accuracy
@@ -56,14 +65,51 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
 from adapler.evaluate import budget_gain, evaluate, unwrap
 from adapler.modeling import AdapLeRForSequenceClassification
-from adapler.operating_points import CurvePoint, OperatingPoints, PointBudgets, budget_floor, name_points
+from adapler.operating_points import (
+    CurvePoint,
+    OperatingPoints,
+    PointBudgets,
+    budget_floor,
+    name_points,
+    name_points_paired,
+)
+from adapler.paired import LabelFree, compare
+from adapler.selection import Candidate, certified, select
 
 GIVE_BACK_STEP = 2**-0.25  # walking down for min_accuracy: quarter octaves to 1/2, then halving
+
+
+@dataclass(frozen=True)
+class PairedGoal:
+    """The paired rule as a calibration goal (:func:`calibrate`): what each factor's dev
+    predictions (loader order) are compared with, and the promise (:mod:`adapler.selection`)."""
+
+    reference: np.ndarray  # (N,) the reference's dev predictions (stage 1: the backbone fine-tuned)
+    labels: np.ndarray  # (N,) dev labels
+    tolerance: float  # fraction (0.01 = one point)
+    confidence: float  # of this curve's walk (already corrected for other curves searched)
+    relative_tolerance: float | None = None
+    unpruned: np.ndarray | None = None  # (N,) the same weights with removal off; None: not compared
+    label_free: Callable[[float], LabelFree] | None = None  # factor -> changes on texts without labels
+
+    def candidate(self, factor: float, predictions: np.ndarray, accuracy: float, speedup: float) -> Candidate:
+        """One measured factor as a selection candidate (trial "calibration", epoch 0)."""
+        return Candidate(
+            "calibration",
+            0,
+            accuracy,
+            speedup,
+            factor=factor,
+            paired=compare(self.reference, predictions, self.labels),
+            unpruned_paired=None if self.unpruned is None else compare(self.unpruned, predictions, self.labels),
+            label_free=None if self.label_free is None else self.label_free(factor),
+        )
 
 
 @dataclass(frozen=True)
@@ -74,9 +120,12 @@ class Calibration:
     target_speedup: float | None  # the goal, as given to calibrate()
     max_drop: float | None
     min_accuracy: float | None = None
+    paired: list[Candidate] | None = None  # goal paired: every factor as a candidate with its comparisons, by factor
 
     @property
     def goal(self) -> str:
+        if self.paired is not None:
+            return "paired bound"
         if self.target_speedup is not None:
             return f"target_speedup={self.target_speedup:g}"
         if self.min_accuracy is not None:
@@ -143,12 +192,13 @@ def calibrate(
     min_factor: float = 1 / 64,
     on_point: Callable[[CurvePoint], None] | None = None,
     flops_gain: float = 1.0,
+    paired: PairedGoal | None = None,
 ) -> Calibration:
     """Search one global eta factor on ``loader`` (the dev split) for the goal; see the module
     docstring. ``on_point`` is called with each point as it is measured (progress). The model's
     etas are restored afterwards; build the calibrated model with :func:`apply_factor`."""
-    if sum(goal is not None for goal in (target_speedup, max_drop, min_accuracy)) != 1:
-        raise ValueError("give exactly one of target_speedup, max_drop and min_accuracy")
+    if sum(goal is not None for goal in (target_speedup, max_drop, min_accuracy, paired)) != 1:
+        raise ValueError("give exactly one of target_speedup, max_drop, min_accuracy and paired")
     if target_speedup is not None and not target_speedup > 0:
         raise ValueError(f"target_speedup must be > 0, got {target_speedup}")
     if max_drop is not None and not 0 <= max_drop <= 1:
@@ -160,6 +210,24 @@ def calibrate(
     curve = measure.curve
     baseline = measure(1.0)
     ceiling = max(saturation_factor(model, _max_input_length(loader)), 1.0)  # <= 1: saturated as trained
+    if paired is not None:
+
+        def candidates() -> list[Candidate]:
+            return [
+                paired.candidate(p.factor, measure.predictions[p.factor], p.accuracy, p.flops_speedup) for p in curve()
+            ]
+
+        def meets(point: CurvePoint) -> bool:  # the walk's verdict over the points measured so far
+            passed = certified(candidates(), paired.confidence, paired.tolerance, paired.relative_tolerance)
+            return any(c.factor == point.factor for c in passed)
+
+        upwards = meets(baseline)
+        flip = _walk(measure, meets, _geometric(2.0, ceiling) if upwards else _geometric(GIVE_BACK_STEP, min_factor))
+        if flip is not None:
+            _bisect(*flip, measure, meets, tolerance)
+        final = candidates()
+        choice = select(final, 0.0, paired.tolerance, paired.confidence, paired.relative_tolerance).chosen
+        return Calibration(curve(), measure(choice.factor), baseline, None, None, None, final)
     if min_accuracy is not None:
 
         def meets(point: CurvePoint) -> bool:
@@ -215,6 +283,7 @@ class _Probe:
     def __init__(self, model, loader, on_point: Callable[[CurvePoint], None] | None, flops_gain: float = 1.0):
         self.model, self.loader, self.on_point, self.flops_gain = model, loader, on_point, flops_gain
         self.measured: dict[float, CurvePoint] = {}
+        self.predictions: dict[float, np.ndarray] = {}  # factor -> (N,) dev predictions, loader order
 
     def __call__(self, factor: float) -> CurvePoint:
         if not self.measured:
@@ -225,6 +294,7 @@ class _Probe:
             self.measured[factor] = CurvePoint(
                 factor, result.accuracy, result.flops_speedup * self.flops_gain, result.examples_per_s
             )
+            self.predictions[factor] = result.predictions
             if self.on_point is not None:
                 self.on_point(self.measured[factor])
         return self.measured[factor]
@@ -245,6 +315,7 @@ def measure_operating_points(
     min_factor: float = 1 / 8,
     on_point: Callable[[CurvePoint], None] | None = None,
     flops_gain: float = 1.0,
+    confidence: float | None = None,
 ) -> OperatingPoints:
     """Measure the model's curve on ``loader`` (the dev split) and name its operating points
     (:mod:`adapler.operating_points`); the model's etas are left as they are.
@@ -254,7 +325,8 @@ def measure_operating_points(
     budget (up to saturation). Then, for accurate, balanced and fast in turn, bisect between the
     named point and the next factor measured above it (the one that left the budget), to within
     ``tolerance`` (relative). Accuracy need not be monotone in the factor: the names are always
-    given over every point measured. ``flops_gain``: as in :func:`calibrate`."""
+    given over every point measured. ``flops_gain``: as in :func:`calibrate`. With ``confidence``,
+    balanced and fast are named by the paired rule (:func:`adapler.operating_points.name_points_paired`)."""
     budgets = budgets or PointBudgets()
     measure = _Probe(model, loader, on_point, flops_gain)
     baseline = measure(1.0)
@@ -271,7 +343,11 @@ def measure_operating_points(
         above = [p for p in measure.curve() if p.factor > point.factor]
         if above and not within(name)(above[0]):
             _bisect(point.factor, above[0].factor, measure, within(name), tolerance)
-    return OperatingPoints.from_curve(measure.curve(), budgets, data)
+    if confidence is None:
+        return OperatingPoints.from_curve(measure.curve(), budgets, data)
+    labels = np.concatenate([batch["labels"].numpy() for batch in loader])
+    named = name_points_paired(measure.curve(), measure.predictions, labels, budgets, confidence)
+    return OperatingPoints(tuple(measure.curve()), {name: p.factor for name, p in named.items()}, budgets, data)
 
 
 def dev_description(data_name: str, rows: pd.DataFrame) -> str:
@@ -287,13 +363,15 @@ def attach_operating_points(
     budgets: PointBudgets | None = None,
     engine=None,
     on_point: Callable[[CurvePoint], None] | None = None,
+    confidence: float | None = None,
 ) -> OperatingPoints:
     """Measure ``model``'s operating points on ``loader`` (over ``rows``, the dev split of
     ``data_name``) and store them in ``model.operating_points`` (saved with its config.json;
     the etas are left as they are). ``engine``: what runs the dev passes, default ``model``
     (e.g. its ONNX Runtime twin, so that the curve's examples/s are the deployed runtime's).
     Speedups are against the backbone at the length the model was chosen against
-    (:func:`adapler.evaluate.budget_gain`)."""
+    (:func:`adapler.evaluate.budget_gain`). ``confidence``: name the points by the paired-bound
+    rule (:func:`measure_operating_points`), else by their dev accuracy."""
     points = measure_operating_points(
         engine or model,
         loader,
@@ -301,6 +379,7 @@ def attach_operating_points(
         data=dev_description(data_name, rows),
         on_point=on_point,
         flops_gain=budget_gain(model, rows),
+        confidence=confidence,
     )
     model.operating_points = points
     return points

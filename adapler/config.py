@@ -75,6 +75,9 @@ class DataConfig:
     train_file: str | None = None  # for source="files"
     dev_file: str | None = None
     test_file: str | None = None
+    # Texts without labels like the inputs (CSV / TSV / JSON lines / parquet with text_column):
+    # how often pruning changes a prediction on them bounds the accuracy drop (adapler.paired).
+    unlabeled_file: str | None = None
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -130,7 +133,23 @@ class Stage2Config:
     init: Literal["pretrained", "finetuned"] = "pretrained"
     # A stage-2 epoch is eligible only if its dev score >= best stage-1 dev score - this.
     selection_tolerance: float = 0.01
+    # Where paired dev predictions are measured (adapler.selection.select): the one-sided
+    # confidence of the upper bound on a candidate's paired accuracy drop, which must be within
+    # the tolerance (for the whole choice: corrected for the number of curves searched).
+    selection_confidence: float = 0.9
+    # The drop allowed may also be a share of stage 1's dev error rate (0.5: at most 1.5 times its
+    # errors); the smaller of the two applies. None: points only.
+    selection_relative_tolerance: float | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.selection_confidence < 1:
+            raise ConfigError(f"stage2.selection_confidence must be in (0, 1), got {self.selection_confidence}")
+        if self.selection_relative_tolerance is not None and not self.selection_relative_tolerance > 0:
+            raise ConfigError(
+                "stage2.selection_relative_tolerance must be > 0 (a share of the error rate), "
+                f"got {self.selection_relative_tolerance}"
+            )
 
 
 @dataclass

@@ -583,6 +583,28 @@ def _carve_from_train(train: pd.DataFrame, missing: list[str], seed: int, hint: 
     return parts
 
 
+def load_unlabeled(path: str | Path, text_column: str = "text", text_pair_column: str | None = None) -> pd.DataFrame:
+    """Texts without labels (``data.unlabeled_file``): a frame with text and text_pair columns,
+    what :func:`adapler.batching.make_loader` reads (labels 0: never compared with anything)."""
+    source = f"unlabeled file {path}"
+    table = _read_table(Path(path), source)
+    _require_columns(table, source, [text_column] + ([text_pair_column] if text_pair_column else []))
+    texts = [
+        _text(value, text_column, f"{source} row {row + 1}") for row, value in zip(table.index, table[text_column])
+    ]
+    pairs = (
+        None
+        if text_pair_column is None
+        else [
+            _text(value, text_pair_column, f"{source} row {row + 1}")
+            for row, value in zip(table.index, table[text_pair_column])
+        ]
+    )
+    return pd.DataFrame(
+        {"id": [f"unlabeled-{row}" for row in table.index], "text": texts, "text_pair": pairs, "label": 0}
+    )
+
+
 def load_data(config: ExperimentConfig) -> DatasetSplits:
     """The splits that ``config.data`` names (every entry point loads data through this)."""
     d = config.data

@@ -16,6 +16,11 @@ budgets (:class:`PointBudgets`, absolute dev accuracy):
   balanced  the fastest point within ``budgets.balanced`` (1 point) of ``accurate``.
   fast      the fastest point within ``budgets.fast`` (3 points by default) of ``accurate``.
 
+With the dev predictions of every curve point at hand (:func:`name_points_paired`), balanced and
+fast are named by the paired rule of :mod:`adapler.selection` instead: walking the factors up from
+accurate, the last point whose upper ``confidence`` bound of the paired drop against accurate's own
+predictions is within the budget (the curve is still searched by accuracy).
+
 "Fastest" is the highest dev FLOPs speedup; ties go to the more accurate, then the smaller
 factor. The model keeps the named factors and the raw curve in ``config.json`` under
 ``adapler.operating_points`` (:meth:`OperatingPoints.to_dict`).
@@ -35,7 +40,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from adapler.config import AdapLeRSettings, ConfigError
+from adapler.paired import compare
+from adapler.selection import Candidate, certified
 
 DEFAULT = "default"  # the point a request that names none runs at: the model as saved (factor 1)
 NAMES = ("accurate", "balanced", "fast")
@@ -108,6 +117,35 @@ def budget_floor(name: str, curve: Sequence[CurvePoint], budgets: PointBudgets) 
 def name_points(curve: Sequence[CurvePoint], budgets: PointBudgets) -> dict[str, CurvePoint]:
     """The naming rule of the module docstring: name -> the fastest curve point above its floor."""
     return {name: _fastest([p for p in curve if p.accuracy >= budget_floor(name, curve, budgets)]) for name in NAMES}
+
+
+def name_points_paired(
+    curve: Sequence[CurvePoint],
+    predictions: Mapping[float, np.ndarray],
+    labels: np.ndarray,
+    budgets: PointBudgets,
+    confidence: float,
+) -> dict[str, CurvePoint]:
+    """The paired naming rule of the module docstring (``predictions``: factor -> (N,) dev
+    predictions of that curve point, ``labels`` (N,))."""
+    accurate = name_points(curve, budgets)["accurate"]
+    above = [p for p in curve if p.factor >= accurate.factor]
+    walk = [
+        Candidate(
+            "points",
+            0,
+            p.accuracy,
+            p.flops_speedup,
+            factor=p.factor,
+            paired=compare(predictions[accurate.factor], predictions[p.factor], labels),
+        )
+        for p in above
+    ]
+    named = {"accurate": accurate}
+    for name in ("balanced", "fast"):
+        passed = {c.factor for c in certified(walk, confidence, getattr(budgets, name))}
+        named[name] = _fastest([p for p in above if p.factor in passed] or [accurate])
+    return named
 
 
 @dataclass(frozen=True)

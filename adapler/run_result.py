@@ -49,6 +49,8 @@ class RunResult:
     alias: str = ""  # what the new version became: "champion" or "challenger"
     promotion: str = ""  # one sentence: which happened and why
     operating_points: dict | None = None  # the chosen model's (OperatingPoints.to_dict), None if not measured
+    # the chosen point's paired evidence on dev (adapler.selection.Certificate.to_dict); None under the marginal rule
+    certificate: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -38,6 +38,11 @@ Goals:
                       is an error that names the best speedup reached.
   --max-drop D        the highest dev FLOPs speedup among the factors tried whose dev accuracy
                       is >= the as-trained dev accuracy - D (e.g. 0.01 = one point).
+                      With --against STAGE1 (the reference: stage 1's model, or the backbone
+                      fine-tuned), the paired rule instead: the fastest factor whose upper
+                      --confidence bound (default 0.9) of the paired accuracy drop against the
+                      reference's and its own unpruned dev predictions is within D, walking the
+                      factors up (adapler.selection, adapler.paired).
   --points            leave the etas as they are and store the model's operating points in its
                       config.json: a curve of factors on dev and three names on it, accurate
                       (the fastest within 0.2 points of the best dev accuracy), balanced (the
@@ -86,6 +91,12 @@ def add_calibrate_command(subparsers) -> argparse.ArgumentParser:
         metavar="D",
         help="--points: dev accuracy the 'fast' point may lose against 'accurate' (default 0.03)",
     )
+    c.add_argument(
+        "--against",
+        metavar="MODEL",
+        help="--max-drop: bound the paired drop against this reference's dev predictions (stage 1's model)",
+    )
+    c.add_argument("--confidence", type=float, default=0.9, help="--against: of the upper bound (default 0.9)")
     c.add_argument("--output", help="save the calibrated model here (save_pretrained format)")
     c.add_argument(
         "--set-alias", metavar="NAME", help="models:/ only: point this alias (e.g. champion) at the new version"
@@ -114,6 +125,10 @@ def _check_args(args: argparse.Namespace, from_registry: bool) -> None:
         raise UserError("--fast-drop goes with --points")
     if args.fast_drop is not None and not 0 <= args.fast_drop <= 1:
         raise UserError(f"--fast-drop must be in [0, 1] (absolute accuracy), got {args.fast_drop:g}")
+    if args.against and args.max_drop is None:
+        raise UserError("--against goes with --max-drop (the drop the paired bound must stay within)")
+    if not 0 < args.confidence < 1:
+        raise UserError(f"--confidence must be in (0, 1), got {args.confidence:g}")
     if args.set_alias and not from_registry:
         raise UserError("--set-alias needs a registered model (--model models:/<name>@<alias>)")
     if args.output:
@@ -197,16 +212,19 @@ def _search_factor(model, engine, loader, rows, args: argparse.Namespace, progre
     from adapler.calibration import TargetUnreachable, apply_factor, calibrate, dev_description
     from adapler.evaluate import budget_gain
 
+    goals = {"target_speedup": args.target_speedup, "max_drop": args.max_drop}
+    if args.against:
+        from adapler.evidence import paired_goal, reference_predictions
+
+        reference = reference_predictions(load_model(args.against, args.device), rows, None, args.batch_size)
+        goals = {
+            "paired": paired_goal(
+                model, rows, None, reference, args.max_drop, args.confidence, batch_size=args.batch_size
+            )
+        }
     try:
         # speedups against the backbone at the length the model was chosen against (reference_max_length)
-        result = calibrate(
-            engine,
-            loader,
-            target_speedup=args.target_speedup,
-            max_drop=args.max_drop,
-            on_point=progress,
-            flops_gain=budget_gain(model, rows),
-        )
+        result = calibrate(engine, loader, **goals, on_point=progress, flops_gain=budget_gain(model, rows))
     except TargetUnreachable as err:
         print(format_curve(err.points))
         raise UserError(str(err)) from None

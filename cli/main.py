@@ -77,6 +77,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         "retention": result.retention,
         "num_examples": result.num_examples,
     }
+    if args.against:
+        labels = rows["label"].to_numpy()
+        summary["paired"] = paired = paired_against(args, result.predictions, labels)
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -96,6 +99,37 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"  FLOPs speedup  {summary['flops_speedup']:.2f}x{against}")
     print(f"  throughput     {result.examples_per_s:.1f} examples/s")
     print("  retention      " + " ".join(f"L{i + 1}:{r:.2f}" for i, r in enumerate(result.retention)))
+    if args.against:
+        print_paired(paired, args.against)
+
+
+def paired_against(args: argparse.Namespace, predictions, labels) -> dict[str, float]:
+    """`evaluate --against`: the same split through the reference model (removal off), compared
+    per example with the evaluated model's predictions (adapler.paired)."""
+    from adapler.evaluate import evaluate
+    from adapler.paired import compare, paired_summary
+    from adapler_cli.models import load_model, split_loader
+
+    if not 0 < args.confidence < 1:
+        raise UserError(f"--confidence must be in (0, 1), got {args.confidence}")
+    reference = load_model(args.against, args.device, "none", args.tracking_uri, "torch")
+    loader, _ = split_loader(args.data, args.set, reference, args.split, args.batch_size, args.max_length)
+    against = evaluate(reference, loader, removal="none", progress=True, desc=f"{args.data}/{args.split} (reference)")
+    return paired_summary(compare(against.predictions, predictions, labels), args.confidence)
+
+
+def print_paired(paired: dict[str, float], against: str) -> None:
+    print(f"  against {against} (removal off), paired on the same {paired['examples']} examples:")
+    print(
+        f"    changed predictions  {paired['changed']} ({paired['changed'] / max(paired['examples'], 1):.1%}): "
+        f"{paired['newly_wrong']} newly wrong, {paired['newly_right']} newly right"
+    )
+    print(
+        f"    accuracy drop        {paired['drop'] * 100:.2f} points, {paired['confidence']:.0%} upper bound "
+        f"{paired['drop_bound'] * 100:.2f} (smallest this split can certify: "
+        f"{paired['smallest_certifiable_drop'] * 100:.2f})"
+    )
+    print(f"    error ratio          {paired['error_ratio']:.2f} (errors of the model / errors of the reference)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -304,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-length", type=int, help="default: the length the model was trained with")
     add_inference_arguments(e)
     e.add_argument("--json", action="store_true")
+    e.add_argument(
+        "--against",
+        metavar="MODEL",
+        help="a reference (the backbone, stage 1's model, or any model: path or models:/name/version): "
+        "compare predictions per example on the same split, with removal off for the reference",
+    )
+    e.add_argument("--confidence", type=float, default=0.9, help="of the upper bound on the paired drop (default 0.9)")
     e.set_defaults(func=cmd_evaluate)
 
     for name, func, text in (

@@ -31,7 +31,7 @@ from adapler.onnx_export import export_model_dir
 from adapler.operating_points import OperatingPoints
 from adapler.run_layout import REPORT_DIR, RunLayout
 from adapler.run_result import RunResult, backbone_name
-from adapler.selection import TEST_SPLIT_TAG, Candidate, RunWarnings, best_epochs, run_warnings
+from adapler.selection import TEST_SPLIT_TAG, Candidate, RunWarnings, best_epochs, certificate, run_warnings
 from adapler.stage1_record import Stage1Record, read_stage1, reusable_stage1, trained_with
 from adapler_pipelines.calibrate import points_tags, write_points_curve
 from adapler_pipelines.config import PipelineConfig
@@ -156,7 +156,7 @@ def run_stage2(
         outcome = without_search(config, epochs, stage1.reference)
     if config.tune.calibrate:
         print("      calibrating the front's models on dev (global eta factor)", flush=True)
-        outcome = calibrate_front(outcome, config, stage1.reference)
+        outcome = calibrate_front(outcome, config, stage1.reference, stage1.best_model_dir)
     write_pareto(outcome.candidates, outcome.selection, layout.report, stage1.reference)
     mlflow.log_artifacts(str(layout.report), artifact_path=REPORT_DIR, run_id=parent_run_id)
     if not outcome.selection.eligible:
@@ -200,7 +200,13 @@ def store_operating_points(
         )
 
     points = attach_operating_points(
-        model, loader, data.dev, data.name, config.operating_points.budgets, on_point=progress
+        model,
+        loader,
+        data.dev,
+        data.name,
+        config.operating_points.budgets,
+        on_point=progress,
+        confidence=config.stage2.selection_confidence,
     )
     model.save_pretrained(layout.model)
     print(f"      operating points: {points.describe()}", flush=True)
@@ -310,8 +316,11 @@ def finish(
     if config.mlflow.onnx_export:  # after the points: they live in config.json, outside the graphs
         export_model_dir(model_dir, model_dir, "int8" if config.mlflow.onnx_export == "int8" else "none")
     test = compare_on_test(config, data, stage1, model_dir)
+    trust = certificate(
+        outcome.selection, config.stage2.selection_tolerance, config.stage2.selection_relative_tolerance
+    )
     warnings = run_warnings(
-        outcome.selection, stage1.reference, f"adapler tune --config {layout.config}", config.stage2, config.tune
+        outcome.selection, stage1.reference, f"adapler tune --config {layout.config}", config.stage2, config.tune, trust
     )
     metrics = {
         "stage1_dev_accuracy": stage1.reference,
@@ -324,12 +333,13 @@ def finish(
         "backbone_examples_per_s": test.backbone_examples_per_s,
         "adapler_examples_per_s": test.adapler_examples_per_s,
         "eta_factor": chosen.factor,
+        **(trust.metrics() if trust else {}),
     }
     if warnings.text:
         print(f"      warning: {warnings.text}", flush=True)
     mlflow.log_metrics(metrics, run_id=parent_run_id)
     name, version, promotion = register_chosen(
-        config, data, model_dir, metrics, chosen, points, curve_files, warnings.text, parent_run_id
+        config, data, model_dir, metrics, chosen, points, curve_files, warnings.promotion_text, parent_run_id
     )
     tag_parent_run(config, parent_run_id, name, version, promotion, warnings)
     result = RunResult(
@@ -357,6 +367,7 @@ def finish(
         alias=promotion.alias,
         promotion=promotion.reason,
         operating_points=points.to_dict() if points else None,
+        certificate=trust.to_dict() if trust else None,
     )
     result.write(layout)
     return result

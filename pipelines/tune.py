@@ -25,11 +25,20 @@ import torch
 from adapler.batching import input_budgets, make_loader, token_counts
 from adapler.calibration import calibrate
 from adapler.config import ConfigError, apply_overrides, config_from_dict, config_to_dict, get_dotted
-from adapler.data import load_data
+from adapler.data import load_data, load_unlabeled
 from adapler.evaluate import budget_gain, evaluate
+from adapler.evidence import paired_goal, reference_predictions, with_evidence
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.run_layout import checkpoint_model_dir
-from adapler.selection import GENTLER_PHI, Candidate, Selection, accuracy_floor, early_stopping_score, select
+from adapler.selection import (
+    GENTLER_PHI,
+    Candidate,
+    Selection,
+    accuracy_floor,
+    curve_confidence,
+    early_stopping_score,
+    select,
+)
 from adapler_pipelines.config import PipelineConfig, TuneConfig
 from adapler_pipelines.storage import local_copy, location_of
 from adapler_pipelines.tracking import StageRun, end_open_runs, tracking_uri
@@ -281,7 +290,9 @@ def without_search(config: PipelineConfig, epochs: list[EpochCheckpoint], refere
     return SearchOutcome(candidates, select(candidates, reference, config.stage2.selection_tolerance))
 
 
-def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: float) -> SearchOutcome:
+def calibrate_front(
+    outcome: SearchOutcome, config: PipelineConfig, reference: float, reference_model_dir: str | None = None
+) -> SearchOutcome:
     """Calibration in the loop. Every (trial, epoch) first gets its dev accuracy with removal off
     (``unpruned_accuracy``: the rule lets pruning cost at most the tolerance, see
     :mod:`adapler.selection`). From each trial, the epoch the rule picks among its own (within
@@ -290,7 +301,10 @@ def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: f
     :func:`adapler.selection.accuracy_floor`; a trial that pruned too hard walks its factor down
     and gives accuracy back). Every factor measured that meets that goal becomes a candidate of
     its own (same trial, epoch and model, another factor; speedups against the full-length
-    backbone), and the rule selects again over them all."""
+    backbone), and the rule selects again over them all. With ``reference_model_dir`` (stage 1's
+    model) the rule is the paired bound instead: :func:`calibrate_paired`."""
+    if reference_model_dir is not None:
+        return calibrate_paired(outcome, config, reference, reference_model_dir)
     tolerance = config.stage2.selection_tolerance
     data = load_data(config)
 
@@ -339,6 +353,91 @@ def calibrate_front(outcome: SearchOutcome, config: PipelineConfig, reference: f
     return SearchOutcome(candidates, select(candidates, reference, tolerance))
 
 
+def calibrate_paired(
+    outcome: SearchOutcome, config: PipelineConfig, reference: float, reference_model_dir: str
+) -> SearchOutcome:
+    """Calibration in the loop under the paired rule (:mod:`adapler.selection`): every trained
+    (trial, epoch) gets its paired evidence against stage 1 on dev (and on
+    ``data.unlabeled_file``, :mod:`adapler.evidence`); from each trial the epoch the rule picks is
+    calibrated with goal ``paired`` at the confidence of one curve among all searched; every
+    factor measured becomes a candidate and the rule selects over them all."""
+    stage2 = config.stage2
+    data = load_data(config)
+    unlabeled = (
+        load_unlabeled(config.data.unlabeled_file, config.data.text_column, config.data.text_pair_column)
+        if config.data.unlabeled_file
+        else None
+    )
+    stage1 = AdapLeRForSequenceClassification.from_pretrained(local_copy(reference_model_dir))
+    evidence = reference_predictions(stage1, data.dev, unlabeled, stage2.batch_size)
+    level = curve_confidence(outcome.candidates, stage2.selection_confidence)
+
+    def load(candidate: Candidate):
+        return AdapLeRForSequenceClassification.from_pretrained(local_copy(candidate.model_dir))
+
+    candidates, trials = [], {}
+    for candidate in outcome.candidates:
+        if candidate.paired is None:
+            candidate = with_evidence(candidate, load(candidate), data.dev, unlabeled, evidence, stage2.batch_size)
+            print(
+                f"        trial {candidate.trial} epoch {candidate.epoch}: {candidate.paired.changed} of "
+                f"{candidate.paired.examples} dev predictions changed against stage 1 "
+                f"({candidate.paired.newly_wrong} newly wrong, {candidate.paired.newly_right} newly right)",
+                flush=True,
+            )
+        candidates.append(candidate)
+        if candidate.factor == 1.0:
+            trials.setdefault(candidate.trial, []).append(candidate)
+    for epochs in trials.values():
+        pick = select(
+            epochs,
+            reference,
+            stage2.selection_tolerance,
+            stage2.selection_confidence,
+            stage2.selection_relative_tolerance,
+        ).chosen
+        model = load(pick)
+        goal = paired_goal(
+            model,
+            data.dev,
+            unlabeled,
+            evidence,
+            stage2.selection_tolerance,
+            level,
+            stage2.selection_relative_tolerance,
+            stage2.batch_size,
+        )
+        curve = calibrate(
+            model,
+            make_loader(data.dev, model.tokenizer, stage2.batch_size, model.tokenizer.model_max_length),
+            paired=goal,
+            flops_gain=budget_gain(model, data.dev, config.data.max_length),
+        )
+        candidates += [
+            dataclasses.replace(
+                pick,
+                dev_accuracy=c.dev_accuracy,
+                dev_flops_speedup=c.dev_flops_speedup,
+                factor=c.factor,
+                paired=c.paired,
+                unpruned_paired=c.unpruned_paired,
+                label_free=c.label_free,
+            )
+            for c in curve.paired
+            if c.factor != 1.0
+        ]
+    return SearchOutcome(
+        candidates,
+        select(
+            candidates,
+            reference,
+            stage2.selection_tolerance,
+            stage2.selection_confidence,
+            stage2.selection_relative_tolerance,
+        ),
+    )
+
+
 def write_pareto(
     candidates: list[Candidate], selection: Selection, directory: Path, reference: float
 ) -> dict[str, Path]:
@@ -352,7 +451,9 @@ def write_pareto(
     front = {id(p) for p in selection.front}
     rows = []
     for c in candidates:
-        row = {k: v for k, v in asdict(c).items() if k != "params"}
+        row = {k: v for k, v in asdict(c).items() if k not in ("params", "paired", "unpruned_paired", "label_free")}
+        if c.paired is not None:
+            row.update(changed=c.paired.changed, newly_wrong=c.paired.newly_wrong, newly_right=c.paired.newly_right)
         rows.append({**row, **c.params, "pareto": id(c) in front, "chosen": c is selection.chosen})
     pd.DataFrame(rows).to_csv(directory / "pareto.csv", index=False)
     chosen = selection.chosen

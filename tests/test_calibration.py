@@ -154,3 +154,21 @@ def test_giving_accuracy_back_tries_quarter_octaves_before_halving(model, loader
     order = []
     calibrate(harsh, loader, min_accuracy=1.0, on_point=lambda point: order.append(point.factor))
     assert order[:2] == [1.0, GIVE_BACK_STEP]
+
+
+def test_paired_goal_walks_up_to_the_last_factor_the_bound_certifies(model, loader):
+    import numpy as np
+
+    from adapler.calibration import PairedGoal
+    from adapler.selection import paired_bound
+
+    labels = np.concatenate([batch["labels"].numpy() for batch in loader])
+    reference = evaluate(model, loader, removal="none").predictions  # = labels: the unpruned model
+    goal = PairedGoal(reference, labels, tolerance=0.1, confidence=0.6)
+    result = calibrate(model, loader, paired=goal)
+    assert result.goal == "paired bound" and len(result.paired) == len(result.points)
+    bounds = {c.factor: paired_bound(c, 0.6) for c in result.paired}
+    assert bounds[result.chosen.factor] <= 0.1
+    assert all(bounds[f] <= 0.1 for f in bounds if f <= result.chosen.factor)  # the walk's prefix
+    assert any(bounds[f] > 0.1 for f in bounds if f > result.chosen.factor)  # stopped by a failing factor
+    assert result.chosen.flops_speedup > result.baseline.flops_speedup

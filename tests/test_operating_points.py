@@ -224,3 +224,24 @@ def test_onnx_runtime_reads_the_points_and_runs_mixed_factors_like_torch(points_
     assert [p.kept_lengths for p in got] == [p.kept_lengths for p in want]
     assert [p.operating_point.name for p in got] == ["default", "fast"] * (len(sentences) // 2) + ["default"]
     assert all(abs(g.probabilities[k] - w.probabilities[k]) < 1e-4 for g, w in zip(got, want) for k in w.probabilities)
+
+
+def test_paired_naming_stops_balanced_where_the_bound_fails():
+    import numpy as np
+
+    from adapler.operating_points import CurvePoint, PointBudgets, name_points, name_points_paired
+
+    labels = np.zeros(2000, dtype=int)
+    base = np.zeros(2000, dtype=int)
+    base[:200] = 1  # 90% accurate
+    churn = base.copy()
+    churn[200:300], churn[:90] = 1, 0  # 100 newly wrong, 90 newly right: 0.5 points, 9.5% changed
+    steady = base.copy()
+    steady[200:206] = 1  # 6 newly wrong: 0.3 points
+    curve = [CurvePoint(1.0, 0.9, 2.0, 1.0), CurvePoint(1.5, 0.897, 2.5, 1.0), CurvePoint(2.0, 0.895, 3.0, 1.0)]
+    predictions = {1.0: base, 1.5: steady, 2.0: churn}
+    budgets = PointBudgets()
+    assert name_points(curve, budgets)["balanced"].factor == 2.0  # marginal: 0.5 points, within 1
+    named = name_points_paired(curve, predictions, labels, budgets, confidence=0.9)
+    assert named["accurate"].factor == 1.0 and named["balanced"].factor == 1.5
+    assert named["fast"].factor == 2.0  # a 3-point budget covers the churn's bound

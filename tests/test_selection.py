@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from adapler.selection import Candidate, accuracy_floor, best_epochs, early_stopping_score, pareto_front, select
@@ -187,3 +189,89 @@ def test_champion_verdict_policy_warning_split_and_figures():
     assert promoted and reason.startswith("at least as accurate and as fast: test accuracy 0.9000 vs 0.8500")
     promoted, reason = champion_verdict("better", "", new, {**new, "flops_speedup": "3"}, "1")
     assert not promoted and reason.startswith("slower:")
+
+
+def paired_point(
+    trial: str, epoch: int, factor: float, speedup: float, b: int, c: int, n: int = 2000, **kw
+) -> Candidate:
+    from adapler.paired import PairedComparison
+
+    return Candidate(
+        trial,
+        epoch,
+        0.8 - (b - c) / n,
+        speedup,
+        factor=factor,
+        paired=PairedComparison(n, b, c, b + c, int(0.2 * n)),
+        **kw,
+    )
+
+
+def test_paired_rule_walks_each_curve_up_and_stops_at_its_first_failure():
+    """The documented point: along trial a's curve 1.0 and 1.4 certify, 2.0 fails (30 newly wrong
+    of 2,000), so 2.8 is out even though it reads fine; trial b's 3.0 changes 200 predictions
+    evenly (no marginal drop) and fails. The fastest certified point is a at 1.4."""
+    table = [
+        paired_point("a", 0, 1.0, 2.0, b=2, c=1),
+        paired_point("a", 0, 1.4, 2.5, b=6, c=2),
+        paired_point("a", 0, 2.0, 3.0, b=30, c=2),
+        paired_point("a", 0, 2.8, 3.6, b=4, c=2),
+        paired_point("b", 0, 1.0, 3.0, b=100, c=100),
+    ]
+    selection = select(table, reference=0.8, tolerance=0.01, confidence=0.9)
+    assert selection.eligible and selection.chosen is table[1]
+    assert selection.confidence == pytest.approx(1 - 0.1 / 2)  # Bonferroni over the two curves
+    # The marginal rule would take b (no accuracy drop at 3.0x): the paired rule is what differs.
+    marginal = select([replace(c, paired=None) for c in table], reference=0.8, tolerance=0.01)
+    assert marginal.chosen.trial == "a" and marginal.chosen.factor == 2.8
+
+
+def test_paired_rule_without_a_certified_point_takes_the_smallest_bound():
+    table = [paired_point("a", 0, 1.0, 2.0, b=30, c=10, n=300), paired_point("a", 1, 1.0, 2.5, b=8, c=6, n=300)]
+    selection = select(table, reference=0.8, tolerance=0.01)
+    assert not selection.eligible and selection.chosen is table[1]
+
+
+def test_relative_tolerance_tightens_near_the_ceiling():
+    from adapler.paired import PairedComparison
+    from adapler.selection import effective_tolerance
+
+    # 1% errors: 0.5 of it is half a point; 4 newly wrong of 2,000 (0.2 points, 1.2x the errors) is
+    # within 1 point but not within half the error rate at 90%.
+    point = Candidate("a", 0, 0.988, 2.0, paired=PairedComparison(2000, 4, 0, 4, 20))
+    assert effective_tolerance(0.01, 0.5, 0.01) == pytest.approx(0.005)
+    assert select([point], 0.99, 0.01).eligible
+    assert not select([point], 0.99, 0.01, relative_tolerance=0.1).eligible
+
+
+def test_label_free_texts_are_used_and_reported(tmp_path):
+    from adapler.data import load_unlabeled
+    from adapler.paired import changes
+    from adapler.selection import certificate
+
+    path = tmp_path / "unlabeled.csv"
+    path.write_text("text\n" + "".join(f"text number {i}\n" for i in range(5000)))
+    texts = load_unlabeled(path)
+    assert len(texts) == 5000 and texts["text"].iloc[3] == "text number 3"
+    reference = np.zeros(len(texts), dtype=int)
+    pruned = reference.copy()
+    pruned[:5] = 1  # 5 of 5,000 predictions change
+    label_free = changes(reference, pruned)
+    point = paired_point("a", 0, 1.0, 2.0, b=3, c=0, n=200)
+    assert not select([point], 0.8, 0.01).eligible  # 200 dev examples alone: 3 of 3 turned wrong
+    selection = select([replace(point, label_free=label_free)], 0.8, 0.01)
+    assert selection.eligible
+    cert = certificate(selection, 0.01)
+    assert cert.disagreement_texts == 5200 and cert.disagreement_rate == pytest.approx(8 / 5200)
+    assert cert.drop_bound < 0.01 and cert.dev_drop == pytest.approx(0.015)
+
+
+def test_loose_bound_sentence_on_a_tiny_dev_split():
+    from adapler.selection import certificate, loose_bound_warning, tolerance_warning
+
+    tiny = select([paired_point("a", 0, 1.0, 2.0, b=3, c=3, n=60)], 0.8, 0.01)
+    warning = loose_bound_warning(certificate(tiny, 0.01))
+    assert "60 dev examples" in warning and "data.unlabeled_file" in warning and "add about" in warning
+    assert not tiny.eligible and tolerance_warning(tiny, 0.8, 0.01, "try x") == ""  # loose, not seen lost
+    big = select([paired_point("a", 0, 1.0, 2.0, b=2, c=1, n=5000)], 0.8, 0.01)
+    assert loose_bound_warning(certificate(big, 0.01)) == ""

@@ -69,6 +69,24 @@ def test_max_drop_without_output_only_prints(model_dir, capsys):
     assert "factor 1: dev accuracy" in captured.err  # progress, one line per factor
 
 
+def test_max_drop_against_a_reference_walks_the_paired_bound(model_dir, capsys):
+    argv = [
+        "calibrate",
+        "--model",
+        model_dir,
+        *DATA,
+        "--max-drop",
+        "0.3",
+        "--against",
+        model_dir,
+        "--confidence",
+        "0.6",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(paired bound)" in out and sum("<- chosen" in line for line in curve_rows(out)) == 1
+
+
 def test_points_store_named_operating_points_with_the_model(model_dir, tmp_path, capsys):
     output = tmp_path / "with-points"
     assert (
@@ -113,6 +131,10 @@ def test_points_store_named_operating_points_with_the_model(model_dir, tmp_path,
         (["--model", "{model}", *DATA, "--max-drop", "0.01", "--fast-drop", "0.05"], "--fast-drop goes with --points"),
         (["--model", "{model}", *DATA, "--points", "--fast-drop", "-1"], "--fast-drop must be in [0, 1]"),
         (["--model", "models:/no-alias", *DATA, "--max-drop", "0.01"], "is not models:/<name>@<alias>"),
+        (
+            ["--model", "{model}", *DATA, "--target-speedup", "2", "--against", "{model}"],
+            "--against goes with --max-drop",
+        ),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(model_dir, capsys, argv, message):

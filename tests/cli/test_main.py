@@ -42,6 +42,16 @@ def test_evaluate_prints_metrics(model_dir, capsys):
     assert len(summary["retention"]) == 3
 
 
+def test_evaluate_against_itself_changes_nothing_and_prints_the_paired_comparison(model_dir, capsys):
+    argv = ["evaluate", "--model", model_dir, "--data", "rotten_tomatoes", "--set", "limit=20", "--runtime", "torch"]
+    assert main([*argv, "--removal", "none", "--against", model_dir, "--json"]) == 0
+    paired = json.loads(capsys.readouterr().out)["paired"]
+    assert paired["examples"] == 20 and paired["changed"] == paired["newly_wrong"] == paired["drop"] == 0
+    assert main([*argv, "--against", model_dir]) == 0
+    out = capsys.readouterr().out
+    assert "paired on the same 20 examples" in out and "upper bound" in out and "error ratio" in out
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -50,6 +60,10 @@ def test_evaluate_prints_metrics(model_dir, capsys):
         (["evaluate", "--model", "{model}", "--data", "bbc_news", "--set", "limit=5"], "labels"),
         (["evaluate", "--model", "{model}", "--set", "limt=5"], "unknown key"),
         (["train", "--config", "no-such-preset"], "config not found"),
+        (
+            ["evaluate", "--model", "{model}", "--set", "limit=5", "--against", "{model}", "--confidence", "1.5"],
+            "--confidence",
+        ),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(model_dir, capsys, argv, message):

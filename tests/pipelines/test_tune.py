@@ -146,3 +146,38 @@ def test_calibration_in_the_loop_adds_only_factors_within_the_goal_against_the_f
         measured = evaluate(apply_factor(model, c.factor), loader)
         assert c.dev_flops_speedup == pytest.approx(measured.flops_speedup * gain)
         assert c.dev_accuracy == pytest.approx(measured.accuracy)
+
+
+def test_paired_calibration_in_the_loop_compares_with_stage_1_on_dev_and_the_unlabeled_file(
+    tiny_model_factory, tmp_path
+):
+    texts = tmp_path / "unlabeled.csv"
+    texts.write_text("text\n" + "".join(f"an unlabelled review number {i} good or bad\n" for i in range(30)))
+    config = load_config(
+        None,
+        [
+            "data.source=rotten_tomatoes",
+            "data.limit=24",
+            "data.max_length=32",
+            "stage2.batch_size=8",
+            f"data.unlabeled_file={texts}",
+        ],
+        cls=PipelineConfig,
+    )
+    model = tiny_model_factory(eta_init=0.5)
+    model.save_pretrained(tmp_path / "model")
+    loader = make_loader(load_data(config).dev, model.tokenizer, 8, 32)
+    own = evaluate(model, loader)
+    trained = Candidate("a", 0, own.accuracy, own.flops_speedup, {}, str(tmp_path / "model"))
+    outcome = calibrate_front(
+        SearchOutcome([trained], select([trained], own.accuracy, 0.01)),
+        config,
+        own.accuracy,
+        reference_model_dir=str(tmp_path / "model"),
+    )  # stage 1: the same weights
+
+    assert all(c.paired is not None and c.label_free.texts == 30 for c in outcome.candidates)
+    first = outcome.candidates[0]
+    assert first.paired.examples == len(load_data(config).dev)
+    assert first.unpruned_paired.changed == first.paired.changed  # stage 1 is its own unpruned self here
+    assert outcome.selection.confidence == pytest.approx(0.9)  # one curve: no correction
