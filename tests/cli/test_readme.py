@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port
+from helpers import free_port, save_tiny_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- readme-test:"
@@ -62,27 +62,6 @@ def test_readme_block_parses():
     subcommands = [c[1] for c in commands if c[0] != "curl"]
     assert {"predict", "evaluate", "calibrate", "serve"} <= set(subcommands)
     assert commands[-1][0] == "curl" and "-d" in commands[-1]  # continuation joined, comment dropped
-
-
-def _tiny_backbone(directory: Path) -> str:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from adapler.config import default_backbone
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
 
 
 def _environment() -> dict[str, str]:
@@ -184,7 +163,7 @@ def test_readme_commands_work_after_the_demo(tmp_path):
     work.mkdir()
     shutil.copytree(ROOT / "tests" / "fixtures", work / "tests" / "fixtures")  # the block names tests/fixtures/eraser
     env = _environment()
-    backbone = _tiny_backbone(tmp_path / "tiny-backbone")
+    backbone = save_tiny_backbone(tmp_path / "tiny-backbone", num_hidden_layers=6)
     demo = [str(ADAPLER), "demo"]
     for item in (
         f"model.backbone={backbone}",
