@@ -40,6 +40,7 @@ from adapler.batching import encode
 from adapler.flops import layer_flops
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.quantization import quantize_int8
+from adapler.run_layout import RunLayout
 from adapler.saliency import saliency_of_batch
 
 LAYERS, HIDDEN, HEADS, FFN, LABELS = 3, 32, 4, 48, 3
@@ -486,7 +487,7 @@ def test_adapler_train_end_to_end(name, tokenizer, tmp_path, capsys):
         "saliency_checkpoints=1",
     ]
     assert main(["train", *[arg for item in overrides for arg in ("--set", item)]]) == 0
-    result = json.loads((tmp_path / "runs" / "tiny" / "result.json").read_text())
+    result = json.loads(RunLayout(tmp_path / "runs" / "tiny").summary.read_text())
     assert result["dev_flops_speedup"] > 0 and 0.0 <= result["adapler_test_accuracy"] <= 1.0
     trained = AutoConfig.from_pretrained(result["model_dir"])
     assert trained.model_type == _model_type(name)
