@@ -173,7 +173,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
     from adapler.inference import resolve_runtime
 
     model = load_model(str(model_dir), args.device)  # torch: the model that is saved or registered
-    runtime = resolve_runtime(args.runtime, args.device)
+    runtime = resolve_runtime(args.runtime, args.device, model_dir=model_dir)  # a family without export: torch
     engine = model if runtime == "torch" else load_model(str(model_dir), args.device, runtime=runtime)
     from adapler.calibration import dev_description
 

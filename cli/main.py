@@ -15,8 +15,8 @@ from adapler_cli.errors import UserError, expected_errors, one_line
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from adapler.inference import Predictor, resolve_runtime
-    from adapler_cli.models import load_model
+    from adapler.inference import Predictor
+    from adapler_cli.models import load_model, model_and_runtime
 
     texts = list(args.texts)
     if args.file:
@@ -27,13 +27,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         texts += [line.rstrip("\n") for line in lines if line.strip()]
     if not texts or any(not t.strip() for t in texts):
         raise UserError("give at least one non-empty text (arguments or --file)")
-    model = load_model(
-        args.model,
-        args.device,
-        args.quantize,
-        args.tracking_uri,
-        resolve_runtime(args.runtime, args.device, args.removal),
-    )
+    directory, runtime = model_and_runtime(args.model, args.runtime, args.device, args.removal, args.tracking_uri)
+    model = load_model(directory, args.device, args.quantize, args.tracking_uri, runtime)
     predictor = Predictor(model, batch_size=args.batch_size, removal=args.removal)
     predictions = predictor.predict(
         texts,
@@ -58,11 +53,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from adapler.evaluate import budget_gain, evaluate
-    from adapler.inference import resolve_runtime
-    from adapler_cli.models import load_model, split_loader
+    from adapler_cli.models import load_model, model_and_runtime, split_loader
 
-    runtime = resolve_runtime(args.runtime, args.device, args.removal)
-    model = load_model(args.model, args.device, args.quantize, args.tracking_uri, runtime)
+    directory, runtime = model_and_runtime(args.model, args.runtime, args.device, args.removal, args.tracking_uri)
+    model = load_model(directory, args.device, args.quantize, args.tracking_uri, runtime)
     loader, rows = split_loader(args.data, args.set, model, args.split, args.batch_size, args.max_length)
     result = evaluate(model, loader, removal=args.removal, progress=True, desc=f"{args.data}/{args.split}")
     # A model chosen at a shorter input budget: its speedup against the backbone at the length it was

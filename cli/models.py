@@ -41,6 +41,15 @@ def add_inference_arguments(parser) -> None:
     )
 
 
+def model_and_runtime(model: str, runtime: str, device: str, removal: str, tracking_uri: str = "") -> tuple[str, str]:
+    """The directory of ``--model`` and ``--runtime`` resolved for it: "auto" runs a family that
+    the exported graphs can not express on torch, and says why once (adapler.inference)."""
+    from adapler.inference import resolve_runtime
+
+    directory = resolve_model(model, tracking_uri)  # ArtifactError / RegistryError: one line
+    return str(directory), resolve_runtime(runtime, device, removal, directory)
+
+
 def load_model(model: str, device: str = "cpu", quantize: str = "none", tracking_uri: str = "", runtime: str = "torch"):
     """The AdapLeR model of ``--model`` on ``device`` and ``runtime`` (resolved: not "auto"),
     optionally quantized."""

@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 from adapler_cli.errors import UserError
 from adapler_deploy import DEFAULT_MODEL
@@ -199,7 +200,10 @@ def run_serve(args: argparse.Namespace) -> None:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(app_args), name="adapler", route_prefix="/", blocking=False)
         url = f"http://{args.host}:{args.port}"
-        runtime = resolve_runtime(app_args["runtime"], app_args["device"], app_args["removal"])
+        local = Path(app_args["model"])  # a registry model's family is read by the deployment only
+        runtime = resolve_runtime(
+            app_args["runtime"], app_args["device"], app_args["removal"], local if local.is_dir() else None
+        )
         print(
             f"adapler serve: {args.model} (removal={app_args['removal']}, runtime={runtime}) at {url}/predict "
             f"(also {url}/healthz, {url}/stats, {url}/docs); Ctrl-C to stop",

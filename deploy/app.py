@@ -131,7 +131,7 @@ class AdapLeRService:
         self._ready = False
         torch.set_num_threads(self.settings.torch_threads)
         directory = resolve_model(self.settings.model, self.settings.tracking_uri)
-        self.runtime = resolve_runtime(self.settings.runtime, self.settings.device, self.settings.removal)
+        self.runtime = resolve_runtime(self.settings.runtime, self.settings.device, self.settings.removal, directory)
         self.predictor = Predictor.from_directory(
             directory,
             device=self.settings.device,

@@ -1,13 +1,18 @@
 """The contract every encoder family keeps (adapler.backbones), on a tiny random model of each.
 
 A family is one entry of TINY_BACKBONES (a seeded ...ForSequenceClassification built from a
-config); every test here runs on each. Removal must never change what a kept token computes: the
-loop with nothing removed is the Hugging Face forward, packed removal equals masked removal,
-examples do not interact, and the exported ONNX graphs agree with torch.
+config; a family may have several entries, e.g. DeBERTa's v2 and v3 layouts, ModernBERT's two
+poolings, so an entry's key is a name, its config.model_type the family); every test here runs on
+each. What is one family's own lives in tests/test_backbone_<family>.py.
+
+Removal must never change what a kept token computes: the loop with nothing removed is the
+Hugging Face forward, packed removal equals masked removal, examples do not interact, and the
+exported ONNX graphs agree with torch.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -18,10 +23,14 @@ from transformers import (
     AutoConfig,
     BertConfig,
     BertForSequenceClassification,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
@@ -31,6 +40,7 @@ from adapler.batching import encode
 from adapler.flops import layer_flops
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.quantization import quantize_int8
+from adapler.run_layout import RunLayout
 from adapler.saliency import saliency_of_batch
 
 LAYERS, HIDDEN, HEADS, FFN, LABELS = 3, 32, 4, 48, 3
@@ -95,8 +105,103 @@ def _electra(vocab: int):  # embedding width 16 < hidden 32: the projection into
     )
 
 
-# One entry per family: adding a family adds its tiny model here (and its module in adapler/backbones).
-TINY_BACKBONES = {"bert": _bert, "roberta": _roberta, "distilbert": _distilbert, "electra": _electra}
+WEIGHT_STD = 0.2  # DeBERTa's random weights larger than the 0.02 init: logits of order 1, so 1e-5 means something
+
+
+def _wide_weights(model):
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, WEIGHT_STD)
+    return model
+
+
+def _deberta_v3(vocab: int):
+    """DeBERTa-v3's layout: log-bucketed positions (8 buckets: the test sentences, up to ~40
+    tokens, reach the log range), shared key projections, LayerNorm-ed relative embeddings, no
+    absolute positions, no token types."""
+    config = DebertaV2Config(
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        num_labels=LABELS,
+        max_position_embeddings=128,
+        relative_attention=True,
+        position_buckets=8,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        pos_att_type="p2c|c2p",
+        position_biased_input=False,
+        type_vocab_size=0,
+        pooler_hidden_size=HIDDEN,
+    )
+    return _wide_weights(DebertaV2ForSequenceClassification(config))
+
+
+def _deberta_v2(vocab: int):
+    """DeBERTa-v2's older layout: plain relative positions clamped at 16, own position
+    projections, absolute positions and token types too."""
+    config = DebertaV2Config(
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        num_labels=LABELS,
+        max_position_embeddings=128,
+        relative_attention=True,
+        max_relative_positions=16,
+        share_att_key=False,
+        pos_att_type="c2p|p2c",
+        position_biased_input=True,
+        type_vocab_size=2,
+        pooler_hidden_size=HIDDEN,
+    )
+    return _wide_weights(DebertaV2ForSequenceClassification(config))
+
+
+WINDOW = 8  # ModernBERT's local_attention: a sliding layer sees 4 tokens each side, in original positions
+
+
+def _modernbert(vocab: int, pooling: str = "cls"):
+    """A global layer then two sliding-window layers whose window is shorter than the test
+    sentences (up to 40 tokens), weights drawn wide (initializer_range 0.2) so that a wrong
+    position, window or pooling moves the logits; token ids as the packaged MiniLM tokenizer's."""
+    return ModernBertForSequenceClassification(
+        ModernBertConfig(
+            vocab_size=vocab,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            num_labels=LABELS,
+            max_position_embeddings=128,
+            local_attention=WINDOW,
+            global_attn_every_n_layers=3,
+            classifier_pooling=pooling,
+            initializer_range=0.2,
+            pad_token_id=0,
+            bos_token_id=101,
+            eos_token_id=102,
+            cls_token_id=101,
+            sep_token_id=102,
+        )
+    )
+
+
+# Adding a family adds its tiny model here (and its module in adapler/backbones).
+TINY_BACKBONES = {
+    "bert": _bert,
+    "roberta": _roberta,
+    "distilbert": _distilbert,
+    "electra": _electra,
+    "deberta-v3": _deberta_v3,
+    "deberta-v2": _deberta_v2,
+    "modernbert": _modernbert,
+    "modernbert-mean": functools.partial(_modernbert, pooling="mean"),
+}
 ETAS = [0.9, 1.1, 1.0]  # with spread random CPs, each layer removes some tokens of the test sentences
 
 
@@ -158,6 +263,21 @@ def test_packed_equals_masked_and_removes_tokens(family_model, batch):
 
 
 @torch.no_grad()
+def test_packed_equals_masked_on_random_cps(family_model, batch, spread_cps):
+    saved = [p.detach().clone() for p in family_model.predictors.parameters()]
+    try:
+        for seed in range(3):
+            torch.manual_seed(100 + seed)
+            spread_cps(family_model)
+            packed, masked = family_model(**batch, removal="packed"), family_model(**batch, removal="masked")
+            assert torch.equal(packed.kept_mask, masked.kept_mask), seed
+            assert torch.allclose(packed.logits, masked.logits, atol=1e-5), seed
+    finally:
+        for parameter, value in zip(family_model.predictors.parameters(), saved):
+            parameter.data = value
+
+
+@torch.no_grad()
 def test_an_example_in_a_mixed_length_batch_equals_itself_alone(family_model, batch):
     together = family_model(**batch)
     for row, n in enumerate(batch["attention_mask"].sum(-1).tolist()):
@@ -196,6 +316,7 @@ def test_soft_removal_trains_every_part(family_model, batch):
     model = family_model.train()
     try:
         out = model(**batch, removal="soft", temperature=10.0)
+        assert torch.isfinite(out.logits).all()
         loss = out.logits.logsumexp(-1).sum() + out.soft_lengths.sum()
         loss.backward()
         groups = model.parameter_groups()
@@ -230,19 +351,36 @@ def test_int8_keeps_the_kept_tokens_close(family_model, batch):
     assert (out.kept_mask == reference.kept_mask).float().mean() > 0.95  # the CPs stay float
 
 
+def _position_table_flops(size) -> float:
+    """FLOPs of projecting the 2 * span relative embeddings by each layer's position projections
+    (one per score term), a per-forward constant of the Hugging Face forward (adapler caches the
+    tables at inference): (2 span x H) x (H x H) per term = extra_per_token * H; 0 without
+    relative terms."""
+    return size.extra_per_token * size.hidden
+
+
 def test_flops_of_an_unpruned_pass_equal_a_count_of_the_familys_matmuls(family_model, tokenizer):
     """The family's own forward (eager attention, so that every matmul is counted), one example of
-    n tokens: the FLOPs of its encoder layers equal L * layer_flops(n) of adapler.flops."""
+    n tokens: the FLOPs of its encoder layers equal L * layer_flops(n) of adapler.flops (GeGLU
+    FFN, relative-position terms, sliding layers over all n keys), plus DeBERTa's per-forward
+    projections of its position tables."""
     n = 11
     ids = torch.randint(2000, 20000, (1, n))
     inputs = family_model.family.hf_inputs(ids, torch.ones_like(ids), torch.zeros_like(ids))
     backbone = family_model.backbone
     previous = backbone.config._attn_implementation
+    # DeBERTa passes its relative-embedding Parameter itself into each layer: the counter's module
+    # tracker can not hook a leaf that requires grad, so the count runs on frozen weights
+    frozen = [p for p in backbone.parameters() if p.requires_grad]
     backbone.set_attn_implementation("eager")
     try:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             backbone(**inputs)
     finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
         backbone.set_attn_implementation(previous)
     names = {module: name for name, module in backbone.named_modules()}
     counts = counter.get_flop_counts()
@@ -251,7 +389,7 @@ def test_flops_of_an_unpruned_pass_equal_a_count_of_the_familys_matmuls(family_m
     )
     size = encoder_size(family_model.config, family_model.settings.cp_hidden)
     assert size.num_layers == LAYERS and size.hidden == HIDDEN and size.intermediate == FFN
-    assert counted == LAYERS * float(layer_flops(n, size))
+    assert counted == LAYERS * (float(layer_flops(n, size)) + _position_table_flops(size))
 
 
 def test_onnx_runtime_matches_torch(family_model, batch, tokenizer, sentences, tmp_path):
@@ -279,10 +417,15 @@ def test_onnx_runtime_matches_torch(family_model, batch, tokenizer, sentences, t
     assert torch.allclose(expected.logits, got.logits, atol=1e-4)
 
 
+def _model_type(name: str) -> str:
+    """The family of a TINY_BACKBONES entry (its key is a name, not always a model_type)."""
+    return TINY_BACKBONES[name](32).config.model_type
+
+
 def test_every_family_is_registered_once():
     assert len(SUPPORTED_MODEL_TYPES) == len(set(SUPPORTED_MODEL_TYPES))
     for name in TINY_BACKBONES:
-        assert name in SUPPORTED_MODEL_TYPES
+        assert _model_type(name) in SUPPORTED_MODEL_TYPES
 
 
 def test_an_unsupported_family_fails_in_one_line_naming_the_supported_ones():
@@ -324,7 +467,8 @@ def test_adapler_train_end_to_end(name, tokenizer, tmp_path, capsys):
 
     torch.manual_seed(0)
     backbone_dir = tmp_path / "backbone"
-    TINY_BACKBONES[name](tokenizer.vocab_size).save_pretrained(backbone_dir)
+    backbone = TINY_BACKBONES[name](tokenizer.vocab_size)
+    backbone.save_pretrained(backbone_dir)
     tokenizer.save_pretrained(backbone_dir)
     overrides = [
         "name=tiny",
@@ -343,9 +487,11 @@ def test_adapler_train_end_to_end(name, tokenizer, tmp_path, capsys):
         "saliency_checkpoints=1",
     ]
     assert main(["train", *[arg for item in overrides for arg in ("--set", item)]]) == 0
-    result = json.loads((tmp_path / "runs" / "tiny" / "result.json").read_text())
+    result = json.loads(RunLayout(tmp_path / "runs" / "tiny").summary.read_text())
     assert result["dev_flops_speedup"] > 0 and 0.0 <= result["adapler_test_accuracy"] <= 1.0
-    assert AutoConfig.from_pretrained(result["model_dir"]).model_type == name
+    trained = AutoConfig.from_pretrained(result["model_dir"])
+    assert trained.model_type == _model_type(name)
+    assert getattr(trained, "classifier_pooling", None) == getattr(backbone.config, "classifier_pooling", None)
     assert main(["predict", "--model", result["model_dir"], "--runtime", "torch", "A fine film."]) == 0
 
 
@@ -369,6 +515,22 @@ def test_runtime_auto_picks_torch_for_a_family_without_export_and_says_why_once(
     err = capsys.readouterr().err
     assert err.count("runs this model on torch") == 1 and "distilbert: its attention is not in the graphs" in err
     assert first.predict(["A fine film."])[0].label in first.label_names
+
+
+def test_adapler_predict_runs_a_family_without_export_on_torch(tokenizer, spread_cps, tmp_path, monkeypatch, capsys):
+    """The CLI resolves ``--runtime auto`` for the model's own directory (as deploy/app.py and
+    adapler calibrate do): a family the graphs can not express runs on torch, said once."""
+    from adapler import inference
+    from adapler.backbones.distilbert import DistilBertFamily
+    from adapler_cli.main import main
+
+    tiny_family_model("distilbert", tokenizer, spread_cps).save_pretrained(tmp_path)
+    monkeypatch.setattr(DistilBertFamily, "export_unsupported", "not in the graphs (cli test)")
+    monkeypatch.setattr(inference, "_SAID", set())
+    assert main(["predict", "--model", str(tmp_path), "A fine film.", "Dull."]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("runs this model on torch") == 1 and "distilbert: not in the graphs (cli test)" in err
+    assert out.count("FLOPs speedup") == 2
 
 
 @pytest.mark.parametrize("removal", ["packed", "masked"])
