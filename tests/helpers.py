@@ -35,15 +35,8 @@ def save_tiny_backbone(directory: Path, **settings) -> str:
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(default_backbone())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        **settings,
-    )
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **{**sizes, **settings})
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
