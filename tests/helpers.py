@@ -93,3 +93,19 @@ def adapler_serve(model_dir: str, *options: str, ready_s: float = 240) -> Iterat
             os.killpg(proc.pid, signal.SIGKILL)  # what is left of the process group started here
         proc.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# `--set` overrides for a run that trains in seconds on a 48-example slice (with a tiny backbone)
+TINY_RUN = [
+    "data.source=rotten_tomatoes",
+    "data.limit=48",
+    "data.max_length=32",
+    "stage1.epochs=1",
+    "stage1.batch_size=16",
+    "stage1.lr=1e-3",
+    "stage2.epochs=1",
+    "stage2.batch_size=16",
+    "stage2.eta_lr=0.1",
+    "stage2.predictor_lr=1e-3",
+    "saliency_checkpoints=1",
+]

@@ -42,6 +42,7 @@ from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.quantization import quantize_int8
 from adapler.run_layout import RunLayout
 from adapler.saliency import saliency_of_batch
+from helpers import TINY_RUN
 
 LAYERS, HIDDEN, HEADS, FFN, LABELS = 3, 32, 4, 48, 3
 
@@ -474,17 +475,7 @@ def test_adapler_train_end_to_end(name, tokenizer, tmp_path, capsys):
         "name=tiny",
         f"output_dir={tmp_path / 'runs'}",
         f"model.backbone={backbone_dir}",
-        "data.source=rotten_tomatoes",
-        "data.limit=48",
-        "data.max_length=32",
-        "stage1.epochs=1",
-        "stage1.batch_size=16",
-        "stage1.lr=1e-3",
-        "stage2.epochs=1",
-        "stage2.batch_size=16",
-        "stage2.eta_lr=0.1",
-        "stage2.predictor_lr=1e-3",
-        "saliency_checkpoints=1",
+        *TINY_RUN,
     ]
     assert main(["train", *[arg for item in overrides for arg in ("--set", item)]]) == 0
     result = json.loads(RunLayout(tmp_path / "runs" / "tiny").summary.read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import save_tiny_backbone
+from helpers import TINY_RUN, save_tiny_backbone
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -117,17 +117,7 @@ def tiny_overrides(mlflow_store):
             f"name={name}",
             f"output_dir={tmp_path / 'runs'}",
             f"model.backbone={backbone}",
-            "data.source=rotten_tomatoes",
-            "data.limit=48",
-            "data.max_length=32",
-            "stage1.epochs=1",
-            "stage1.batch_size=16",
-            "stage1.lr=1e-3",
-            "stage2.epochs=1",
-            "stage2.batch_size=16",
-            "stage2.eta_lr=0.1",
-            "stage2.predictor_lr=1e-3",
-            "saliency_checkpoints=1",
+            *TINY_RUN,
             "tune.num_samples=2",
             "tune.inits=[finetuned]",
             "ray.cpus_per_worker=1",
