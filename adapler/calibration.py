@@ -347,7 +347,9 @@ def measure_operating_points(
         return OperatingPoints.from_curve(measure.curve(), budgets, data)
     labels = np.concatenate([batch["labels"].numpy() for batch in loader])
     named = name_points_paired(measure.curve(), measure.predictions, labels, budgets, confidence)
-    return OperatingPoints(tuple(measure.curve()), {name: p.factor for name, p in named.items()}, budgets, data)
+    return OperatingPoints(
+        tuple(measure.curve()), {name: p.factor for name, p in named.items()}, budgets, data, confidence
+    )
 
 
 def dev_description(data_name: str, rows: pd.DataFrame) -> str:

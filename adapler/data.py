@@ -605,6 +605,15 @@ def load_unlabeled(path: str | Path, text_column: str = "text", text_pair_column
     )
 
 
+def configured_unlabeled(config) -> pd.DataFrame | None:
+    """The texts of ``config.data.unlabeled_file`` (:func:`load_unlabeled` with the config's
+    column names); None when it is unset."""
+    data = config.data
+    if not data.unlabeled_file:
+        return None
+    return load_unlabeled(data.unlabeled_file, data.text_column, data.text_pair_column)
+
+
 def load_data(config: ExperimentConfig) -> DatasetSplits:
     """The splits that ``config.data`` names (every entry point loads data through this)."""
     d = config.data

@@ -26,6 +26,7 @@ class EvalResult:
     num_examples: int
     examples_per_s: float
     predictions: np.ndarray  # (N,) predicted label ids, in loader order
+    labels: np.ndarray  # (N,) label ids, in loader order
 
     def summary(self) -> dict[str, float]:
         return {
@@ -120,6 +121,7 @@ def summarize(model, outputs: Outputs, removal: str = "packed") -> EvalResult:
         num_examples=examples,
         examples_per_s=examples / outputs.seconds if outputs.seconds > 0 else float("inf"),
         predictions=outputs.predictions,
+        labels=outputs.labels,
     )
 
 

@@ -156,6 +156,7 @@ class OperatingPoints:
     named: Mapping[str, float]  # name -> factor
     budgets: PointBudgets = field(default_factory=PointBudgets)
     data: str = ""  # what they were measured on, e.g. "rotten_tomatoes dev (600 examples)"
+    confidence: float | None = None  # balanced and fast named by the paired bound at it; None: by dev accuracy
 
     @classmethod
     def from_curve(cls, curve: Sequence[CurvePoint], budgets: PointBudgets, data: str = "") -> OperatingPoints:
@@ -169,6 +170,7 @@ class OperatingPoints:
             "budgets": asdict(self.budgets),
             "named": dict(self.named),
             "curve": [asdict(p) for p in self.curve],
+            "confidence": self.confidence,
         }
 
     @classmethod
@@ -178,14 +180,21 @@ class OperatingPoints:
         factors = {p.factor for p in curve}
         if not set(named.values()) <= factors:
             raise ValueError(f"operating points {named} are not all on the stored curve")
-        return cls(curve, named, PointBudgets(**raw.get("budgets", {})), str(raw.get("data", "")))
+        confidence = raw.get("confidence")
+        return cls(
+            curve,
+            named,
+            PointBudgets(**raw.get("budgets", {})),
+            str(raw.get("data", "")),
+            None if confidence is None else float(confidence),
+        )
 
     def rescaled(self, factor: float) -> OperatingPoints:
         """The same points for a model whose etas were multiplied by ``factor``: same thresholds,
         so same dev figures, at factors divided by ``factor``."""
         curve = tuple(CurvePoint(p.factor / factor, p.accuracy, p.flops_speedup, p.examples_per_s) for p in self.curve)
         named = {name: f / factor for name, f in self.named.items()}
-        return OperatingPoints(curve, named, self.budgets, self.data)
+        return OperatingPoints(curve, named, self.budgets, self.data, self.confidence)
 
     # ------------------------------------------------------------------ lookups
     def _on_curve(self, factor: float) -> CurvePoint | None:

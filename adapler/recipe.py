@@ -16,15 +16,17 @@ import torch
 
 from adapler.batching import make_loader
 from adapler.config import ExperimentConfig, save_config
-from adapler.data import DatasetSplits, load_data
+from adapler.data import DatasetSplits, configured_unlabeled, load_data
 from adapler.evaluate import evaluate
+from adapler.evidence import predictions
 from adapler.modeling import AdapLeRForSequenceClassification
+from adapler.paired import changes
 from adapler.run_layout import CHECKPOINT_MODEL_SUBDIR, RunLayout
 from adapler.run_result import RunResult, backbone_name
 from adapler.saliency import saliency_from_checkpoints
-from adapler.selection import best_epochs, run_warnings, select
+from adapler.selection import best_epochs, certificate, run_warnings, select_for
 from adapler.stage1_record import Stage1Record, reusable_stage1, trained_with
-from adapler.training import EpochReport, epoch_candidates, train_stage1, train_stage2
+from adapler.training import EpochReport, train_stage1, train_stage2
 
 
 def new_model(config: ExperimentConfig, data: DatasetSplits) -> AdapLeRForSequenceClassification:
@@ -108,6 +110,9 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RunResult:
     dev = make_loader(data.dev, tok, config.stage1.batch_size, max_length)
     test = make_loader(data.test, tok, config.stage1.batch_size, max_length)
     backbone_test = evaluate(model, test, removal="none", progress=progress, desc="test (backbone)")
+    reference_dev = evaluate(model, dev, removal="none").predictions  # stage 1's, for the paired rule
+    unlabeled = configured_unlabeled(config)
+    reference_unlabeled = None if unlabeled is None else predictions(model, unlabeled, "none", config.stage2.batch_size)
 
     saliency = saliency_from_checkpoints(
         stage1.model_dirs, data.train, max_length, device=config.device, progress=progress
@@ -118,9 +123,22 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RunResult:
     train = make_loader(
         data.train, tok, config.stage2.batch_size, max_length, shuffle=True, seed=config.stage2.seed, saliency=saliency
     )
-    stage2 = train_stage2(model, train, dev, config.stage2, stage1_dev, checkpoint_saver(layout.checkpoints), progress)
-    selection = select(epoch_candidates(stage2.history), stage1_dev, config.stage2.selection_tolerance)
-    warnings = run_warnings(selection, stage1_dev, f"adapler train --config {layout.config}", config.stage2)
+    stage2 = train_stage2(
+        model,
+        train,
+        dev,
+        config.stage2,
+        stage1_dev,
+        checkpoint_saver(layout.checkpoints),
+        progress,
+        reference_predictions=reference_dev,
+    )
+    selection = select_for(stage2.candidates, stage1_dev, config.stage2)
+    if unlabeled is not None:  # the chosen epoch's changes on texts without labels enter its certificate
+        label_free = changes(reference_unlabeled, predictions(model, unlabeled, "packed", config.stage2.batch_size))
+        selection = dataclasses.replace(selection, chosen=dataclasses.replace(selection.chosen, label_free=label_free))
+    trust = certificate(selection, config.stage2.selection_tolerance, config.stage2.selection_relative_tolerance)
+    warnings = run_warnings(selection, stage1_dev, f"adapler train --config {layout.config}", config.stage2, cert=trust)
     adapler_test = evaluate(model, test, removal="packed", progress=progress, desc="test (AdapLeR)")
     model.save_pretrained(layout.model)
     result = RunResult(
@@ -141,6 +159,7 @@ def run_recipe(config: ExperimentConfig, progress: bool = True) -> RunResult:
         warning=warnings.text,
         chosen=dataclasses.asdict(selection.chosen),
         wall_seconds=time.perf_counter() - start,
+        certificate=trust.to_dict() if trust else None,
     )
     result.write(layout)
     return result

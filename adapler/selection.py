@@ -31,6 +31,7 @@ rules over them:
   correction: 12.5% / 8.5% / 16%; Bonferroni over every point: 6.5% / 3% / 6.5% and slower; the
   issue's paired bootstrap, uncorrected: 16.5% / 12.5% / 16.5%. Dropping the comparison with the
   unpruned weights: 6.5% / 5% / 15.5%.
+- :func:`select_for`: :func:`select` with the settings of a stage-2 config (every entry point).
 - :func:`certificate`: what the chosen point's dev split can certify (observed drop, bound,
   disagreement rate and on how many texts, smallest certifiable drop, error ratio), and
   :func:`loose_bound_warning` the sentence when that is less than the tolerance asks.
@@ -126,6 +127,18 @@ def select(
     else:
         chosen = fallback()
     return Selection(chosen, bool(eligible), pareto_front(candidates), level)
+
+
+def select_for(candidates: Sequence[Candidate], reference: float, stage2: Stage2Config) -> Selection:
+    """:func:`select` with the rule's settings of a stage-2 config (``selection_tolerance``,
+    ``selection_confidence``, ``selection_relative_tolerance``): what every entry point calls."""
+    return select(
+        candidates,
+        reference,
+        stage2.selection_tolerance,
+        stage2.selection_confidence,
+        stage2.selection_relative_tolerance,
+    )
 
 
 def effective_tolerance(tolerance: float, relative_tolerance: float | None, reference_error_rate: float) -> float:

@@ -12,12 +12,14 @@ shares joined (:func:`evaluate_shared`), the same on every worker.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -25,7 +27,8 @@ from tqdm.auto import tqdm
 from adapler.config import Stage1Config, Stage2Config
 from adapler.evaluate import EvalResult, Outputs, forward_outputs, summarize, unwrap
 from adapler.modeling import FIRST_STEP_TEMPERATURE, AdapLeROutput, temperature_for_epoch
-from adapler.selection import Candidate, select
+from adapler.paired import compare
+from adapler.selection import Candidate, select_for
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -45,6 +48,7 @@ EpochCallback = Callable[[EpochReport], None]
 @dataclass
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one dict of metrics per epoch
+    candidates: list[Candidate] = field(default_factory=list)  # stage 2: the epochs as selection candidates
     best_epoch: int = 0
     best_metrics: dict[str, float] = field(default_factory=dict)
     _best_state: dict | None = field(default=None, repr=False)
@@ -205,12 +209,17 @@ def train_stage2(
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
     start_epoch: int = 0,
+    reference_predictions: np.ndarray | None = None,
 ) -> TrainResult:
     """AdapLeR training with soft removal (spec section 4); train batches must carry saliency.
 
     reference_dev_score: the best stage-1 dev accuracy, for the selection rule. The model ends
     at the selected epoch. start_epoch: as in train_stage1 (selection then covers the epochs
-    run in this call).
+    run in this call). reference_predictions: stage 1's dev predictions (N,), in ``dev_loader``'s
+    order (:func:`evaluate_shared` of stage 1's model on the same loader): each epoch is then
+    also read with removal off and compared with both, example by example, and the epoch is
+    chosen by the paired bound of :mod:`adapler.selection` (``result.candidates``); without them,
+    by the marginal rule.
     """
     torch.manual_seed(config.seed)
     core = unwrap(model)
@@ -261,22 +270,34 @@ def train_stage2(
         means = _all_reduce_mean(torch.tensor([v / max(len(train_loader), 1) for v in sums.values()], device=device))
         metrics = {f"train_{k}": v for k, v in zip(sums, means.tolist())}
         metrics["train_seconds"] = time.perf_counter() - start
-        metrics.update(_metrics(evaluate_shared(model, dev_loader, removal="packed")))
+        pruned = evaluate_shared(model, dev_loader, removal="packed")
+        metrics.update(_metrics(pruned))
         metrics.update({f"eta_layer{i + 1}": float(e) for i, e in enumerate(core.etas.detach())})
+        candidate = Candidate("stage2", epoch, pruned.accuracy, pruned.flops_speedup)
+        if reference_predictions is not None:
+            candidate = paired_candidate(
+                candidate, pruned, evaluate_shared(model, dev_loader, removal="none"), reference_predictions
+            )
+            metrics["dev_accuracy_unpruned"] = candidate.unpruned_accuracy
         result.history.append(metrics)
-        chosen = select(
-            epoch_candidates(result.history, start_epoch), reference_dev_score, config.selection_tolerance
-        ).chosen
+        result.candidates.append(candidate)
+        chosen = select_for(result.candidates, reference_dev_score, config).chosen
         result.close_epoch(EpochReport("stage2", epoch, metrics, model, chosen.epoch == epoch), on_epoch)
     result.restore_best(core)
     return result
 
 
-def epoch_candidates(history: list[dict[str, float]], start_epoch: int = 0) -> list[Candidate]:
-    """The epochs of one stage-2 run as selection candidates (history[i] is epoch start_epoch + i)."""
-    return [
-        Candidate("stage2", start_epoch + i, m["dev_accuracy"], m["dev_flops_speedup"]) for i, m in enumerate(history)
-    ]
+def paired_candidate(
+    candidate: Candidate, pruned: EvalResult, unpruned: EvalResult, reference: np.ndarray
+) -> Candidate:
+    """``candidate`` with its paired comparisons on dev: ``pruned`` (its pass with removal) against
+    stage 1's predictions ``reference`` and against ``unpruned`` (the same weights, removal off)."""
+    return dataclasses.replace(
+        candidate,
+        unpruned_accuracy=unpruned.accuracy,
+        paired=compare(reference, pruned.predictions, pruned.labels),
+        unpruned_paired=compare(unpruned.predictions, pruned.predictions, pruned.labels),
+    )
 
 
 def _set_epoch(loader, epoch: int) -> None:

@@ -15,7 +15,10 @@ layer l keeps --share of the tokens entering it (about share^l of the input). Th
 each row is measured from the tokens that were really kept.
 
   baseline                the family's own forward (removal "none": SDPA, eager for DeBERTa;
-                          ModernBERT's padded path, its unpadded one needs flash-attn, not on CPU)
+                          ModernBERT's padded path, its unpadded one needs flash-attn, not on CPU);
+                          on ONNX Runtime, the same exported graphs with removal off at the same
+                          precision (every ratio is against the same engine; the torch forward's
+                          figure stays in torch_hf_texts_per_s)
   adapler                 packed removal, on --runtime (torch, or ONNX Runtime fp32 / int8)
   adapler-no-pruning      the same code with every eta at 0: nothing leaves
 
@@ -154,7 +157,7 @@ def bench_family(family: str, args, tokenizer, texts: list[str]) -> list[dict]:
     fit_etas(model, batches[32][0], args.share)
     etas = [round(float(eta), 3) for eta in model.etas.detach()]
     print(f"[{family}] etas fitted for a share of {args.share} per layer: {etas}", flush=True)
-    engines = {"baseline": Engine("baseline", model, "none")}
+    engines = {"baseline": Engine("baseline", model, "none")}  # the family's own HF forward in torch
     for quantize in args.quantize:
         if args.runtime == "torch" and quantize == "none":
             pruned = model
@@ -163,6 +166,8 @@ def bench_family(family: str, args, tokenizer, texts: list[str]) -> list[dict]:
             if not (directory / "config.json").is_file():
                 model.save_pretrained(directory)
             pruned = load_for_inference(directory, args.runtime, "cpu", quantize, args.threads)
+            # the same engine's plain backbone: the same graphs at the same precision, removal off
+            engines[f"baseline-{quantize}"] = Engine("baseline", pruned, "none")
         engines[f"adapler-{quantize}"] = Engine("adapler", pruned, "packed")
         engines[f"adapler-no-pruning-{quantize}"] = Engine("adapler-no-pruning", pruned, "packed", factor=0.0)
     records = []
@@ -170,16 +175,18 @@ def bench_family(family: str, args, tokenizer, texts: list[str]) -> list[dict]:
         count = sum(len(b["input_ids"]) for b in timed_batches)
         lengths = torch.cat([b["attention_mask"].sum(-1) for b in timed_batches]).numpy()
         timed = interleaved({key: engine.run for key, engine in engines.items()}, timed_batches, args.repeats)
-        baseline = count / timed["baseline"][0]
+        torch_baseline = count / timed["baseline"][0]
         for key, engine in engines.items():
-            if key == "baseline":
+            if engine.name == "baseline":
                 continue
+            quantize = key.rsplit("-", 1)[1]
+            baseline = count / timed.get(f"baseline-{quantize}", timed["baseline"])[0]  # same engine, same precision
             seconds, last = timed[key]
             speedup = flops_speedup(lengths, last.kept, size)
             record = {
                 "family": family,
                 "runtime": args.runtime,
-                "quantize": key.rsplit("-", 1)[1],
+                "quantize": quantize,
                 "batch_size": batch_size,
                 "engine": engine.name,
                 "texts": count,
@@ -187,6 +194,7 @@ def bench_family(family: str, args, tokenizer, texts: list[str]) -> list[dict]:
                 "texts_per_s": count / seconds,
                 "flops_speedup": speedup,
                 "baseline_texts_per_s": baseline,
+                "torch_hf_texts_per_s": torch_baseline,
                 "speedup": (count / seconds) / baseline,
                 "realization": (count / seconds) / baseline / speedup,
                 "mean_kept_per_layer": last.kept.mean(0).round(1).tolist(),

@@ -88,14 +88,16 @@ SETS = ("bbc_titles", "rt_400", "debates", "rt_plot", "rt_1000")
 
 
 def collect(name: str) -> Path:
+    from adapler.backbones import encoder_size
     from adapler.batching import make_loader
     from adapler.calibration import scaled_etas
     from adapler.config import ExperimentConfig, apply_overrides
     from adapler.data import load_splits
     from adapler.evaluate import forward_outputs
-    from adapler.flops import EncoderSize, adapler_flops, backbone_flops
+    from adapler.flops import adapler_flops, backbone_flops
     from adapler.modeling import AdapLeRForSequenceClassification
     from adapler.recipe import checkpoint_saver, new_model, top_checkpoints
+    from adapler.run_layout import checkpoint_model_dir
     from adapler.saliency import saliency_from_checkpoints
     from adapler.training import train_stage1, train_stage2
 
@@ -148,8 +150,8 @@ def collect(name: str) -> Path:
         checkpoint_saver(checkpoints),
         progress=False,
     )
-    best = top_checkpoints(checkpoints, "stage1", 1)
-    size = EncoderSize.from_config(model.config, model.settings.cp_hidden)
+    best = [checkpoint_model_dir(path) for path in top_checkpoints(checkpoints, "stage1", 1)]
+    size = encoder_size(model.config, model.settings.cp_hidden)
     arrays: dict[str, np.ndarray] = {}
 
     def read(key: str, removal: str) -> None:

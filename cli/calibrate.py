@@ -46,8 +46,9 @@ Goals:
   --points            leave the etas as they are and store the model's operating points in its
                       config.json: a curve of factors on dev and three names on it, accurate
                       (the fastest within 0.2 points of the best dev accuracy), balanced (the
-                      fastest within 1 point of accurate) and fast (within --fast-drop of
-                      accurate, default 0.03). Requests then pick one: `adapler predict
+                      fastest whose --confidence upper bound of the paired drop against accurate
+                      is within 1 point) and fast (within --fast-drop of accurate, default 0.03,
+                      bounded alike). Requests then pick one: `adapler predict
                       --operating-point fast`, or "operating_point" in a Serve request.
 
 A model directory is saved calibrated to --output (save_pretrained format). A registered model
@@ -96,7 +97,12 @@ def add_calibrate_command(subparsers) -> argparse.ArgumentParser:
         metavar="MODEL",
         help="--max-drop: bound the paired drop against this reference's dev predictions (stage 1's model)",
     )
-    c.add_argument("--confidence", type=float, default=0.9, help="--against: of the upper bound (default 0.9)")
+    c.add_argument(
+        "--confidence",
+        type=float,
+        default=0.9,
+        help="--against and --points: of the paired drop's upper bound (default 0.9)",
+    )
     c.add_argument("--output", help="save the calibrated model here (save_pretrained format)")
     c.add_argument(
         "--set-alias", metavar="NAME", help="models:/ only: point this alias (e.g. champion) at the new version"
@@ -260,7 +266,9 @@ def _search_points(model, engine, loader, rows, args: argparse.Namespace, progre
     from adapler.operating_points import PointBudgets
 
     budgets = PointBudgets() if args.fast_drop is None else PointBudgets(fast=args.fast_drop)
-    points = attach_operating_points(model, loader, rows, args.data, budgets, engine=engine, on_point=progress)
+    points = attach_operating_points(
+        model, loader, rows, args.data, budgets, engine=engine, on_point=progress, confidence=args.confidence
+    )
     print(format_curve(points.curve, names=points.named))
     print(points.listing())
 

@@ -60,8 +60,8 @@ class TuneConfig:
     predictor_lrs: list[float] = field(default_factory=list)
     eta_lrs: list[float] = field(default_factory=list)
     grace_period: int = 1  # epochs before the early-stopping scheduler may stop a trial
-    # Calibration in the loop: the front's models within tolerance also compete at the fastest global
-    # eta factor that keeps them within it (pipelines/tune.py calibrate_front).
+    # Calibration in the loop: each trial's best model also competes at every global eta factor
+    # the paired rule certifies (pipelines/tune.py paired_selection); false: factor 1 only.
     calibrate: bool = True
     seed: int = 0
 

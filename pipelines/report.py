@@ -1,9 +1,9 @@
 """The pictures of a pipeline run, written as files and logged as artefacts of the run.
 
-- ``pareto.csv`` / ``pareto.png``: every (trial, epoch) point of the stage-2 search, the Pareto
-  front and the chosen point (:func:`adapler_pipelines.tune.write_pareto`); rebuilt from MLflow,
-  they hold the trained points (eta factor 1): the points that calibration in the loop added are
-  in the pipeline's own ``report/pareto.csv``;
+- ``pareto.csv`` / ``pareto.png``: every (trial, epoch, eta factor) candidate of the stage-2
+  search, the Pareto front and the chosen point, as the pipeline wrote them
+  (:func:`adapler_pipelines.tune.write_pareto`): the run's own ``report/`` artefacts, copied, so
+  the point marked chosen is the one the run chose and registered;
 - ``retention.png``: the chosen model's mean fraction of tokens entering each layer, on the
   dev and test splits;
 - ``highlight.html``: the first test examples, each token shaded by the layer at which the chosen
@@ -11,15 +11,14 @@
 
 :func:`chosen_model_pictures` is what the pipeline calls at its end (it has the chosen model's
 directory and the resolved config at hand). :func:`write_report` (``adapler report --run``)
-rebuilds all of them from MLflow alone, for the top-level run of ``adapler run`` / ``tune`` /
-``demo``: the stage-2 trial runs nested under it (tag ``adapler.stage`` = ``stage2-<trial>``,
-per-epoch ``dev_accuracy`` / ``dev_flops_speedup``), its ``stage1_dev_accuracy`` metric and
-``config.json`` artefact, and the model version registered by its ``register`` run. Both log
-the files under the run's ``report/`` artefact folder, next to what the pipeline put there.
+writes all of them from MLflow alone, for the top-level run of ``adapler run`` / ``tune`` /
+``demo``: its ``report/pareto.*`` and ``config.json`` artefacts and the model version registered
+by its ``register`` run. Both log the files under the run's ``report/`` artefact folder.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,14 +35,14 @@ from adapler.inference import Predictor
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.pictures import HighlightExample, highlight_html, retention_plot
 from adapler.run_layout import REPORT_DIR
-from adapler.selection import Candidate, select
 from adapler_pipelines.config import MlflowConfig, PipelineConfig
 from adapler_pipelines.tracking import STAGE_TAG, TrackingError, client_for, read_run_config, tracking_uri
-from adapler_pipelines.tune import TRIAL_PREFIX, searched_values, write_pareto
+from adapler_pipelines.tune import TRIAL_PREFIX
 
 RETENTION_PNG = "retention.png"
 HIGHLIGHT_HTML = "highlight.html"
 HIGHLIGHT_EXAMPLES = 5
+PARETO_FILES = ("pareto.csv", "pareto.png")  # written by adapler_pipelines.tune.write_pareto
 _MAX_CHILD_RUNS = 50_000  # MLflow's largest search page
 
 
@@ -132,22 +131,6 @@ def _child_runs(client: MlflowClient, run) -> list:
     )
 
 
-def _trial_candidates(client: MlflowClient, uri: str, trials: list) -> list[Candidate]:
-    """The (trial, epoch) candidates as the search saw them: each trial run's per-epoch metrics,
-    with the searched values of the config the trial ran (a trial resumed after a failure has
-    two runs: its epochs are merged)."""
-    candidates: dict[tuple[str, int], Candidate] = {}
-    for trial in trials:
-        run_id = trial.info.run_id
-        name = trial.data.tags[STAGE_TAG].removeprefix(TRIAL_PREFIX)
-        params = searched_values(read_run_config(uri, run_id))
-        accuracy = {m.step: m.value for m in client.get_metric_history(run_id, "dev_accuracy")}
-        speedup = {m.step: m.value for m in client.get_metric_history(run_id, "dev_flops_speedup")}
-        for epoch in sorted(accuracy.keys() & speedup.keys()):
-            candidates[(name, epoch)] = Candidate(name, epoch, accuracy[epoch], speedup[epoch], params)
-    return list(candidates.values())
-
-
 def _registered_model(client: MlflowClient, run_id: str, register_runs: list) -> AdapLeRForSequenceClassification:
     """The model version the run's ``register`` run created, loaded through its pyfunc."""
     versions = [v for r in register_runs for v in client.search_model_versions(f"run_id = '{r.info.run_id}'")]
@@ -176,24 +159,30 @@ def write_report(run_id: str, out: Path, uri: str = "", examples: int = HIGHLIGH
         raise ReportError(f"no MLflow run {run_id!r} in {uri}") from None
     children = _child_runs(client, run)
     stages = [(child.data.tags.get(STAGE_TAG, ""), child) for child in children]
-    trials = [child for stage, child in stages if stage.startswith(TRIAL_PREFIX)]
-    if not trials:
+    if not any(stage.startswith(TRIAL_PREFIX) for stage, _ in stages):
         parent = run.data.tags.get("mlflow.parentRunId")
         hint = f"it is a stage of run {parent}: give that one" if parent else "give the top-level run of `adapler run`"
         raise ReportError(f"run {run_id} has no stage-2 trial runs under it ({hint})")
     try:
-        candidates = _trial_candidates(client, uri, trials)
         config = read_run_config(uri, run_id)
     except TrackingError as err:
         raise ReportError(str(err)) from None
-    if not candidates:
-        raise ReportError(f"the stage-2 trial runs of run {run_id} logged no dev_accuracy / dev_flops_speedup")
-    reference = run.data.metrics.get("stage1_dev_accuracy")
-    if reference is None:
-        raise ReportError(f"run {run_id} has no stage1_dev_accuracy metric (did the pipeline finish?)")
     model = _registered_model(client, run_id, [child for stage, child in stages if stage == "register"])
-    selection = select(candidates, reference, config.stage2.selection_tolerance)
-    pareto = write_pareto(candidates, selection, out, reference)
-    files = [*pareto.values(), *model_pictures(model, load_data(config), config.name, out, examples)]
+    files = [*_pareto_files(client, run_id, out), *model_pictures(model, load_data(config), config.name, out, examples)]
     log_report(files, run_id, uri)
     return files
+
+
+def _pareto_files(client: MlflowClient, run_id: str, out: Path) -> list[Path]:
+    """The run's own pareto.csv and pareto.png (what the pipeline logged under ``report/``),
+    copied into ``out``."""
+    logged = {Path(a.path).name for a in client.list_artifacts(run_id, REPORT_DIR)}
+    missing = [name for name in PARETO_FILES if name not in logged]
+    if missing:
+        raise ReportError(f"run {run_id} logged no {REPORT_DIR}/{missing[0]} (did the pipeline reach stage 2's end?)")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        return [
+            Path(shutil.copy(client.download_artifacts(run_id, f"{REPORT_DIR}/{name}", tmp), out / name))
+            for name in PARETO_FILES
+        ]

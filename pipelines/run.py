@@ -46,7 +46,7 @@ from adapler_pipelines.tune import (
     TRIAL_PREFIX,
     BudgetInputs,
     SearchOutcome,
-    calibrate_front,
+    paired_selection,
     param_space,
     resolve_budgets,
     search,
@@ -154,9 +154,12 @@ def run_stage2(
         )
         log_stage_run(config, f"{TRIAL_PREFIX}stage2", [c.metrics for c in epochs], parent_run_id=parent_run_id)
         outcome = without_search(config, epochs, stage1.reference)
-    if config.tune.calibrate:
-        print("      calibrating the front's models on dev (global eta factor)", flush=True)
-        outcome = calibrate_front(outcome, config, stage1.reference, stage1.best_model_dir)
+    print(
+        "      comparing each trained model with stage 1 on dev"
+        + (" and calibrating each trial's best (global eta factor)" if config.tune.calibrate else ""),
+        flush=True,
+    )
+    outcome = paired_selection(outcome, config, data, stage1.reference, stage1.best_model_dir, config.tune.calibrate)
     write_pareto(outcome.candidates, outcome.selection, layout.report, stage1.reference)
     mlflow.log_artifacts(str(layout.report), artifact_path=REPORT_DIR, run_id=parent_run_id)
     if not outcome.selection.eligible:

@@ -9,9 +9,10 @@ input budget in turn, then a gentler phi (:func:`first_points`); ASHA stops tria
 :func:`adapler.selection.early_stopping_score`, all but the gentler one. Every trial shares the
 stage-1 checkpoints; the input budget (``data.max_length``) is searched too, each budget with
 saliency labels computed once before the search (:class:`BudgetInputs`), and every speedup is
-against the full-length backbone. After it, :func:`calibrate_front` scales the etas of each
-trial's best model on dev (calibration in the loop). The outcome is every (trial, epoch, eta
-factor) candidate and the spec's selection over them (:mod:`adapler.selection`).
+against the full-length backbone. After it, :func:`paired_selection` compares every trained
+model with stage 1 on dev, example by example, and scales the etas of each trial's best model
+(calibration in the loop). The outcome is every (trial, epoch, eta factor) candidate and the
+selection rule over them (:mod:`adapler.selection`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import torch
 from adapler.batching import input_budgets, make_loader, token_counts
 from adapler.calibration import calibrate
 from adapler.config import ConfigError, apply_overrides, config_from_dict, config_to_dict, get_dotted
-from adapler.data import load_data, load_unlabeled
-from adapler.evaluate import budget_gain, evaluate
+from adapler.data import DatasetSplits, configured_unlabeled, load_data
+from adapler.evaluate import budget_gain
 from adapler.evidence import paired_goal, reference_predictions, with_evidence
 from adapler.modeling import AdapLeRForSequenceClassification
 from adapler.run_layout import checkpoint_model_dir
@@ -34,10 +35,9 @@ from adapler.selection import (
     GENTLER_PHI,
     Candidate,
     Selection,
-    accuracy_floor,
     curve_confidence,
     early_stopping_score,
-    select,
+    select_for,
 )
 from adapler_pipelines.config import PipelineConfig, TuneConfig
 from adapler_pipelines.storage import local_copy, location_of
@@ -270,7 +270,7 @@ def search(
             )
     if not candidates:
         raise RuntimeError("the search finished without a single reported epoch")
-    return SearchOutcome(candidates, select(candidates, reference, config.stage2.selection_tolerance))
+    return SearchOutcome(candidates, select_for(candidates, reference, config.stage2))
 
 
 def without_search(config: PipelineConfig, epochs: list[EpochCheckpoint], reference: float) -> SearchOutcome:
@@ -287,88 +287,28 @@ def without_search(config: PipelineConfig, epochs: list[EpochCheckpoint], refere
         )
         for c in epochs
     ]
-    return SearchOutcome(candidates, select(candidates, reference, config.stage2.selection_tolerance))
+    return SearchOutcome(candidates, select_for(candidates, reference, config.stage2))
 
 
-def calibrate_front(
-    outcome: SearchOutcome, config: PipelineConfig, reference: float, reference_model_dir: str | None = None
+def paired_selection(
+    outcome: SearchOutcome,
+    config: PipelineConfig,
+    data: DatasetSplits,
+    reference: float,
+    stage1_model_dir: str,
+    calibrate_factors: bool = True,
 ) -> SearchOutcome:
-    """Calibration in the loop. Every (trial, epoch) first gets its dev accuracy with removal off
-    (``unpruned_accuracy``: the rule lets pruning cost at most the tolerance, see
-    :mod:`adapler.selection`). From each trial, the epoch the rule picks among its own (within
-    the tolerance, else its most accurate) is calibrated on dev at its input budget
-    (:func:`adapler.calibration.calibrate`, goal ``min_accuracy``: its
-    :func:`adapler.selection.accuracy_floor`; a trial that pruned too hard walks its factor down
-    and gives accuracy back). Every factor measured that meets that goal becomes a candidate of
-    its own (same trial, epoch and model, another factor; speedups against the full-length
-    backbone), and the rule selects again over them all. With ``reference_model_dir`` (stage 1's
-    model) the rule is the paired bound instead: :func:`calibrate_paired`."""
-    if reference_model_dir is not None:
-        return calibrate_paired(outcome, config, reference, reference_model_dir)
-    tolerance = config.stage2.selection_tolerance
-    data = load_data(config)
-
-    def load(candidate: Candidate):
-        model = AdapLeRForSequenceClassification.from_pretrained(local_copy(candidate.model_dir))
-        budget = model.tokenizer.model_max_length
-        return model, budget, make_loader(data.dev, model.tokenizer, config.stage2.batch_size, budget)
-
-    candidates, trials = [], {}
-    for candidate in outcome.candidates:
-        if candidate.factor == 1.0 and candidate.unpruned_accuracy is None:
-            model, budget, dev = load(candidate)
-            candidate = dataclasses.replace(candidate, unpruned_accuracy=evaluate(model, dev, removal="none").accuracy)
-            print(
-                f"        trial {candidate.trial} epoch {candidate.epoch} ({budget} tokens): removal off -> "
-                f"dev accuracy {candidate.unpruned_accuracy:.4f}",
-                flush=True,
-            )
-        candidates.append(candidate)
-        if candidate.factor == 1.0:
-            trials.setdefault(candidate.trial, []).append(candidate)
-    for epochs in trials.values():
-        pick = select(epochs, reference, tolerance).chosen
-        model, budget, dev = load(pick)
-        min_accuracy = accuracy_floor(pick, reference, tolerance)
-
-        def progress(point, c=pick, budget=budget) -> None:
-            print(
-                f"        trial {c.trial} epoch {c.epoch} ({budget} tokens): etas x {point.factor:.3g} -> "
-                f"dev accuracy {point.accuracy:.4f}, {point.flops_speedup:.2f}x FLOPs",
-                flush=True,
-            )
-
-        curve = calibrate(
-            model,
-            dev,
-            min_accuracy=min_accuracy,
-            on_point=progress,
-            flops_gain=budget_gain(model, data.dev, config.data.max_length),
-        ).points
-        candidates += [  # only the factors that meet its goal: probes past the edge are not candidates
-            dataclasses.replace(pick, dev_accuracy=p.accuracy, dev_flops_speedup=p.flops_speedup, factor=p.factor)
-            for p in curve
-            if p.factor != 1.0 and p.accuracy >= min_accuracy
-        ]
-    return SearchOutcome(candidates, select(candidates, reference, tolerance))
-
-
-def calibrate_paired(
-    outcome: SearchOutcome, config: PipelineConfig, reference: float, reference_model_dir: str
-) -> SearchOutcome:
-    """Calibration in the loop under the paired rule (:mod:`adapler.selection`): every trained
-    (trial, epoch) gets its paired evidence against stage 1 on dev (and on
-    ``data.unlabeled_file``, :mod:`adapler.evidence`); from each trial the epoch the rule picks is
-    calibrated with goal ``paired`` at the confidence of one curve among all searched; every
-    factor measured becomes a candidate and the rule selects over them all."""
+    """The rule of :mod:`adapler.selection` over what stage 2 trained, on paired evidence:
+    every trained (trial, epoch) gets its predictions on dev compared with stage 1's
+    (``stage1_model_dir``) and with its own weights' with removal off, and its changes on
+    ``data.unlabeled_file`` (:mod:`adapler.evidence`). With ``calibrate_factors`` (calibration in
+    the loop, ``tune.calibrate``), from each trial the epoch the rule picks is calibrated on dev
+    at its input budget with goal ``paired`` at the confidence of one curve among all searched,
+    and every factor measured becomes a candidate of its own (same trial, epoch and model; its
+    speedup against the full-length backbone). The rule then selects over them all."""
     stage2 = config.stage2
-    data = load_data(config)
-    unlabeled = (
-        load_unlabeled(config.data.unlabeled_file, config.data.text_column, config.data.text_pair_column)
-        if config.data.unlabeled_file
-        else None
-    )
-    stage1 = AdapLeRForSequenceClassification.from_pretrained(local_copy(reference_model_dir))
+    unlabeled = configured_unlabeled(config)
+    stage1 = AdapLeRForSequenceClassification.from_pretrained(local_copy(stage1_model_dir))
     evidence = reference_predictions(stage1, data.dev, unlabeled, stage2.batch_size)
     level = curve_confidence(outcome.candidates, stage2.selection_confidence)
 
@@ -388,14 +328,8 @@ def calibrate_paired(
         candidates.append(candidate)
         if candidate.factor == 1.0:
             trials.setdefault(candidate.trial, []).append(candidate)
-    for epochs in trials.values():
-        pick = select(
-            epochs,
-            reference,
-            stage2.selection_tolerance,
-            stage2.selection_confidence,
-            stage2.selection_relative_tolerance,
-        ).chosen
+    for epochs in trials.values() if calibrate_factors else ():
+        pick = select_for(epochs, reference, stage2).chosen
         model = load(pick)
         goal = paired_goal(
             model,
@@ -426,16 +360,7 @@ def calibrate_paired(
             for c in curve.paired
             if c.factor != 1.0
         ]
-    return SearchOutcome(
-        candidates,
-        select(
-            candidates,
-            reference,
-            stage2.selection_tolerance,
-            stage2.selection_confidence,
-            stage2.selection_relative_tolerance,
-        ),
-    )
+    return SearchOutcome(candidates, select_for(candidates, reference, stage2))
 
 
 def write_pareto(

@@ -3,6 +3,7 @@ form (config.json round trip, rescaling by calibration) and the search on a tiny
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -50,6 +51,13 @@ def test_names_follow_the_budgets(points):
     assert dict(points.named) == {"accurate": 1.0, "balanced": 1.5, "fast": 2.0}
     wider = OperatingPoints.from_curve(CURVE, PointBudgets(fast=0.05), "")
     assert wider.named["fast"] == 3.0
+
+
+def test_stored_form_round_trips_with_the_naming_rule(points):
+    assert OperatingPoints.from_dict(points.to_dict()) == points and points.confidence is None
+    paired = dataclasses.replace(points, confidence=0.9)
+    assert OperatingPoints.from_dict(paired.to_dict()).confidence == 0.9
+    assert paired.rescaled(2.0).confidence == 0.9
 
 
 def test_a_request_resolves_to_one_point(points):

@@ -15,10 +15,9 @@ from adapler.config import Stage1Config, Stage2Config
 from adapler.evaluate import evaluate, macro_f1, unwrap
 from adapler.modeling import AdapLeROutput
 from adapler.saliency import saliency_for_rows
-from adapler.selection import select
+from adapler.selection import select_for
 from adapler.training import (
     attention_dropout,
-    epoch_candidates,
     linear_schedule,
     stage2_loss,
     train_stage1,
@@ -83,7 +82,16 @@ def tiny_run(tiny_model_factory, tokenizer, make_rows):
         lr=1e-3, eta_lr=0.15, predictor_lr=1e-2, phi=0.5, gamma=0.005, batch_size=batch_size, epochs=3
     )
     reference = stage1.best_metrics["dev_accuracy"]
-    stage2 = train_stage2(model, train2, dev_loader, config2, reference, on_epoch, progress=False)
+    stage2 = train_stage2(
+        model,
+        train2,
+        dev_loader,
+        config2,
+        reference,
+        on_epoch,
+        progress=False,
+        reference_predictions=stage1_final.predictions,
+    )
     final = evaluate(model, dev_loader, removal="packed")
     return {
         "model": model,
@@ -132,10 +140,18 @@ def test_end_to_end_tiny_run(tiny_run):
     # saliency covers every training row, one value per token
     assert set(tiny_run["saliency"]) == set(tiny_run["train_rows"]["id"])
 
-    # stage 2 follows the selection rule, and the model is the selected epoch's
-    expected_best = select(
-        epoch_candidates(stage2.history), tiny_run["reference"], tiny_run["config2"].selection_tolerance
-    ).chosen.epoch
+    # stage 2 follows the paired selection rule (stage 1's dev predictions given), and the model
+    # is the selected epoch's
+    candidates = stage2.candidates
+    assert [c.epoch for c in candidates] == [0, 1, 2]
+    for c, metrics in zip(candidates, stage2.history):
+        assert c.paired.examples == c.unpruned_paired.examples == 24
+        assert c.dev_accuracy == metrics["dev_accuracy"]
+        assert c.unpruned_accuracy == metrics["dev_accuracy_unpruned"]
+        assert c.paired.drop == pytest.approx(tiny_run["stage1_final"].accuracy - c.dev_accuracy)
+    selection = select_for(candidates, tiny_run["reference"], tiny_run["config2"])
+    assert selection.confidence is not None  # the paired rule, not the marginal one
+    expected_best = selection.chosen.epoch
     assert stage2.best_epoch == expected_best
     assert [r[3] for r in reports[2:]][stage2.best_epoch] is True
     assert torch.equal(model.etas.detach(), tiny_run["etas"][("stage2", stage2.best_epoch)])

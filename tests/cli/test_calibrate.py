@@ -103,6 +103,7 @@ def test_points_store_named_operating_points_with_the_model(model_dir, tmp_path,
     assert torch.equal(stored.etas, source.etas) and source.operating_points is None  # only the points added
     points = stored.operating_points
     assert points.budgets.fast == 0.1 and points.data == "rotten_tomatoes dev (20 examples)"
+    assert points.confidence == 0.9  # balanced and fast named by the paired bound (--confidence)
     assert len(points.curve) == len(curve) and set(points.named) == {"accurate", "balanced", "fast"}
     fast = points.point("fast")
     model = apply_factor(source, fast.factor)  # measured again: the stored figures hold

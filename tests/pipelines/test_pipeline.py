@@ -197,13 +197,21 @@ def test_train_writes_its_result_and_a_rerun_reuses_stage_1(tiny_backbone_dir, t
     from adapler.recipe import run_recipe
     from adapler.run_layout import RunLayout
 
-    config = load_config(None, tiny_overrides(tiny_backbone_dir, tmp_path, "again"), cls=PipelineConfig)
+    unlabeled = tmp_path / "unlabeled.csv"
+    unlabeled.write_text("text\n" + "".join(f"an unlabelled review number {i}, good or bad\n" for i in range(30)))
+    overrides = tiny_overrides(tiny_backbone_dir, tmp_path, "again") + [f"data.unlabeled_file={unlabeled}"]
+    config = load_config(None, overrides, cls=PipelineConfig)
     layout = RunLayout.of(config)
     result = run_recipe(config, progress=False)
     saved = json.loads(layout.summary.read_text())
     assert saved == json.loads(json.dumps(result.to_dict()))
     assert saved["model_dir"] == str(layout.model) and saved["registered_model"] == ""
     assert saved["no_pruning"] is (saved["dev_flops_speedup"] < 1.1) and saved["within_tolerance"] in (True, False)
+    # the epoch was chosen by the paired rule, and the certificate counts the unlabelled texts too
+    dev = saved["chosen"]["paired"]["examples"]
+    assert dev > 0 and saved["chosen"]["label_free"]["texts"] == 30
+    assert saved["certificate"]["dev_examples"] == dev and saved["certificate"]["disagreement_texts"] == dev + 30
+    assert "the accuracy promise is loose" in saved["warning"]  # a handful of dev examples certify nothing
     check_model_dir(layout.model)
     record = layout.stage1.read_text()
     assert "training stage 1" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """`adapler report` on a real SQLite MLflow store: a pipeline run logged with the pipeline's own
-functions (stage-2 trial runs, parent metrics and config.json, a registered tiny model), then the
-pictures written and logged as artefacts of that run."""
+functions (stage-2 trial runs, the search's pareto artefacts, parent metrics and config.json, a
+registered tiny model), then the pictures written and logged as artefacts of that run."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ import mlflow
 from adapler.config import config_from_dict
 from adapler_pipelines.config import PipelineConfig
 from adapler.config import apply_overrides
+from pathlib import Path
+from adapler.selection import Candidate, select
+from adapler_pipelines.tune import searched_values, write_pareto
 from adapler_pipelines.registry import register_model
 from adapler_pipelines.tracking import log_stage_run, setup_mlflow
 
@@ -47,10 +50,16 @@ with mlflow.start_run(run_name=config.name) as parent:
     run_id = parent.info.run_id
     mlflow.log_artifact(config_path, run_id=run_id)
     stage1 = log_stage_run(config, "stage1", [{"dev_accuracy": reference}], parent_run_id=run_id)
+    candidates = []
     for index, (trial, epochs) in enumerate(trials.items()):
         history = [{"dev_accuracy": a, "dev_flops_speedup": s} for a, s in epochs]
         trial_config = apply_overrides(config, {"stage2.phi": 0.002 * (index + 1), "stage2.init": "finetuned"})
         log_stage_run(trial_config, f"stage2-{trial}", history, parent_run_id=run_id)
+        params = searched_values(trial_config)
+        candidates += [Candidate(trial, e, a, s, params) for e, (a, s) in enumerate(epochs)]
+    report = Path(sys.argv[5])
+    write_pareto(candidates, select(candidates, reference, 0.01), report, reference)
+    mlflow.log_artifacts(str(report), artifact_path="report", run_id=run_id)
     metrics = {"stage1_dev_accuracy": reference, "dev_accuracy": 0.8, "dev_flops_speedup": 1.2, "test_accuracy": 0.7}
     mlflow.log_metrics(metrics, run_id=run_id)
     register_model(model_dir, config, metrics, config.mlflow.registered_model, parent_run_id=run_id)
@@ -80,6 +89,7 @@ def pipeline_run(tiny_backbone_dir, tiny_overrides, tmp_path_factory) -> dict:
             str(tmp / "model"),
             json.dumps(TRIALS),
             str(REFERENCE),
+            str(tmp / "report"),
         ],
         capture_output=True,
         text=True,

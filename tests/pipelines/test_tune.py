@@ -17,9 +17,9 @@ from adapler_pipelines.config import PipelineConfig
 from adapler_pipelines.tune import (
     SEARCHED,
     SearchOutcome,
-    calibrate_front,
     first_points,
     gentler_point,
+    paired_selection,
     param_space,
     searched_values,
 )
@@ -115,9 +115,7 @@ def test_asha_stops_early_all_but_the_gentler_trial():
     assert none == plain
 
 
-def test_calibration_in_the_loop_adds_only_factors_within_the_goal_against_the_full_length(
-    tiny_model_factory, tmp_path
-):
+def test_calibration_in_the_loop_adds_certified_factors_against_the_full_length(tiny_model_factory, tmp_path):
     config = load_config(
         None,
         ["data.source=rotten_tomatoes", "data.limit=24", "data.max_length=32", "stage2.batch_size=8"],
@@ -127,25 +125,53 @@ def test_calibration_in_the_loop_adds_only_factors_within_the_goal_against_the_f
     model.tokenizer = copy.deepcopy(model.tokenizer)
     model.tokenizer.model_max_length = 16  # a trial at a 16-token budget
     model.save_pretrained(tmp_path / "model")
-    dev = load_data(config).dev
-    loader = make_loader(dev, model.tokenizer, 8, 16)
+    data = load_data(config)
+    loader = make_loader(data.dev, model.tokenizer, 8, 16)
     own = evaluate(model, loader)
     trained = Candidate("a", 0, own.accuracy, own.flops_speedup, {"data.max_length": 16}, str(tmp_path / "model"))
-    outcome = calibrate_front(SearchOutcome([trained], select([trained], own.accuracy, 0.01)), config, own.accuracy)
+    outcome = paired_selection(
+        SearchOutcome([trained], select([trained], own.accuracy, 0.01)),
+        config,
+        data,
+        own.accuracy,
+        str(tmp_path / "model"),  # stage 1: the same weights
+    )
 
     unpruned = evaluate(model, loader, removal="none").accuracy
     assert outcome.candidates[0].unpruned_accuracy == pytest.approx(unpruned)  # measured for each trained epoch
     added = [c for c in outcome.candidates if c.factor != 1.0]
-    floor = max(own.accuracy, unpruned) - 0.01
-    assert added and all(
-        c.dev_accuracy >= floor and c.unpruned_accuracy == pytest.approx(unpruned) for c in added
-    )  # probes past the edge left out
-    gain = budget_gain(model, dev, 32)
+    assert added and all(c.paired is not None and c.unpruned_accuracy == pytest.approx(unpruned) for c in added)
+    gain = budget_gain(model, data.dev, 32)
     assert gain > 1
     for c in added:  # each factor's speedup at the budget, times the budget's gain: against the 32-token backbone
         measured = evaluate(apply_factor(model, c.factor), loader)
         assert c.dev_flops_speedup == pytest.approx(measured.flops_speedup * gain)
         assert c.dev_accuracy == pytest.approx(measured.accuracy)
+    assert outcome.selection.confidence is not None  # the paired rule chose
+
+
+def test_without_calibration_the_trained_epochs_are_still_chosen_by_the_paired_rule(tiny_model_factory, tmp_path):
+    config = load_config(
+        None,
+        ["data.source=rotten_tomatoes", "data.limit=24", "data.max_length=32", "tune.calibrate=false"],
+        cls=PipelineConfig,
+    )
+    model = tiny_model_factory(eta_init=0.5)
+    model.save_pretrained(tmp_path / "model")
+    data = load_data(config)
+    own = evaluate(model, make_loader(data.dev, model.tokenizer, 8, 32))
+    epochs = [Candidate("a", e, own.accuracy, own.flops_speedup, {}, str(tmp_path / "model")) for e in (0, 1)]
+    outcome = paired_selection(
+        SearchOutcome(epochs, select(epochs, own.accuracy, 0.01)),
+        config,
+        data,
+        own.accuracy,
+        str(tmp_path / "model"),
+        calibrate_factors=config.tune.calibrate,
+    )
+    assert [c.factor for c in outcome.candidates] == [1.0, 1.0]  # no factor added
+    assert all(c.paired.examples == len(data.dev) for c in outcome.candidates)
+    assert outcome.selection.confidence == pytest.approx(1 - 0.1 / 2)  # two curves: Bonferroni
 
 
 def test_paired_calibration_in_the_loop_compares_with_stage_1_on_dev_and_the_unlabeled_file(
@@ -169,11 +195,12 @@ def test_paired_calibration_in_the_loop_compares_with_stage_1_on_dev_and_the_unl
     loader = make_loader(load_data(config).dev, model.tokenizer, 8, 32)
     own = evaluate(model, loader)
     trained = Candidate("a", 0, own.accuracy, own.flops_speedup, {}, str(tmp_path / "model"))
-    outcome = calibrate_front(
+    outcome = paired_selection(
         SearchOutcome([trained], select([trained], own.accuracy, 0.01)),
         config,
+        load_data(config),
         own.accuracy,
-        reference_model_dir=str(tmp_path / "model"),
+        str(tmp_path / "model"),
     )  # stage 1: the same weights
 
     assert all(c.paired is not None and c.label_free.texts == 30 for c in outcome.candidates)
