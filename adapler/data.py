@@ -32,6 +32,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import warnings
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,8 +311,17 @@ def _read_table(path: Path, source: str) -> pd.DataFrame:
 def _read_csv(path: Path, source: str, sep: str) -> pd.DataFrame:
     # Every cell as a string, and no "NA"/"null"/"None" to NaN conversion: those are
     # legitimate texts. An empty cell stays "", which validation reports as empty.
+    # index_col=False: a first data row with more fields than the header (an unquoted comma in
+    # a text) is an error, not an implicit index column that shifts every cell.
     try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, index_col=False)
+    except pd.errors.ParserWarning:
+        raise DataError(
+            f"cannot read {source}: a row has more fields than the header (quote a text that holds "
+            f"the separator {sep!r})"
+        ) from None
     except (ValueError, OSError) as exc:
         raise DataError(f"cannot read {source}: {exc}") from exc
 

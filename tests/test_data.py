@@ -348,6 +348,22 @@ def test_error_unknown_extension_and_missing_file(tmp_path):
         load_splits("files")
 
 
+def test_an_unquoted_separator_in_the_first_row_is_one_line_not_a_shifted_table(tmp_path):
+    """pandas would take the extra first field for an index column and shift every cell."""
+    from adapler.data import load_unlabeled
+
+    labelled = tmp_path / "train.csv"
+    labelled.write_text("text,label\ngood, really good,pos\nbad,neg\n")
+    with pytest.raises(DataError, match=r"train\.csv: a row has more fields than the header \(quote"):
+        load_splits("files", train_file=labelled)
+    texts = tmp_path / "unlabeled.csv"
+    texts.write_text("text\nnumber 1, good or bad\nnumber 2\n")
+    with pytest.raises(DataError, match="more fields than the header"):
+        load_unlabeled(texts)
+    texts.write_text('text\n"number 1, good or bad"\nnumber 2\n')
+    assert load_unlabeled(texts)["text"].tolist() == ["number 1, good or bad", "number 2"]
+
+
 def test_error_bad_json_line(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"text": "a", "label": 1}\n{"text": oops}\n')
