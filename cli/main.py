@@ -270,6 +270,27 @@ def cmd_tune(args: argparse.Namespace) -> None:
     _print_summary(run_pipeline(config, stage1_only_from=config.run_dir), config)
 
 
+def add_config_arguments(
+    parser: argparse.ArgumentParser, example: str, default: str | None = None, with_config: bool = True
+) -> None:
+    """--config and --set, as every config-driven command takes them (``default``: the preset
+    when --config is absent; ``with_config`` False: the command has its own preset)."""
+    if with_config:
+        presets = ", ".join(preset_names())
+        parser.add_argument(
+            "--config",
+            default=default,
+            help=f"YAML file or preset name ({presets})" + (f"; default {default}" if default else ""),
+        )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override one config key (every key: the configuration reference in docs/), e.g. {example}; repeatable",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from adapler_cli.models import add_inference_arguments, add_model_arguments
 
@@ -341,37 +362,47 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--confidence", type=float, default=0.9, help="of the upper bound on the paired drop (default 0.9)")
     e.set_defaults(func=cmd_evaluate)
 
-    for name, func, text in (
-        ("run", cmd_run, "the pipeline on Ray: stage 1 -> saliency -> stage-2 search -> MLflow registry"),
-        ("tune", cmd_tune, "only the stage-2 search + registration, on the stage-1 results of an earlier run"),
+    for name, func, text, description in (
+        (
+            "run",
+            cmd_run,
+            "the pipeline on Ray: stage 1 -> saliency -> stage-2 search -> MLflow registry",
+            "Fine-tunes the backbone (stage 1, Ray Train), computes saliency labels (Ray Data), searches "
+            "the pruning and the input budget (Ray Tune), chooses the fastest point whose paired accuracy "
+            "drop against stage 1 is certified within stage2.selection_tolerance on dev, tests it against "
+            "the backbone, registers it in MLflow and writes runs/<name>/ (model/, summary.json, report/). "
+            "Joins the cluster of $RAY_ADDRESS or ray.address, else starts a local Ray.",
+        ),
+        (
+            "tune",
+            cmd_tune,
+            "only the stage-2 search + registration, on the stage-1 results of an earlier run",
+            "The stage-2 half of `adapler run`: reuses the stage-1 checkpoints and saliency labels an "
+            "earlier `adapler run` with the same --config and name recorded (runs/<name>/stage1.json), "
+            "then searches, chooses, registers and writes runs/<name>/ as `adapler run` does.",
+        ),
     ):
-        r = sub.add_parser(name, help=text)
-        r.add_argument(
-            "--config",
-            default="rotten_tomatoes",
-            help="YAML file or preset name (demo, rotten_tomatoes, bbc_news, sst2, files, paper)",
-        )
-        r.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override, e.g. --set tune.num_samples=4 --set ray.num_workers=2 (repeatable)",
-        )
+        r = sub.add_parser(name, help=text, description=description)
+        add_config_arguments(r, "--set tune.num_samples=4 --set ray.num_workers=2", default="rotten_tomatoes")
         r.set_defaults(func=func)
-    d = sub.add_parser("demo", help="the whole pipeline on a slice of the packaged data, offline, minutes on 2 cores")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    d = sub.add_parser(
+        "demo",
+        help="the whole pipeline on a slice of the packaged data, offline, minutes on 2 cores",
+        description="`adapler run --config demo`: 600 packaged BBC News articles per split, 5 topics, "
+        "128 tokens, a local Ray instance and MLflow in ./mlflow.db; registers models:/adapler-demo@champion "
+        "and copies it to runs/demo/model, then prints the commands to try next.",
+    )
+    add_config_arguments(d, "--set model.backbone=DIR --set tune.num_samples=4", with_config=False)
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train", help="stage 1 -> saliency -> stage 2 on this machine, without Ray")
-    t.add_argument("--config", help="YAML file or preset name (configs/*.yaml)")
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override, e.g. --set stage2.phi=0.001 (repeatable)",
+    t = sub.add_parser(
+        "train",
+        help="stage 1 -> saliency -> stage 2 on this machine, without Ray",
+        description="The method on one machine, no Ray or MLflow: stage 1, saliency labels, one stage-2 run "
+        "whose epoch is chosen by the same paired rule, then test. Writes runs/<name>/ (model/, summary.json); "
+        "a rerun with the same backbone, data and stage-1 settings reuses stage 1.",
     )
+    add_config_arguments(t, "--set stage2.phi=0.5 --set data.max_length=64")
     t.set_defaults(func=cmd_train)
 
     from adapler_cli.calibrate import add_calibrate_command
