@@ -84,7 +84,7 @@ def trials_that_pruned(run_dir: Path) -> tuple[int, int]:
     return len(best), int((best >= NO_PRUNING_FLOOR).sum())
 
 
-def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False) -> list[dict]:
+def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False, static: bool = True) -> list[dict]:
     from adapler_pipelines.run import earlier_stage1, run_pipeline
 
     preset, overrides = dataset_overrides(dataset)
@@ -122,6 +122,8 @@ def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False) ->
             "stage1_reused": stage1_from is not None,
         },
     ]
+    if not static:
+        return _with_overrides(records, extra)
     for length in [t for t in TRUNCATIONS if t < max(full)]:  # a cut no test text reaches changes nothing
         accuracy, _ = static_variant(config, data, length, None)
         records.append(
@@ -142,10 +144,14 @@ def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False) ->
             "flops_speedup": size.num_layers / half,
         }
     )  # every layer costs the same on the same tokens
+    return _with_overrides(records, extra)
+
+
+def _with_overrides(records: list[dict], extra: list[str]) -> list[dict]:
     for record in records:
         record["overrides"] = extra
         print(
-            f"{dataset:16s} {record['variant']:12s} test accuracy {record['test_accuracy']:.4f}  "
+            f"{record['dataset']:16s} {record['variant']:12s} test accuracy {record['test_accuracy']:.4f}  "
             f"FLOPs x{record['flops_speedup']:.2f}",
             flush=True,
         )
@@ -174,12 +180,26 @@ def main() -> None:
         help="where runs/<name>/stage1.json exists (an earlier run of the same name and data), "
         "search again on its stage-1 checkpoints and saliency labels instead of retraining them",
     )
+    parser.add_argument(
+        "--adapler-only",
+        action="store_true",
+        help="run the pipeline (backbone and adapler rows) only and keep the data sets' static-alternative "
+        "rows from the results file: they are fine-tuned from the preset's stage-1 settings alone, so a new "
+        "search or selection rule does not change them",
+    )
     args = parser.parse_args()
     output = Path(args.output)
+    rerun = {"backbone", "adapler"} if args.adapler_only else None
     kept = [
-        r for r in (json.loads(output.read_text()) if output.is_file() else []) if r["dataset"] not in args.datasets
+        r
+        for r in (json.loads(output.read_text()) if output.is_file() else [])
+        if r["dataset"] not in args.datasets or (rerun is not None and r["variant"] not in rerun)
     ]
-    records = kept + [r for dataset in args.datasets for r in bench_dataset(dataset, args.set, args.reuse_stage1)]
+    records = kept + [
+        r
+        for dataset in args.datasets
+        for r in bench_dataset(dataset, args.set, args.reuse_stage1, static=not args.adapler_only)
+    ]
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(records, indent=2, default=float) + "\n")
     print(f"wrote {output}")
