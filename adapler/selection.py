@@ -24,13 +24,10 @@ rules over them:
   factor, not the accuracy); each curve is walked up at confidence 1 - (1 - confidence) / curves
   (Bonferroni over the curves) and stops at its first point that fails (fixed-sequence testing:
   no correction along a curve). The fastest certified point wins; if none is, the one with the
-  smallest bound (ties: faster), ``eligible`` False. Measured (bench/selection_trust.py, 200
-  dev/test resamples of BBC headlines, 1 point at 90%): today's marginal rule let the test drop
-  exceed the point in 18.5% / 6% / 4% of the splits at 200 / 500 / 796 dev examples; this rule
-  in 3% / 0% / 2.5%, at 92% / 96% / 99% of its FLOPs speedup. The same bound without a
-  correction: 12.5% / 8.5% / 16%; Bonferroni over every point: 6.5% / 3% / 6.5% and slower; the
-  issue's paired bootstrap, uncorrected: 16.5% / 12.5% / 16.5%. Dropping the comparison with the
-  unpruned weights: 6.5% / 5% / 15.5%.
+  smallest bound (ties: faster), ``eligible`` False. How often each rule's choice loses more
+  than the tolerance on test, on five labelled sets no preset was tuned on, against the marginal
+  rule and the variants (no correction, Bonferroni over every point, the bootstrap, no unpruned
+  reference): ``bench/results/selection_trust.json`` and the benchmarks page of the docs.
 - :func:`select_for`: :func:`select` with the settings of a stage-2 config (every entry point).
 - :func:`certificate`: what the chosen point's dev split can certify (observed drop, bound,
   disagreement rate and on how many texts, smallest certifiable drop, error ratio), and
