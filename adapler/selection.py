@@ -235,7 +235,11 @@ def loose_bound_warning(cert: Certificate | None) -> str:
     needed = rows_needed(
         cert.tolerance, max(cert.disagreement_rate, 1 / max(cert.disagreement_texts, 1)), cert.confidence
     )
-    more = f"about {needed:,} labelled dev examples" if needed else "far more labelled dev examples"
+    more = (
+        f"about {needed - int(cert.dev_examples):,} more labelled dev examples ({needed:,} in all)"
+        if needed
+        else "far more labelled dev examples"
+    )
     return (
         f"the accuracy promise is loose: on {cert.dev_examples} dev examples the chosen model's drop is "
         f"{cert.dev_drop * 100:.1f} point(s) but its {cert.confidence:.0%} upper bound is "
