@@ -409,14 +409,16 @@ class AdapLeRForSequenceClassification(nn.Module):
         position = torch.arange(seq, device=device)[None, :].expand(batch, seq)[present]  # (N,) input position
         grid = _PackedGrid(example, batch)
         kept_mask = torch.zeros(batch, self.num_layers, seq, dtype=torch.bool, device=device)
+        rows = None
         for index, predictor in enumerate(self.predictors):
             z = x.new_full((batch, grid.length), float("-inf"))  # (B, T_grid) scores on the padded grid
             z[example, grid.slot] = predictor(x)
             keep = self._hard_keep(index, z, grid.present, factors)[example, grid.slot]  # (N,)
-            x, example, position = x[keep], example[keep], position[keep]
-            grid = _PackedGrid(example, batch)
+            if rows is None or not bool(keep.all()):  # a layer that keeps every token keeps the layout
+                x, example, position = x[keep], example[keep], position[keep]
+                grid = _PackedGrid(example, batch)
+                rows = _PackedRows(grid, position, x.dtype)
             kept_mask[example, index, position] = True
-            rows = _PackedRows(grid, position, x.dtype)
             x = self._layer(index, x, rows)
         logits = self.family.classify(x, rows)  # [CLS] is the first kept row of each example
         return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)
@@ -426,13 +428,15 @@ class AdapLeRForSequenceClassification(nn.Module):
         Batch size 1 is bound by reading the weights; this keeps the per-layer overhead small."""
         position = torch.arange(x.shape[0], device=x.device)  # (n,) input positions
         kept_mask = torch.zeros(1, self.num_layers, seq, dtype=torch.bool, device=x.device)
+        rows = None
         for index, predictor in enumerate(self.predictors):
             scores = torch.softmax(predictor(x), dim=-1)  # (n,)
             keep = scores >= self._eta(index, factors) / x.shape[0]  # () or (1,): one example
             keep[0] = True  # [CLS]
-            x, position = x[keep], position[keep]
+            if rows is None or not bool(keep.all()):  # a layer that keeps every token keeps the layout
+                x, position = x[keep], position[keep]
+                rows = _SingleRows(position)
             kept_mask[0, index, position] = True
-            rows = _SingleRows(position)
             x = self._layer(index, x, rows)
         logits = self.family.classify(x, rows)
         return AdapLeROutput(logits, kept_mask.sum(-1), kept_mask)

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -87,6 +87,16 @@ class TokenRows(ABC):
     @abstractmethod
     def first(self, x: torch.Tensor) -> torch.Tensor:
         """(..., N, H) -> (B, H): each example's first row, its [CLS] (never removed)."""
+
+    def cached(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per token layout: what depends only on where the rows sit (rotary
+        tables, a sliding window's mask) is computed by the first layer that sees these rows and
+        reused by the next ones while no token leaves (the removal loops keep the rows object
+        then)."""
+        store = self.__dict__.setdefault("_cached", {})
+        if key not in store:
+            store[key] = compute()
+        return store[key]
 
 
 QKV = Callable[[torch.Tensor], torch.Tensor]  # (..., N, H) -> (..., N, 3 * heads * d): Q, K, V side by side

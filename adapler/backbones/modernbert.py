@@ -87,9 +87,15 @@ class ModernBertFamily(BackboneFamily):
         batch, seq = grid.shape[0], grid.shape[1]
         grid = grid.view(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (3, B, heads, T, d)
         positions = rows.positions  # (B, T) original input positions
-        cos, sin = self.base_model.rotary_emb(grid, positions, layer_type)  # (B, T, d) each
+        cos, sin = rows.cached(  # (B, T, d) each
+            ("rotary", layer_type, grid.dtype), lambda: self.base_model.rotary_emb(grid, positions, layer_type)
+        )
         q, k = apply_rotary_pos_emb(grid[0], grid[1], cos, sin)  # (B, heads, T, d)
-        window = self.sliding_window_bias(positions, x.dtype) if layer_type == SLIDING else None
+        window = (
+            rows.cached(("window", x.dtype), lambda: self.sliding_window_bias(positions, x.dtype))
+            if layer_type == SLIDING
+            else None
+        )
         context = rows.attend(q, k, grid[2], window, scale=head_dim**-0.5)  # (B, heads, T, d)
         context = rows.from_grid(context.transpose(1, 2).reshape(batch, seq, heads * head_dim))  # (..., N, H)
         x = x + layer.attn.out_drop(layer.attn.Wo(context))
