@@ -341,10 +341,20 @@ def paired_selection(
             stage2.selection_relative_tolerance,
             stage2.batch_size,
         )
+        budget = model.tokenizer.model_max_length
+
+        def progress(point, c=pick, budget=budget) -> None:
+            print(
+                f"        trial {c.trial} epoch {c.epoch} ({budget} tokens): etas x {point.factor:.3g} -> "
+                f"dev accuracy {point.accuracy:.4f}, {point.flops_speedup:.2f}x FLOPs",
+                flush=True,
+            )
+
         curve = calibrate(
             model,
-            make_loader(data.dev, model.tokenizer, stage2.batch_size, model.tokenizer.model_max_length),
+            make_loader(data.dev, model.tokenizer, stage2.batch_size, budget),
             paired=goal,
+            on_point=progress,
             flops_gain=budget_gain(model, data.dev, config.data.max_length),
         )
         candidates += [

@@ -115,7 +115,7 @@ def test_asha_stops_early_all_but_the_gentler_trial():
     assert none == plain
 
 
-def test_calibration_in_the_loop_adds_certified_factors_against_the_full_length(tiny_model_factory, tmp_path):
+def test_calibration_in_the_loop_adds_certified_factors_against_the_full_length(tiny_model_factory, tmp_path, capsys):
     config = load_config(
         None,
         ["data.source=rotten_tomatoes", "data.limit=24", "data.max_length=32", "stage2.batch_size=8"],
@@ -148,6 +148,7 @@ def test_calibration_in_the_loop_adds_certified_factors_against_the_full_length(
         assert c.dev_flops_speedup == pytest.approx(measured.flops_speedup * gain)
         assert c.dev_accuracy == pytest.approx(measured.accuracy)
     assert outcome.selection.confidence is not None  # the paired rule chose
+    assert "trial a epoch 0 (16 tokens): etas x" in capsys.readouterr().out  # progress, factor by factor
 
 
 def test_without_calibration_the_trained_epochs_are_still_chosen_by_the_paired_rule(tiny_model_factory, tmp_path):
