@@ -123,7 +123,7 @@ def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False, st
         },
     ]
     if not static:
-        return _with_overrides(records, extra)
+        return _stamped_and_printed(records, extra)
     for length in [t for t in TRUNCATIONS if t < max(full)]:  # a cut no test text reaches changes nothing
         accuracy, _ = static_variant(config, data, length, None)
         records.append(
@@ -144,10 +144,11 @@ def bench_dataset(dataset: str, extra: list[str], reuse_stage1: bool = False, st
             "flops_speedup": size.num_layers / half,
         }
     )  # every layer costs the same on the same tokens
-    return _with_overrides(records, extra)
+    return _stamped_and_printed(records, extra)
 
 
-def _with_overrides(records: list[dict], extra: list[str]) -> list[dict]:
+def _stamped_and_printed(records: list[dict], extra: list[str]) -> list[dict]:
+    """``records``, each with the run's ``--set`` overrides, each printed on one line."""
     for record in records:
         record["overrides"] = extra
         print(

@@ -13,7 +13,8 @@
 directory and the resolved config at hand). :func:`write_report` (``adapler report --run``)
 writes all of them from MLflow alone, for the top-level run of ``adapler run`` / ``tune`` /
 ``demo``: its ``report/pareto.*`` and ``config.json`` artefacts and the model version registered
-by its ``register`` run. Both log the files under the run's ``report/`` artefact folder.
+by its ``register`` run. Both log the pictures of the chosen model under the run's ``report/``
+artefact folder, beside the pipeline's pareto files.
 """
 
 from __future__ import annotations
@@ -168,9 +169,10 @@ def write_report(run_id: str, out: Path, uri: str = "", examples: int = HIGHLIGH
     except TrackingError as err:
         raise ReportError(str(err)) from None
     model = _registered_model(client, run_id, [child for stage, child in stages if stage == "register"])
-    files = [*_pareto_files(client, run_id, out), *model_pictures(model, load_data(config), config.name, out, examples)]
-    log_report(files, run_id, uri)
-    return files
+    pareto = _pareto_files(client, run_id, out)  # the run's own, already under report/: not logged again
+    pictures = model_pictures(model, load_data(config), config.name, out, examples)
+    log_report(pictures, run_id, uri)
+    return [*pareto, *pictures]
 
 
 def _pareto_files(client: MlflowClient, run_id: str, out: Path) -> list[Path]:
