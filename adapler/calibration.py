@@ -14,9 +14,9 @@ removal="packed": dev accuracy, FLOPs speedup (spec section 6) and measured exam
   1. Geometric walk from f = 1, doubling (or halving) until the goal flips between met and not
      met. Upwards it stops at the saturation factor max_input_length / min(eta): from there on
      every threshold is >= 1 and each layer keeps only [CLS], so no larger factor is faster.
-     Downwards it stops at ``min_factor``. Walking down for ``min_accuracy`` it first takes
-     quarter octaves (:data:`GIVE_BACK_STEP`) to f = 1/2: a model trained to prune reads best
-     near its trained level, and halving can step over that.
+     Downwards it stops at ``min_factor``. Walking down for the ``paired`` goal it takes quarter
+     octaves (:data:`GIVE_BACK_STEP`): a model trained to prune reads best near its trained
+     level, and halving can step over that.
   2. Bisection (geometric midpoints) between the last factor on one side of the flip and the
      first on the other, until they are within ``tolerance`` (relative) of each other.
 Speedup grows with f: layer 1 keeps a subset of its tokens when its threshold rises, and later
@@ -37,14 +37,11 @@ Goals (exactly one):
                     predictions (and the same weights with removal off) is within the
                     tolerance, walking the factors up from the smallest measured and stopping
                     at the first that fails (fixed-sequence testing: the walk's order is the
-                    factor, never an accuracy). Searched like ``min_accuracy``: up from f = 1
-                    when it meets the goal, else down. The bisection picks its midpoints by
+                    factor, never an accuracy). Searched up from f = 1 when it meets the goal,
+                    else down (a model trained to prune too hard gives accuracy back). The
+                    bisection picks its midpoints by
                     earlier outcomes, a handful of extra looks that the walk does not correct
                     for. If no factor qualifies, the one with the smallest bound is chosen.
-  min_accuracy=A    the largest dev FLOPs speedup among the explored factors whose dev accuracy
-                    is >= A. If f = 1 is under A, the walk goes down (down to ``min_factor``)
-                    until a factor meets it: a model trained to prune too hard gives accuracy
-                    back. If none does, the most accurate point is chosen.
 
 ``flops_gain`` multiplies every measured speedup: a model at a shorter input budget than the
 backbone it is compared with (:func:`adapler.evaluate.budget_gain`).
@@ -60,7 +57,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -82,7 +78,7 @@ from adapler.operating_points import (
 from adapler.paired import LabelFree, compare
 from adapler.selection import Candidate, certified, select
 
-GIVE_BACK_STEP = 2**-0.25  # walking down for min_accuracy: quarter octaves to 1/2, then halving
+GIVE_BACK_STEP = 2**-0.25  # walking down for the paired goal: quarter octaves
 
 
 @dataclass(frozen=True)
@@ -119,7 +115,6 @@ class Calibration:
     baseline: CurvePoint  # factor 1: the model as trained
     target_speedup: float | None  # the goal, as given to calibrate()
     max_drop: float | None
-    min_accuracy: float | None = None
     paired: list[Candidate] | None = None  # goal paired: every factor as a candidate with its comparisons, by factor
 
     @property
@@ -128,8 +123,6 @@ class Calibration:
             return "paired bound"
         if self.target_speedup is not None:
             return f"target_speedup={self.target_speedup:g}"
-        if self.min_accuracy is not None:
-            return f"min_accuracy={self.min_accuracy:g}"
         return f"max_drop={self.max_drop:g}"
 
 
@@ -187,7 +180,6 @@ def calibrate(
     loader,
     target_speedup: float | None = None,
     max_drop: float | None = None,
-    min_accuracy: float | None = None,
     tolerance: float = 0.05,
     min_factor: float = 1 / 64,
     on_point: Callable[[CurvePoint], None] | None = None,
@@ -197,8 +189,8 @@ def calibrate(
     """Search one global eta factor on ``loader`` (the dev split) for the goal; see the module
     docstring. ``on_point`` is called with each point as it is measured (progress). The model's
     etas are restored afterwards; build the calibrated model with :func:`apply_factor`."""
-    if sum(goal is not None for goal in (target_speedup, max_drop, min_accuracy, paired)) != 1:
-        raise ValueError("give exactly one of target_speedup, max_drop, min_accuracy and paired")
+    if sum(goal is not None for goal in (target_speedup, max_drop, paired)) != 1:
+        raise ValueError("give exactly one of target_speedup, max_drop and paired")
     if target_speedup is not None and not target_speedup > 0:
         raise ValueError(f"target_speedup must be > 0, got {target_speedup}")
     if max_drop is not None and not 0 <= max_drop <= 1:
@@ -227,30 +219,8 @@ def calibrate(
             _bisect(*flip, measure, meets, tolerance)
         final = candidates()
         choice = select(final, 0.0, paired.tolerance, paired.confidence, paired.relative_tolerance).chosen
-        return Calibration(curve(), measure(choice.factor), baseline, None, None, None, final)
-    if min_accuracy is not None:
-
-        def meets(point: CurvePoint) -> bool:
-            return point.accuracy >= min_accuracy
-
-        upwards = meets(baseline)
-        half = max(0.5, min_factor)
-        flip = _walk(
-            measure,
-            meets,
-            _geometric(2.0, ceiling)
-            if upwards
-            else itertools.chain(_geometric(GIVE_BACK_STEP, half), _geometric(0.5, min_factor, start=half)),
-        )
-        if flip is not None:
-            _bisect(*flip, measure, meets, tolerance)
-        qualified = [p for p in curve() if meets(p)]
-        chosen = (
-            max(qualified, key=lambda p: (p.flops_speedup, -p.factor))
-            if qualified
-            else max(curve(), key=lambda p: (p.accuracy, p.flops_speedup))
-        )
-    elif target_speedup is not None:
+        return Calibration(curve(), measure(choice.factor), baseline, None, None, final)
+    if target_speedup is not None:
 
         def meets(point: CurvePoint) -> bool:
             return point.flops_speedup >= target_speedup
@@ -272,7 +242,7 @@ def calibrate(
             _bisect(*flip, measure, meets, tolerance)
         # Accuracy need not fall monotonically: take the fastest of all points that qualify.
         chosen = max((p for p in curve() if meets(p)), key=lambda p: (p.flops_speedup, -p.factor))
-    return Calibration(curve(), chosen, baseline, target_speedup, max_drop, min_accuracy)
+    return Calibration(curve(), chosen, baseline, target_speedup, max_drop)
 
 
 class _Probe:

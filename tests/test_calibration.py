@@ -118,15 +118,26 @@ def test_goal_must_be_one_valid_value(model, loader, goal):
         calibrate(model, loader, **goal)
 
 
-def test_min_accuracy_walks_the_factor_down_for_a_model_that_prunes_too_hard(model, loader):
+def _exact_goal(model, loader):
+    """The paired goal with no drop allowed against the unpruned model (whose predictions are the
+    labels here): a factor meets it only if it changes no prediction."""
+    import numpy as np
+
+    from adapler.calibration import PairedGoal
+
+    labels = np.concatenate([batch["labels"].numpy() for batch in loader])
+    return PairedGoal(evaluate(model, loader, removal="none").predictions, labels, tolerance=0.0, confidence=0.9)
+
+
+def test_a_model_that_prunes_too_hard_walks_the_factor_down(model, loader):
     # A factor that prunes more than the labels (the unpruned model's own predictions) allow:
     too_far = min(p.factor for p in calibrate(model, loader, max_drop=0.1).points if p.accuracy < 1.0)
     harsh = apply_factor(model, too_far)
     assert calibrate(harsh, loader, max_drop=0.0).baseline.accuracy < 1.0
-    result = calibrate(harsh, loader, min_accuracy=1.0)
+    result = calibrate(harsh, loader, paired=_exact_goal(model, loader))
     assert result.chosen.accuracy == 1.0 and result.chosen.factor < 1.0  # gave accuracy back
     assert max(p.factor for p in result.points) == 1.0  # never walked up
-    gained = calibrate(model, loader, min_accuracy=0.0, flops_gain=2.0)  # every factor meets it: walks up
+    gained = calibrate(model, loader, max_drop=1.0, flops_gain=2.0)  # every factor meets it: walks up
     assert max(p.factor for p in gained.points) > 1.0
     assert gained.baseline.flops_speedup == pytest.approx(
         2.0 * calibrate(model, loader, max_drop=0.0).baseline.flops_speedup
@@ -152,7 +163,7 @@ def test_giving_accuracy_back_tries_quarter_octaves_before_halving(model, loader
         model, min(p.factor for p in calibrate(model, loader, max_drop=0.1).points if p.accuracy < 1.0)
     )
     order = []
-    calibrate(harsh, loader, min_accuracy=1.0, on_point=lambda point: order.append(point.factor))
+    calibrate(harsh, loader, paired=_exact_goal(model, loader), on_point=lambda point: order.append(point.factor))
     assert order[:2] == [1.0, GIVE_BACK_STEP]
 
 
