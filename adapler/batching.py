@@ -131,18 +131,29 @@ def sorted_batches(
     text_pairs: Sequence[str | None] | None = None,
     batch_size: int = 32,
     max_length: int | None = None,
-    counts: Sequence[int] | None = None,
 ) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """The batches inference runs: examples sorted by token count (stable), ``batch_size`` per
-    batch, each padded to its own longest. ``(indices into texts, batch)`` pairs. ``counts``:
-    the :func:`token_counts` at ``max_length`` where the caller has them already."""
-    pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
-    counts = token_counts(tokenizer, texts, pairs, max_length) if counts is None else counts
-    order = np.argsort(counts, kind="stable")
-    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    return [
-        (chunk, encode(tokenizer, [texts[i] for i in chunk], [pairs[i] for i in chunk], max_length)) for chunk in chunks
-    ]
+    batch, each padded on the right to its own longest, as :func:`encode` pads. ``(indices into
+    texts, batch)`` pairs. The texts are tokenized once, unpadded; the sort reads those lengths and
+    each batch is padded from them (no second tokenization: on short texts the tokenizer is a
+    large share of a pruned model's time, bench/champion_runtime.py)."""
+    enc = _tokenize(tokenizer, texts, text_pairs, max_length)
+    names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    pad = {"input_ids": tokenizer.pad_token_id or 0, "attention_mask": 0, "token_type_ids": tokenizer.pad_token_type_id}
+    lengths = np.asarray(_lengths(enc))
+    order = np.argsort(lengths, kind="stable")
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = int(lengths[chunk].max())
+        batch = {}
+        for name in names:
+            grid = np.full((len(chunk), width), pad[name], dtype=np.int64)  # (B, T)
+            for row, i in enumerate(chunk):
+                grid[row, : lengths[i]] = enc[name][i]
+            batch[name] = torch.from_numpy(grid)
+        batches.append((chunk, batch))
+    return batches
 
 
 class RowsDataset(Dataset):

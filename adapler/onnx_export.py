@@ -20,15 +20,16 @@ model's etas: calibration and per-request operating points need no re-export. On
 session call per batch: no per-layer call overhead, one thread pool.
 
 Each layer is the encoder family's own layer code (:mod:`adapler.backbones`) run over gathered
-token rows, with attention in the op pattern of the classic BERT export (scaled scores plus a
-(1 - mask) * -10000 bias, softmax), which ONNX Runtime's transformer optimizer fuses into its
-``Attention``, ``SkipLayerNormalization`` and ``BiasGelu`` kernels for the families it knows
-(``BackboneFamily.ort_model_type``; the others are exported unfused). The backbone graph gets
-all of them (from the family's ``classic_layer``); the removal graph's packed layers get the GELU
-and most LayerNorm fusions but not ``Attention`` (its Q/K/V rows are gathered into the grid
-between the projection and the scores). At batch 32 on Rotten Tomatoes (bench/runtime.py) packing
-took the fp32 realization from 0.71 (every layer re-padded to the batch's longest kept row) to
-0.77, and 0.95 once the session's glue stopped waking torch's thread pool (adapler/onnx_runtime.py).
+token rows. A family that attends by plain scaled dot products (BERT, RoBERTa, DistilBERT,
+ELECTRA: :class:`~adapler.backbones.base.AbsolutePositionFamily`) gathers the kept rows into the
+batch's grid and runs ONNX Runtime's own ``Attention`` kernel there (:class:`FusedAttention`,
+Q/K/V projection included; ``QAttention`` in int8), the kernel the backbone graph's classic layers
+fuse into; its output projection, residual LayerNorms and FFN run on the packed rows and fuse into
+``SkipLayerNormalization`` and ``BiasGelu`` as the backbone's do. The other families attend in the
+op pattern of the classic BERT export (scaled scores plus a (1 - mask) * -10000 bias, softmax),
+unfused. The dense layers see no padding: rows that kept fewer tokens than their batch's longest
+cost nothing for the slots they left.
+
 ``quantize="int8"`` is ONNX Runtime's dynamic quantization (int8 weights, one scale per output
 channel) of every MatMul/Attention except the Contribution Predictors, which stay float: they
 decide which tokens leave (as in :mod:`adapler.quantization`).
@@ -55,10 +56,10 @@ import torch
 from torch import nn
 
 from adapler.artifacts import ADAPLER_WEIGHTS, BACKBONE_WEIGHTS, CONFIG_FILE
-from adapler.backbones.base import MASK_BIAS, BackboneFamily, TokenRows, fused_linear
+from adapler.backbones.base import MASK_BIAS, AbsolutePositionFamily, BackboneFamily, TokenRows, fused_linear
 from adapler.modeling import AdapLeRForSequenceClassification
 
-EXPORT_FORMAT = 4  # bump when the graphs change: cached exports of older formats are rebuilt
+EXPORT_FORMAT = 5  # bump when the graphs change: cached exports of older formats are rebuilt
 OPSET = 17
 ONNX_SUBDIR = "onnx"  # a model directory's own export: <model>/onnx/
 MANIFEST = "manifest.json"
@@ -125,6 +126,11 @@ class _GatheredRows(TokenRows):
         return self._positions
 
     @property
+    def lengths(self) -> torch.Tensor | None:
+        """(B,) int32 tokens in each grid row (they come first); None without padding."""
+        return None if self.present is None else self.present.sum(-1).to(torch.int32)
+
+    @property
     def token_weight(self):
         if self.present is None:
             return torch.ones(self._positions.shape, dtype=torch.float32)
@@ -134,19 +140,67 @@ class _GatheredRows(TokenRows):
         return x[:, 0] if self.grid is None else x[0][self.grid[:, 0]]  # [CLS] holds slot 0
 
 
+class FusedAttention(torch.autograd.Function):
+    """Self-attention with its Q/K/V projection on a right-padded grid, exported as ONNX Runtime's
+    ``com.microsoft::Attention`` (int8: ``QAttention``), the kernel the backbone's classic layers
+    fuse into: hidden (B, T, H_in), weight (H_in, 3 * H), bias (3 * H), lengths (B,) int32 tokens
+    per row (None: no padding) -> context (B, T, H). Scores scaled by 1/sqrt(d), padding keys
+    masked; the torch forward is the same computation, for tracing and tests."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, lengths, heads: int):  # noqa: ARG004
+        batch, seq = hidden.shape[0], hidden.shape[1]
+        q, k, v = (hidden @ weight + bias).view(batch, seq, 3, heads, -1).permute(2, 0, 3, 1, 4)  # (B, heads, T, d)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, heads, T, T)
+        if lengths is not None:
+            padding = torch.arange(seq)[None, :] >= lengths[:, None].to(torch.int64)  # (B, T)
+            scores = scores + padding[:, None, None, :].to(scores.dtype) * MASK_BIAS
+        return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, seq, -1)
+
+    @staticmethod
+    def symbolic(g, hidden, weight, bias, lengths, heads: int):
+        inputs = (hidden, weight, bias) if lengths is None or _is_none(lengths) else (hidden, weight, bias, lengths)
+        out = g.op("com.microsoft::Attention", *inputs, num_heads_i=heads)
+        out.setType(hidden.type())
+        return out
+
+
+def _is_none(value) -> bool:
+    return value.node().mustBeNone() if hasattr(value, "node") else value is None
+
+
 class PackedLayer(nn.Module):
     """One encoder layer over packed token rows x (1, N, H): the dense layers see only the kept
-    tokens; attention alone runs on the batch's grid. Q, K and V are one Linear (one MatMul, one
-    gather); x keeps a leading axis of 1 so that its Linears export as MatMul + Add, the pattern
-    the optimizer fuses (with the residual LayerNorm and GELU) as it does in the backbone."""
+    tokens; attention alone runs on the batch's grid. x keeps a leading axis of 1 so that its
+    Linears export as MatMul + Add, the pattern the optimizer fuses (with the residual LayerNorm
+    and GELU) as it does in the backbone. A family that attends by plain scaled dot products
+    (:class:`AbsolutePositionFamily`) gathers the rows into the grid first and runs
+    :class:`FusedAttention` there, Q/K/V projection included: the grid's padding slots cost the
+    projection a little, the one kernel saves the head split, the transposes and the float score
+    MatMuls, which on short texts cost more than the projection itself. The other families
+    project the rows (one MatMul for Q, K and V), then gather into the grid."""
 
     def __init__(self, family: BackboneFamily, index: int):
         super().__init__()
         self.family, self.index = family, index
         self.qkv = fused_linear(family.qkv_linears(index))
+        self.fused_heads = family.head_shape(index)[0] if isinstance(family, AbsolutePositionFamily) else None
+        if self.fused_heads is not None:
+            bias = self.qkv.bias if self.qkv.bias is not None else torch.zeros(self.qkv.out_features)
+            self.register_buffer("qkv_weight", self.qkv.weight.detach().t().contiguous(), persistent=False)
+            self.register_buffer("qkv_bias", bias.detach().clone(), persistent=False)
 
-    def forward(self, x: torch.Tensor, rows: TokenRows) -> torch.Tensor:
-        return self.family.layer(self.index, x, rows, self.qkv)
+    def forward(self, x: torch.Tensor, rows: _GatheredRows) -> torch.Tensor:
+        if self.fused_heads is None:
+            return self.family.layer(self.index, x, rows, self.qkv)
+        # A Reshape between the gather that made x and the residual Add, and the context shaped as x:
+        # the optimizer fuses Add + LayerNorm (SkipLayerNormalization) only where it can prove both
+        # shapes equal and the residual is not a Gather's output (its guard for embeddings).
+        x = x.reshape(1, -1, self.qkv_weight.shape[0])  # (1, N, H)
+        grid = rows.to_grid(x)  # (B, T, H)
+        context = FusedAttention.apply(grid, self.qkv_weight, self.qkv_bias, rows.lengths, self.fused_heads)
+        context = rows.from_grid(context).reshape(x.shape)  # (1, N, H)
+        return self.family.after_attention(self.index, context, x)
 
 
 class Head(nn.Module):
@@ -169,8 +223,31 @@ def _packing(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, grid
 
 
+def _removal_step(z, present, threshold, position):
+    """One layer's removal on a (B, T_l) grid whose present slots come first in each row: token i
+    stays iff softmax(z)_i >= threshold / n ([CLS] always). z (B, T_l) the CP logits, threshold
+    (B, 1), position (B, T_l) each slot's input position. Returns (chosen (B, T_{l+1}) the old slot
+    of each new slot, kept first in input order; present (B, T_{l+1}); position (B, T_{l+1}))."""
+    width = z.shape[1]
+    slots = torch.arange(width)  # (T_l,)
+    scores = torch.softmax(z.masked_fill(~present, float("-inf")), dim=-1)
+    tokens = present.sum(-1, keepdim=True).to(scores.dtype)  # (B, 1) n
+    keep = ((scores >= threshold / tokens) & present) | (slots == 0)[None, :]
+    # kept slots first, each group in input order: a sort key that TopK orders
+    order = torch.topk(keep.to(torch.float32) * (2.0 * width) - slots.to(torch.float32), width, dim=-1).indices
+    lengths = keep.sum(-1)  # (B,)
+    chosen = order.index_select(1, torch.arange(lengths.max()))  # (B, T_{l+1})
+    present = torch.arange(chosen.shape[1])[None, :] < lengths[:, None]
+    return chosen, present, torch.gather(position, 1, chosen)
+
+
+def _key_bias(present: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (1.0 - present[:, None, None, :].to(dtype)) * MASK_BIAS  # (B, 1, 1, T)
+
+
 class RemovalGraph(nn.Module):
-    """The AdapLeR forward with hard removal between layers, as one graph (module docstring)."""
+    """The AdapLeR forward with hard removal between layers, as one graph (module docstring): the
+    kept tokens packed, (1, N_l, H), for every dense layer."""
 
     def __init__(self, model: AdapLeRForSequenceClassification):
         super().__init__()
@@ -189,24 +266,13 @@ class RemovalGraph(nn.Module):
         position = torch.arange(seq)[None, :].expand(batch, -1)  # (B, T_l) input position of each slot
         kept = []
         for index, layer in enumerate(self.layers):
-            width = grid.shape[1]
-            slots = torch.arange(width)  # (T_l,)
-            z = self.predictors[index](x)[0][grid].masked_fill(~present, float("-inf"))  # (B, T_l)
-            scores = torch.softmax(z, dim=-1)
-            tokens = present.sum(-1, keepdim=True).to(scores.dtype)  # (B, 1) n
-            keep = ((scores >= thresholds[:, index : index + 1] / tokens) & present) | (slots == 0)[None, :]
-            # kept slots first, each group in input order: a sort key that TopK orders
-            order = torch.topk(keep.to(torch.float32) * (2.0 * width) - slots.to(torch.float32), width, dim=-1).indices
-            lengths = keep.sum(-1)  # (B,)
-            chosen = order.index_select(1, torch.arange(lengths.max()))  # (B, T_{l+1}) old slots of the new grid
+            z = self.predictors[index](x)[0][grid]  # (B, T_l)
+            chosen, present, position = _removal_step(z, present, thresholds[:, index : index + 1], position)
             survivors = torch.gather(grid, 1, chosen)  # (B, T_{l+1}) their rows in x
-            position = torch.gather(position, 1, chosen)
-            present = torch.arange(chosen.shape[1])[None, :] < lengths[:, None]
             rows, grid = _packing(present)
             x = x[:, survivors.flatten()[rows]]  # (1, N_{l+1}, H)
             kept.append(torch.zeros(batch, seq, dtype=torch.bool).scatter(1, position, present))
-            bias = (1.0 - present[:, None, None, :].to(x.dtype)) * MASK_BIAS  # (B, 1, 1, T_{l+1})
-            token_rows = _GatheredRows(position, grid, rows, bias, present)
+            token_rows = _GatheredRows(position, grid, rows, _key_bias(present, x.dtype), present)
             x = layer(x, token_rows)
         return self.head(x, token_rows), torch.stack(kept, dim=1)
 
@@ -354,6 +420,7 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: tuple, outputs: 
             output_names=list(outputs),
             dynamic_axes=axes,
             opset_version=OPSET,
+            custom_opsets={"com.microsoft": 1},  # FusedAttention's node
             dynamo=False,
         )  # the TorchScript exporter: its op pattern is the one ONNX Runtime's optimizer fuses
 

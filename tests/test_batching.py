@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-from adapler.batching import LengthGroupedBatches, make_loader
+import torch
+
+from adapler.batching import LengthGroupedBatches, encode, make_loader, sorted_batches
 from adapler.training import _set_epoch
 
 
@@ -63,3 +65,17 @@ def test_training_loader_batches_by_length_and_reshuffles_per_epoch(tokenizer, m
     )
     evaluation = make_loader(make_rows(texts), tokenizer, batch_size=8, max_length=64)
     assert sum((batch["ids"] for batch in evaluation), []) == [f"ex{i}" for i in range(64)]  # in row order
+
+
+def test_sorted_batches_equal_encode_of_each_chunk_with_and_without_pairs(tokenizer, sentences):
+    texts = sentences * 3
+    pairs = [None if i % 3 else "a second segment" for i in range(len(texts))]
+    for text_pairs in (None, pairs):
+        batches = sorted_batches(tokenizer, texts, text_pairs, batch_size=4, max_length=12)
+        assert sorted(i for chunk, _ in batches for i in chunk) == list(range(len(texts)))
+        for chunk, batch in batches:
+            chunk_pairs = None if text_pairs is None else [text_pairs[i] for i in chunk]
+            expected = encode(tokenizer, [texts[i] for i in chunk], chunk_pairs, 12)
+            assert batch.keys() == expected.keys()
+            for name, values in expected.items():
+                assert torch.equal(batch[name], values), name

@@ -60,6 +60,16 @@ def test_same_kept_masks_and_logits_as_torch(pruning_model, onnx_model, tokenize
         assert (lengths < batch["attention_mask"].sum(-1)).all() and len(set(lengths.tolist())) > 1
 
 
+def test_removal_layers_of_a_bert_family_run_the_fused_attention_kernel(onnx_model):
+    """The removal graph's attention is ONNX Runtime's own kernel (the one the backbone graph
+    fuses into), not the unfused MatMul/Softmax pattern: the gain on short texts."""
+    import onnx
+
+    for name in ("adapler", "adapler_single", "backbone"):
+        ops = [node.op_type for node in onnx.load(str(onnx_model.graphs.path(name))).graph.node]
+        assert ops.count("Attention") == onnx_model.num_layers, name
+
+
 def test_an_example_in_a_mixed_batch_equals_itself_alone(onnx_model, tokenizer, sentences):
     batch = onnx_model(**encode(tokenizer, sentences))
     for row, sentence in enumerate(sentences):
