@@ -24,11 +24,11 @@ token rows. A family that attends by plain scaled dot products (BERT, RoBERTa, D
 ELECTRA: :class:`~adapler.backbones.base.AbsolutePositionFamily`) gathers the kept rows into the
 batch's grid and runs ONNX Runtime's own ``Attention`` kernel there (:class:`FusedAttention`,
 Q/K/V projection included; ``QAttention`` in int8), the kernel the backbone graph's classic layers
-fuse into; its output projection, residual LayerNorms and FFN run on the packed rows and fuse into
-``SkipLayerNormalization`` and ``BiasGelu`` as the backbone's do. The other families attend in the
-op pattern of the classic BERT export (scaled scores plus a (1 - mask) * -10000 bias, softmax),
-unfused. The dense layers see no padding: rows that kept fewer tokens than their batch's longest
-cost nothing for the slots they left.
+fuse into; its output projection, residual LayerNorms and FFN run on the packed rows (GELU fused
+into ``BiasGelu``, the FFN's residual LayerNorm into ``SkipLayerNormalization``). The other
+families attend in the op pattern of the classic BERT export (scaled scores plus a
+(1 - mask) * -10000 bias, softmax), unfused. The dense layers see no padding: rows that kept fewer
+tokens than their batch's longest cost nothing for the slots they left.
 
 ``quantize="int8"`` is ONNX Runtime's dynamic quantization (int8 weights, one scale per output
 channel) of every MatMul/Attention except the Contribution Predictors, which stay float: they
@@ -193,14 +193,12 @@ class PackedLayer(nn.Module):
     def forward(self, x: torch.Tensor, rows: _GatheredRows) -> torch.Tensor:
         if self.fused_heads is None:
             return self.family.layer(self.index, x, rows, self.qkv)
-        # A Reshape between the gather that made x and the residual Add, and the context shaped as x:
-        # the optimizer fuses Add + LayerNorm (SkipLayerNormalization) only where it can prove both
-        # shapes equal and the residual is not a Gather's output (its guard for embeddings).
-        x = x.reshape(1, -1, self.qkv_weight.shape[0])  # (1, N, H)
+        # The residual Add + LayerNorm after the output projection stays unfused (x is a Gather's
+        # output, which the optimizer does not fuse into SkipLayerNormalization); making it fuse
+        # (a Reshape between) measured slower, on short texts and long.
         grid = rows.to_grid(x)  # (B, T, H)
         context = FusedAttention.apply(grid, self.qkv_weight, self.qkv_bias, rows.lengths, self.fused_heads)
-        context = rows.from_grid(context).reshape(x.shape)  # (1, N, H)
-        return self.family.after_attention(self.index, context, x)
+        return self.family.after_attention(self.index, rows.from_grid(context), x)  # (1, N, H)
 
 
 class Head(nn.Module):
@@ -407,6 +405,10 @@ def _example_inputs(model: AdapLeRForSequenceClassification) -> dict[str, torch.
     }
 
 
+def _has_fused_attention(module: nn.Module) -> bool:
+    return any(isinstance(m, PackedLayer) and m.fused_heads is not None for m in module.modules())
+
+
 def _export(module: nn.Module, args: tuple, path: Path, inputs: tuple, outputs: tuple) -> None:
     axes = {name: {0: "batch", 1: "tokens"} for name in (*inputs, *outputs)}
     axes.update(logits={0: "batch"}, thresholds={0: "batch"}, kept={0: "batch", 2: "tokens"})
@@ -420,7 +422,7 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: tuple, outputs: 
             output_names=list(outputs),
             dynamic_axes=axes,
             opset_version=OPSET,
-            custom_opsets={"com.microsoft": 1},  # FusedAttention's node
+            custom_opsets={"com.microsoft": 1} if _has_fused_attention(module) else None,
             dynamo=False,
         )  # the TorchScript exporter: its op pattern is the one ONNX Runtime's optimizer fuses
 
