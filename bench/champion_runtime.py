@@ -9,8 +9,11 @@ swaps one for the other.
 
     python bench/champion_runtime.py --run runs/untuned-bbc_news --data bbc_news --set limit=600
     python bench/champion_runtime.py --run runs/untuned-rotten_tomatoes-64 --data rotten_tomatoes
+    python bench/champion_runtime.py --run runs/bbc_titles --name bbc_titles --data files \
+        --set train_file=bench/.cache/bbc_titles/train.csv --set dev_file=bench/.cache/bbc_titles/dev.csv \
+        --set test_file=bench/.cache/bbc_titles/test.csv
 
-Appends one record per batch size to bench/results/champion_runtime.json: {dataset, batch_size,
+Appends one record per batch size to bench/results/champion_runtime.json: {dataset, data, batch_size,
 texts, model_texts_per_s, backbone_texts_per_s, measured_speedup, flops_speedup, realization,
 model_accuracy, backbone_accuracy, run, runtime, quantize}.
 """
@@ -60,6 +63,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="data option of the run, e.g. limit=600 (as `adapler evaluate --set`)",
     )
+    parser.add_argument("--name", help="the data set's name in the records (default: --data)")
     parser.add_argument("--split", default="test", choices=["dev", "test"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=3, help="interleaved passes per side (the median is kept)")
@@ -102,7 +106,8 @@ def main() -> None:
         kept = np.array([p.kept_lengths for p in outputs["model"]])  # (N, L)
         flops = float(backbone_flops(full, model.size).sum() / adapler_flops(lengths, kept, model.size).sum())
         record = {
-            "dataset": args.data,
+            "dataset": args.name or args.data,
+            "data": args.data,
             "split": args.split,
             "batch_size": batch_size,
             "texts": len(texts),
@@ -123,7 +128,7 @@ def main() -> None:
         record["realization"] = record["measured_speedup"] / flops
         records.append(record)
         print(
-            f"{args.data} bs={batch_size:<3d} {args.runtime} {args.quantize}: model {record['model_texts_per_s']:.1f} "
+            f"{record['dataset']} bs={batch_size:<3d} {args.runtime} {args.quantize}: model {record['model_texts_per_s']:.1f} "
             f"vs backbone {record['backbone_texts_per_s']:.1f} texts/s = {record['measured_speedup']:.2f}x measured, "
             f"{flops:.2f}x FLOPs (realization {record['realization']:.2f}); accuracy "
             f"{record['model_accuracy']:.3f} vs {record['backbone_accuracy']:.3f}",
