@@ -17,17 +17,21 @@ rules over them:
   Where every candidate carries its paired comparison with stage 1 on dev (``paired``, and
   ``unpruned_paired`` against its own weights with removal off), the rule is the paired bound
   instead (:func:`certified`): a candidate qualifies only if the one-sided upper ``confidence``
-  bound of its paired accuracy drop (:func:`adapler.paired.drop_upper_bound`) against each
-  reference is within the tolerance (:func:`effective_tolerance`: points, and optionally a share
-  of stage 1's dev error rate). The bound accounts for the choice itself: the candidates form one
+  bound of its paired accuracy drop against stage 1 (:func:`adapler.paired.drop_upper_bound`)
+  is within the tolerance (:func:`effective_tolerance`: points, and optionally a share of stage
+  1's dev error rate), and its observed paired drop against its own weights unpruned is too (the
+  guard above, in paired form: :func:`keeps_its_unpruned_accuracy`; bounding that drop as well
+  cost a fifth of the speed where stage 1 is under-trained and kept no split more often within
+  the tolerance). The bound accounts for the choice itself: the candidates form one
   curve per (trial, epoch), factors ascending (an order fixed before any label is read: the
   factor, not the accuracy); each curve is walked up at confidence 1 - (1 - confidence) / curves
   (Bonferroni over the curves) and stops at its first point that fails (fixed-sequence testing:
   no correction along a curve). The fastest certified point wins; if none is, the one with the
-  smallest bound (ties: faster), ``eligible`` False. How often each rule's choice loses more
-  than the tolerance on test, on five labelled sets no preset was tuned on, against the marginal
-  rule and the variants (no correction, Bonferroni over every point, the bootstrap, no unpruned
-  reference): ``bench/results/selection_trust.json`` and the benchmarks page of the docs.
+  smallest bound among those that keep the guard (ties: faster), ``eligible`` False. How often
+  each rule's choice loses more than the tolerance on test, on five labelled sets no preset was
+  tuned on, against the marginal rule and the variants (no correction, Bonferroni over every
+  point, the bootstrap, a bound against the unpruned weights too, no guard):
+  ``bench/results/selection_trust.json`` and the benchmarks page of the docs.
 - :func:`select_for`: :func:`select` with the settings of a stage-2 config (every entry point).
 - :func:`certificate`: what the chosen point's dev split can certify (observed drop, bound,
   disagreement rate and on how many texts, smallest certifiable drop, error ratio), and
@@ -114,7 +118,15 @@ def select(
     if all(c.paired is not None for c in candidates):
         level = curve_confidence(candidates, confidence)
         eligible = certified(candidates, level, tolerance, relative_tolerance)
-        fallback = lambda: min(candidates, key=lambda c: (paired_bound(c, level), -c.dev_flops_speedup, order[id(c)]))  # noqa: E731
+        fallback = lambda: min(  # noqa: E731
+            candidates,
+            key=lambda c: (
+                not keeps_its_unpruned_accuracy(c, tolerance),
+                paired_bound(c, level),
+                -c.dev_flops_speedup,
+                order[id(c)],
+            ),
+        )
     else:
         level = None
         eligible = [c for c in candidates if within_tolerance(c, reference, tolerance)]
@@ -154,21 +166,28 @@ def curve_confidence(candidates: Sequence[Candidate], confidence: float) -> floa
 
 
 def paired_bound(candidate: Candidate, confidence: float) -> float:
-    """The largest upper bound of the candidate's paired drop over its references (stage 1, with
-    its label-free texts; its own weights unpruned)."""
+    """The upper bound of the candidate's paired drop against stage 1 (with its label-free texts)."""
     if candidate.paired is None:
         raise ValueError(f"candidate {candidate.trial} epoch {candidate.epoch} has no paired comparison")
-    bounds = [drop_upper_bound(candidate.paired, confidence, candidate.label_free)]
-    if candidate.unpruned_paired is not None:
-        bounds.append(drop_upper_bound(candidate.unpruned_paired, confidence))
-    return max(bounds)
+    return drop_upper_bound(candidate.paired, confidence, candidate.label_free)
+
+
+def keeps_its_unpruned_accuracy(candidate: Candidate, tolerance: float) -> bool:
+    """The guard on pruning's own cost: the observed paired drop against the same weights with
+    removal off is within ``tolerance`` (True where not measured). An observed figure, not a
+    bound: the promise is the bound against stage 1; this keeps pruning from spending what stage 2
+    gained over an under-trained stage 1 (the marginal rule's guard, in paired form)."""
+    own = candidate.unpruned_paired
+    return own is None or own.drop <= tolerance + 1e-12
 
 
 def certified(
     candidates: Sequence[Candidate], confidence: float, tolerance: float, relative_tolerance: float | None = None
 ) -> list[Candidate]:
     """The candidates the walk certifies: along each (trial, epoch) curve, factors ascending,
-    every point up to the first whose bound at ``confidence`` exceeds the tolerance."""
+    every point up to the first whose bound at ``confidence`` exceeds the tolerance, less those
+    that fail the guard on their own unpruned accuracy (:func:`keeps_its_unpruned_accuracy`; the
+    walk goes on past them: the guard is no test)."""
     curves: dict[tuple[str, int], list[Candidate]] = {}
     for c in candidates:
         curves.setdefault((c.trial, c.epoch), []).append(c)
@@ -178,7 +197,8 @@ def certified(
             limit = effective_tolerance(tolerance, relative_tolerance, c.paired.reference_error_rate)
             if paired_bound(c, confidence) > limit:
                 break
-            passed.append(c)
+            if keeps_its_unpruned_accuracy(c, limit):
+                passed.append(c)
     return passed
 
 
@@ -187,7 +207,7 @@ class Certificate:
     """What the dev split says about the chosen point's accuracy drop against stage 1."""
 
     dev_drop: float  # observed paired drop (fraction)
-    drop_bound: float  # one-sided upper bound at ``confidence`` (against every reference)
+    drop_bound: float  # one-sided upper bound at ``confidence``
     confidence: float  # per-candidate level (after the correction for the choice)
     tolerance: float  # the drop allowed (effective_tolerance)
     error_ratio: float  # chosen error rate / stage 1's on dev
@@ -195,6 +215,7 @@ class Certificate:
     disagreement_texts: int  # on how many texts
     smallest_certifiable_drop: float  # the least bound this split gives at that disagreement rate
     dev_examples: int
+    unpruned_drop: float = math.nan  # observed paired drop against the same weights unpruned (nan: not measured)
 
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
@@ -224,6 +245,7 @@ def certificate(selection: Selection, tolerance: float, relative_tolerance: floa
             paired.examples, paired.changed / max(paired.examples, 1), level, chosen.label_free
         ),
         dev_examples=paired.examples,
+        unpruned_drop=math.nan if chosen.unpruned_paired is None else chosen.unpruned_paired.drop,
     )
 
 

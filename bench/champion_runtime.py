@@ -128,7 +128,8 @@ def main() -> None:
         record["realization"] = record["measured_speedup"] / flops
         records.append(record)
         print(
-            f"{record['dataset']} bs={batch_size:<3d} {args.runtime} {args.quantize}: model {record['model_texts_per_s']:.1f} "
+            f"{record['dataset']} bs={batch_size:<3d} {args.runtime} {args.quantize}: "
+            f"model {record['model_texts_per_s']:.1f} "
             f"vs backbone {record['backbone_texts_per_s']:.1f} texts/s = {record['measured_speedup']:.2f}x measured, "
             f"{flops:.2f}x FLOPs (realization {record['realization']:.2f}); accuracy "
             f"{record['model_accuracy']:.3f} vs {record['backbone_accuracy']:.3f}",

@@ -244,7 +244,7 @@ def split_rules(cache: Cache, dev: np.ndarray, test: np.ndarray, spare: np.ndarr
     from dataclasses import replace
 
     from adapler.paired import changes, compare
-    from adapler.selection import Candidate, select
+    from adapler.selection import Candidate, curve_confidence, paired_bound, select
 
     labels = cache.labels[dev]
     reference = float(np.mean(cache.stage1[dev] == labels))
@@ -295,6 +295,36 @@ def split_rules(cache: Cache, dev: np.ndarray, test: np.ndarray, spare: np.ndarr
         lambda c: drop_upper_bound(c.paired, 1 - (1 - CONFIDENCE) / len(candidates)) <= TOLERANCE
     )
     rules["bootstrap_no_correction"] = fastest(lambda c: bootstrap_bound(c.paired, CONFIDENCE, rng) <= TOLERANCE)
+    # the rule with a bound against the unpruned weights as well (instead of the guard on the
+    # observed drop): each curve walked while both bounds are within the tolerance
+    level = curve_confidence(candidates, CONFIDENCE)
+
+    def both_bounds(c):
+        return max(paired_bound(c, level), drop_upper_bound(c.unpruned_paired, level))
+
+    walked = []
+    for key in dict.fromkeys((c.trial, c.epoch) for c in candidates):
+        for c in sorted((c for c in candidates if (c.trial, c.epoch) == key), key=lambda c: c.factor):
+            if both_bounds(c) > TOLERANCE:
+                break
+            walked.append(c)
+    rules["paired_unpruned_bound"] = (
+        max(walked, key=lambda c: (c.dev_flops_speedup, c.dev_accuracy))
+        if walked
+        else min(candidates, key=lambda c: (both_bounds(c), -c.dev_flops_speedup))
+    )
+    # what no rule can beat: the fastest point whose drop on this split's test texts is within the
+    # tolerance (it reads the test labels)
+    test_drop = {
+        p: np.mean(cache.stage1[test] == cache.labels[test]) - np.mean(cache.pred[p][test] == cache.labels[test])
+        for p in cache.points
+    }
+    within = [c for c, p in zip(candidates, cache.points) if test_drop[p] <= TOLERANCE]
+    rules["oracle_test_within"] = (
+        max(within, key=lambda c: (c.dev_flops_speedup, c.dev_accuracy))
+        if within
+        else min(candidates, key=lambda c: test_drop[(c.trial, c.epoch, c.factor)])
+    )
     return {rule: (c.trial, c.epoch, c.factor) for rule, c in rules.items()}
 
 

@@ -41,8 +41,9 @@ Goals:
                       With --against STAGE1 (the reference: stage 1's model, or the backbone
                       fine-tuned), the paired rule instead: the fastest factor whose upper
                       --confidence bound (default 0.9) of the paired accuracy drop against the
-                      reference's and its own unpruned dev predictions is within D, walking the
-                      factors up (adapler.selection, adapler.paired).
+                      reference's dev predictions is within D, and whose observed drop against
+                      its own unpruned predictions is too, walking the factors up
+                      (adapler.selection, adapler.paired).
   --points            leave the etas as they are and store the model's operating points in its
                       config.json: a curve of factors on dev and three names on it, accurate
                       (the fastest within 0.2 points of the best dev accuracy), balanced (the

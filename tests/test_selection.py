@@ -8,7 +8,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from adapler.selection import Candidate, accuracy_floor, best_epochs, early_stopping_score, pareto_front, select
+from adapler.selection import (
+    Candidate,
+    accuracy_floor,
+    best_epochs,
+    certificate,
+    early_stopping_score,
+    pareto_front,
+    select,
+)
 
 
 def table(*rows: tuple[float, float], trial: str = "t") -> list[Candidate]:
@@ -224,6 +232,32 @@ def test_paired_rule_walks_each_curve_up_and_stops_at_its_first_failure():
     # The marginal rule would take b (no accuracy drop at 3.0x): the paired rule is what differs.
     marginal = select([replace(c, paired=None) for c in table], reference=0.8, tolerance=0.01)
     assert marginal.chosen.trial == "a" and marginal.chosen.factor == 2.8
+
+
+def test_the_own_unpruned_accuracy_is_a_guard_on_the_observed_drop_not_a_second_bound():
+    """Stage 2 reads far over an under-trained stage 1, so every pruned point is certified against
+    stage 1. Against their own unpruned weights the 2.5x point gave back 2 points (the guard
+    refuses it) and the 3.0x point 0.75 (7 predictions changed of 400: its 90% bound, 1.5 points,
+    is what a second bound would have refused). The walk goes on past a point the guard refuses."""
+    from adapler.paired import PairedComparison
+
+    def own(b, c, n=400):
+        return PairedComparison(n, b, c, b + c, int(0.16 * n))
+
+    table = [
+        paired_point("a", 0, 1.0, 1.5, b=20, c=180, n=400, unpruned_paired=own(b=4, c=2)),
+        paired_point("a", 0, 1.4, 2.5, b=28, c=180, n=400, unpruned_paired=own(b=10, c=2)),
+        paired_point("a", 0, 2.0, 3.0, b=22, c=180, n=400, unpruned_paired=own(b=5, c=2)),
+    ]
+    selection = select(table, reference=0.8, tolerance=0.01, confidence=0.9)
+    assert selection.eligible and selection.chosen is table[2]
+    without_the_middle = select([table[0], table[1]], reference=0.8, tolerance=0.01, confidence=0.9)
+    assert without_the_middle.chosen is table[0]
+    cert = certificate(selection, 0.01)
+    assert cert.unpruned_drop == pytest.approx(3 / 400) and cert.drop_bound <= 0.01
+    # no candidate keeps the guard: none is eligible
+    refused = [replace(c, unpruned_paired=own(b=12, c=2)) for c in table]
+    assert not select(refused, reference=0.8, tolerance=0.01).eligible
 
 
 def test_paired_rule_without_a_certified_point_takes_the_smallest_bound():
