@@ -312,5 +312,11 @@ def test_loose_bound_sentence_on_a_tiny_dev_split():
         and " in all)" in warning
     )
     assert not tiny.eligible and tolerance_warning(tiny, 0.8, 0.01, "try x") == ""  # loose, not seen lost
+    assert "loose" in warning
     big = select([paired_point("a", 0, 1.0, 2.0, b=2, c=1, n=5000)], 0.8, 0.01)
     assert loose_bound_warning(certificate(big, 0.01)) == ""
+    # certified on a small split (every change went right): not "loose", but the split is still weak
+    one_way = select([paired_point("a", 0, 1.0, 2.0, b=0, c=12, n=220)], 0.8, 0.01)
+    assert one_way.eligible
+    warning = loose_bound_warning(certificate(one_way, 0.01))
+    assert "is certified" in warning and "loose" not in warning and "add about" in warning
