@@ -195,7 +195,7 @@ class PackedLayer(nn.Module):
             return self.family.layer(self.index, x, rows, self.qkv)
         # The residual Add + LayerNorm after the output projection stays unfused (x is a Gather's
         # output, which the optimizer does not fuse into SkipLayerNormalization); making it fuse
-        # (a Reshape between) measured slower, on short texts and long.
+        # (a Reshape between) ran slower on short texts.
         grid = rows.to_grid(x)  # (B, T, H)
         context = FusedAttention.apply(grid, self.qkv_weight, self.qkv_bias, rows.lengths, self.fused_heads)
         return self.family.after_attention(self.index, rows.from_grid(context), x)  # (1, N, H)
