@@ -59,7 +59,7 @@ from adapler.artifacts import ADAPLER_WEIGHTS, BACKBONE_WEIGHTS, CONFIG_FILE
 from adapler.backbones.base import MASK_BIAS, AbsolutePositionFamily, BackboneFamily, TokenRows, fused_linear
 from adapler.modeling import AdapLeRForSequenceClassification
 
-EXPORT_FORMAT = 5  # bump when the graphs change: cached exports of older formats are rebuilt
+EXPORT_FORMAT = 6  # bump when the graphs change: cached exports of older formats are rebuilt
 OPSET = 17
 ONNX_SUBDIR = "onnx"  # a model directory's own export: <model>/onnx/
 MANIFEST = "manifest.json"
