@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -441,19 +442,33 @@ def _optimize(source: Path, target: Path, family: BackboneFamily) -> None:
     optimized.save_model_to_file(str(target))
 
 
+@contextlib.contextmanager
+def _quiet_root_logger(level: int = logging.ERROR):
+    """ONNX Runtime's quantizer warns on the root logger, a multi-line dump per tensor it leaves
+    float (the removal graph's index tensors) and advice to pre-process: none of it is actionable."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(max(before, level))
+    try:
+        yield
+    finally:
+        root.setLevel(before)
+
+
 def _quantize(source: Path, target: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     floats = [node.name for node in onnx.load(str(source)).graph.node if node.name.startswith(f"/{PREDICTOR_SCOPE}.")]
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        nodes_to_exclude=floats,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops' outputs have no inferred type
-    )
+    with _quiet_root_logger():
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=floats,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops' outputs have no inferred type
+        )
 
 
 def check_quantize(quantize: str) -> None:

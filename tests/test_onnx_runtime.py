@@ -105,6 +105,21 @@ def test_int8_keeps_within_one_token_of_fp32(model_dir, onnx_model, tokenizer, s
     assert not torch.allclose(fp32.logits, quantized.logits, atol=1e-7)  # it really is another graph
 
 
+def test_int8_export_logs_no_quantizer_dumps(pruning_model, tmp_path, caplog):
+    """ONNX Runtime's quantizer warns on the root logger, one multi-line dump per index tensor of
+    the removal graph: nothing a user can act on, so an export does not show it."""
+    import logging
+
+    from adapler.onnx_export import export_graphs
+
+    with caplog.at_level(logging.WARNING):
+        graphs = export_graphs(pruning_model, tmp_path / "export", "int8")
+    assert graphs.path("adapler").is_file()
+    warned = [r.getMessage()[:80] for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not warned, warned
+    assert logging.getLogger().level == logging.WARNING  # the level is given back
+
+
 def test_export_is_cached_by_weights(model_dir, pruning_model, onnx_model, tmp_path, monkeypatch):
     import adapler.onnx_export as onnx_export
 
