@@ -217,7 +217,7 @@ class Predictor:
     ) -> list[Prediction]:
         """full_lengths: (B,) tokens of each text at the model's reference length, or None."""
         # numpy, not torch ops: a torch op per batch wakes torch's thread pool, whose spin-wait
-        # competes with ONNX Runtime's threads (about 2 ms a batch, adapler/onnx_runtime.py)
+        # competes with ONNX Runtime's threads (adapler/onnx_runtime.py)
         logits = out.logits.float().cpu().numpy()  # (B, C)
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)

@@ -17,20 +17,19 @@ rules over them:
   Where every candidate carries its paired comparison with stage 1 on dev (``paired``, and
   ``unpruned_paired`` against its own weights with removal off), the rule is the paired bound
   instead (:func:`certified`): a candidate qualifies only if the one-sided upper ``confidence``
-  bound of its paired accuracy drop against stage 1 (:func:`adapler.paired.drop_upper_bound`)
-  is within the tolerance (:func:`effective_tolerance`: points, and optionally a share of stage
-  1's dev error rate), and its observed paired drop against its own weights unpruned is too (the
-  guard above, in paired form: :func:`keeps_its_unpruned_accuracy`; bounding that drop as well
-  cost a fifth of the speed where stage 1 is under-trained and kept no split more often within
-  the tolerance). The bound accounts for the choice itself: the candidates form one
-  curve per (trial, epoch), factors ascending (an order fixed before any label is read: the
-  factor, not the accuracy); each curve is walked up at confidence 1 - (1 - confidence) / curves
-  (Bonferroni over the curves) and stops at its first point that fails (fixed-sequence testing:
-  no correction along a curve). The fastest certified point wins; if none is, the one with the
-  smallest bound among those that keep the guard (ties: faster), ``eligible`` False. How often
-  each rule's choice loses more than the tolerance on test, on five labelled sets no preset was
-  tuned on, against the marginal rule and the variants (no correction, Bonferroni over every
-  point, the bootstrap, a bound against the unpruned weights too, no guard):
+  bound of its paired accuracy drop against stage 1 (:func:`adapler.paired.drop_upper_bound`) is
+  within the tolerance (:func:`effective_tolerance`: points, and optionally a share of stage 1's
+  dev error rate), and its observed paired drop against its own weights unpruned is too (the guard
+  above, in paired form: :func:`keeps_its_unpruned_accuracy`; bounding that drop as well cost a
+  fifth of the speed where stage 1 is under-trained). The bound accounts for the choice itself:
+  the candidates form one curve per (trial, epoch), factors ascending (an order fixed before any
+  label is read: the factor, not the accuracy); each curve is walked up at confidence 1 - (1 -
+  confidence) / curves (Bonferroni over the curves) and stops at its first point that fails
+  (fixed-sequence testing: no correction along a curve). The fastest certified point wins; if none
+  is, the one with the smallest bound among those that keep the guard (ties: faster), ``eligible``
+  False. How often each rule's choice loses more than the tolerance on test, on five labelled sets
+  no preset was tuned on, against the marginal rule and the variants (no correction, Bonferroni
+  over every point, the bootstrap, a bound against the unpruned weights too, no guard):
   ``bench/results/selection_trust.json`` and the benchmarks page of the docs.
 - :func:`select_for`: :func:`select` with the settings of a stage-2 config (every entry point).
 - :func:`certificate`: what the chosen point's dev split can certify (observed drop, bound,
@@ -121,7 +120,9 @@ def select(
         fallback = lambda: min(  # noqa: E731
             candidates,
             key=lambda c: (
-                not keeps_its_unpruned_accuracy(c, tolerance),
+                not keeps_its_unpruned_accuracy(
+                    c, effective_tolerance(tolerance, relative_tolerance, c.paired.reference_error_rate)
+                ),
                 paired_bound(c, level),
                 -c.dev_flops_speedup,
                 order[id(c)],

@@ -114,10 +114,10 @@ def test_int8_export_logs_no_quantizer_dumps(pruning_model, tmp_path, caplog):
 
     with caplog.at_level(logging.WARNING):
         graphs = export_graphs(pruning_model, tmp_path / "export", "int8")
+        assert logging.getLogger().level == logging.WARNING  # the level is given back
     assert graphs.path("adapler").is_file()
     warned = [r.getMessage()[:80] for r in caplog.records if r.levelno >= logging.WARNING]
     assert not warned, warned
-    assert logging.getLogger().level == logging.WARNING  # the level is given back
 
 
 def test_export_is_cached_by_weights(model_dir, pruning_model, onnx_model, tmp_path, monkeypatch):
