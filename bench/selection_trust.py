@@ -2,6 +2,7 @@
 
     nice -n 10 python bench/selection_trust.py collect            # train + cache (minutes per set)
     python bench/selection_trust.py analyze                        # resample + apply the rules (seconds)
+    python bench/selection_trust.py frontier --splits 1000         # speed against risk per confidence
 
 ``collect`` trains once per labelled set that no preset was tuned on (small: 400 to 1,000
 training texts, 2 stage-1 epochs, one stage-2 trial of 2 epochs from stage 1's model, eta factors
@@ -239,15 +240,12 @@ def bootstrap_bound(paired, confidence: float, rng: np.random.Generator, draws: 
     return float(np.quantile((counts[:, 0] - counts[:, 1]) / n, confidence))
 
 
-def split_rules(cache: Cache, dev: np.ndarray, test: np.ndarray, spare: np.ndarray, rng) -> dict[str, tuple]:
-    """rule -> the chosen point, on one dev split."""
-    from dataclasses import replace
-
-    from adapler.paired import changes, compare
-    from adapler.selection import Candidate, curve_confidence, paired_bound, select
+def candidates_on(cache: Cache, dev: np.ndarray) -> tuple[list, float]:
+    """(every cached point as a Candidate measured on the ``dev`` rows, stage 1's dev accuracy)."""
+    from adapler.paired import compare
+    from adapler.selection import Candidate
 
     labels = cache.labels[dev]
-    reference = float(np.mean(cache.stage1[dev] == labels))
     candidates = []
     for point in cache.points:
         trial, epoch, factor = point
@@ -264,6 +262,17 @@ def split_rules(cache: Cache, dev: np.ndarray, test: np.ndarray, spare: np.ndarr
                 unpruned_paired=compare(unpruned, pred, labels),
             )
         )
+    return candidates, float(np.mean(cache.stage1[dev] == labels))
+
+
+def split_rules(cache: Cache, dev: np.ndarray, test: np.ndarray, spare: np.ndarray, rng) -> dict[str, tuple]:
+    """rule -> the chosen point, on one dev split."""
+    from dataclasses import replace
+
+    from adapler.paired import changes
+    from adapler.selection import curve_confidence, paired_bound, select
+
+    candidates, reference = candidates_on(cache, dev)
     marginal = [replace(c, paired=None, unpruned_paired=None) for c in candidates]
     stage1_only = [replace(c, unpruned_paired=None) for c in candidates]
     label_free = [
@@ -328,6 +337,122 @@ def split_rules(cache: Cache, dev: np.ndarray, test: np.ndarray, spare: np.ndarr
     return {rule: (c.trial, c.epoch, c.factor) for rule, c in rules.items()}
 
 
+FRONTIER_CONFIDENCES = (0.8, 0.85, 0.9, 0.95)
+
+
+def frontier_rules(cache: Cache, dev: np.ndarray) -> dict[tuple[str, float], tuple]:
+    """(rule family, confidence) -> the chosen point, on one dev split: how much speed each way
+    of correcting for the choice buys for how much risk, at several confidence levels. Families:
+    ``paired`` (the product's rule), ``curves_no_correction`` (each curve walked at the confidence,
+    no Bonferroni over the curves), ``sequence_by_disagreement`` (every point in one fixed
+    sequence ordered by the share of predictions it changes against stage 1, a label-free
+    order), ``exact_no_correction`` (the fastest point whose bound is within the tolerance)."""
+    from adapler.paired import drop_upper_bound
+    from adapler.selection import certified, keeps_its_unpruned_accuracy, select
+
+    candidates, reference = candidates_on(cache, dev)
+
+    def fastest(passed, confidence):
+        if passed:
+            return max(passed, key=lambda c: (c.dev_flops_speedup, c.dev_accuracy))
+        return min(
+            candidates,
+            key=lambda c: (
+                not keeps_its_unpruned_accuracy(c, TOLERANCE),
+                drop_upper_bound(c.paired, confidence),
+                -c.dev_flops_speedup,
+            ),
+        )
+
+    def sequence(confidence):
+        passed = []
+        for c in sorted(candidates, key=lambda c: (c.paired.changed, c.factor)):
+            if drop_upper_bound(c.paired, confidence) > TOLERANCE:
+                break
+            if keeps_its_unpruned_accuracy(c, TOLERANCE):
+                passed.append(c)
+        return passed
+
+    chosen = {}
+    for confidence in FRONTIER_CONFIDENCES:
+        chosen[("paired", confidence)] = select(candidates, reference, TOLERANCE, confidence).chosen
+        chosen[("curves_no_correction", confidence)] = fastest(certified(candidates, confidence, TOLERANCE), confidence)
+        chosen[("sequence_by_disagreement", confidence)] = fastest(sequence(confidence), confidence)
+        chosen[("exact_no_correction", confidence)] = fastest(
+            [c for c in candidates if drop_upper_bound(c.paired, confidence) <= TOLERANCE], confidence
+        )
+    return {key: (c.trial, c.epoch, c.factor) for key, c in chosen.items()}
+
+
+def frontier(sets: list[str], splits: int, output: Path) -> None:
+    """Speed against risk for each rule family at each confidence (:func:`frontier_rules`), with
+    today's marginal rule as the yardstick measured on the same splits. Writes ``output``."""
+    from dataclasses import replace
+
+    from adapler.selection import select
+
+    records = []
+    for name in sets:
+        path = CACHE / f"{name}.npz"
+        if not path.is_file():
+            print(f"{name}: no cache ({path}); run collect first", flush=True)
+            continue
+        cache = Cache(path)
+        for dev_size, test_size, _, draws in split_draws(len(cache.labels), splits):
+            rows: dict[tuple[str, float], list[tuple[float, float]]] = {}
+            for dev, test, _ in draws:
+                candidates, reference = candidates_on(cache, dev)
+                marginal = select(
+                    [replace(c, paired=None, unpruned_paired=None) for c in candidates], reference, TOLERANCE
+                )
+                chosen = {("today", 0.0): (marginal.chosen.trial, marginal.chosen.epoch, marginal.chosen.factor)}
+                chosen.update(frontier_rules(cache, dev))
+                for key, point in chosen.items():
+                    rows.setdefault(key, []).append(on_test(cache, test, point))
+            today = float(np.mean([s for s, _ in rows[("today", 0.0)]]))
+            for (family, confidence), values in rows.items():
+                speedups, drops = np.array(values).T
+                record = {
+                    "dataset": name,
+                    "dev_size": dev_size,
+                    "test_size": test_size,
+                    "rule": family,
+                    "confidence": confidence or None,
+                    "mean_flops_speedup": round(float(speedups.mean()), 4),
+                    "share_of_today_speedup": round(float(speedups.mean()) / today, 4),
+                    "p_test_drop_over_tolerance": round(float(np.mean(drops > TOLERANCE + 1e-12)), 4),
+                    "splits": splits,
+                }
+                records.append(record)
+                print(json.dumps(record), flush=True)
+    output.write_text(json.dumps({"tolerance_points": TOLERANCE * 100, "records": records}, indent=1) + "\n")
+    print(f"wrote {output}")
+
+
+def on_test(cache: Cache, test: np.ndarray, point) -> tuple[float, float]:
+    """(FLOPs speedup, accuracy drop against stage 1) of ``point`` on the ``test`` rows."""
+    drop = np.mean(cache.stage1[test] == cache.labels[test]) - np.mean(cache.pred[point][test] == cache.labels[test])
+    return float(cache.backbone_flops[test].sum() / cache.flops[point][test].sum()), float(drop)
+
+
+def split_draws(pool: int, splits: int):
+    """Per dev size: (dev size, test size, the random generator, a lazy generator of ``splits``
+    (dev, test, spare) index draws from it). Seeded by the dev size; a caller that draws from the
+    generator between splits (the bootstrap) gets other splits than one that does not."""
+    for dev_size in sorted({min(size, pool - MIN_TEST) for size in DEV_SIZES}):
+        rest = pool - dev_size
+        spare_size = min(UNLABELED, rest // 4) if rest >= 2000 else 0  # the unlabelled file, where the pool allows
+        test_size = rest - spare_size  # the rest: the chosen point's drop, not test noise
+        rng = np.random.default_rng(dev_size)
+
+        def draws(rng=rng, dev_size=dev_size, test_size=test_size):
+            for _ in range(splits):
+                order = rng.permutation(pool)
+                yield order[:dev_size], order[dev_size : dev_size + test_size], order[dev_size + test_size :]
+
+        yield dev_size, test_size, rng, draws()
+
+
 def analyze(sets: list[str], splits: int, output: Path) -> None:
     records, label_free = [], {}
     for name in sets:
@@ -349,22 +474,11 @@ def analyze(sets: list[str], splits: int, output: Path) -> None:
             "stage1_pool_accuracy": float(np.mean(cache.stage1 == cache.labels)),
         }
         print(name, json.dumps(label_free[name]), flush=True)
-        sizes = sorted({min(size, pool - MIN_TEST) for size in DEV_SIZES})
-        for dev_size in sizes:
-            rest = pool - dev_size
-            spare_size = min(UNLABELED, rest // 4) if rest >= 2000 else 0  # the unlabelled file, where the pool allows
-            test_size = rest - spare_size  # the rest: the chosen point's drop, not test noise
-            rng = np.random.default_rng(dev_size)
+        for dev_size, test_size, rng, draws in split_draws(pool, splits):
             rows: dict[str, list[tuple[float, float]]] = {}
-            for _ in range(splits):
-                order = rng.permutation(pool)
-                dev, test = order[:dev_size], order[dev_size : dev_size + test_size]
-                spare = order[dev_size + test_size :]
-                stage1_test = np.mean(cache.stage1[test] == cache.labels[test])
+            for dev, test, spare in draws:
                 for rule, point in split_rules(cache, dev, test, spare, rng).items():
-                    drop = stage1_test - np.mean(cache.pred[point][test] == cache.labels[test])
-                    speedup = cache.backbone_flops[test].sum() / cache.flops[point][test].sum()
-                    rows.setdefault(rule, []).append((float(speedup), float(drop)))
+                    rows.setdefault(rule, []).append(on_test(cache, test, point))
             for rule, values in rows.items():
                 speedups, drops = np.array(values).T
                 record = {
@@ -397,18 +511,24 @@ def analyze(sets: list[str], splits: int, output: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=("collect", "analyze"))
+    parser.add_argument("phase", choices=("collect", "analyze", "frontier"))
     parser.add_argument("--sets", nargs="*", default=list(SETS))
     parser.add_argument("--splits", type=int, default=200, help="dev/test resamples per set and dev size")
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "selection_trust.json")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="results file (default: bench/results/selection_trust.json; frontier: selection_frontier.json)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.phase == "collect":
         for name in args.sets:
             if not (CACHE / f"{name}.npz").is_file():
                 collect(name)
+    elif args.phase == "analyze":
+        analyze(args.sets, args.splits, args.output or HERE / "results" / "selection_trust.json")
     else:
-        analyze(args.sets, args.splits, args.output)
+        frontier(args.sets, args.splits, args.output or HERE / "results" / "selection_frontier.json")
 
 
 if __name__ == "__main__":

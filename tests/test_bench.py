@@ -7,6 +7,7 @@ import ast
 import importlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -30,3 +31,50 @@ def test_every_project_name_a_benchmark_imports_exists(script):
         if not hasattr(importlib.import_module(module), name)
     ]
     assert not missing, missing
+
+
+def _selection_trust():
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module("selection_trust")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_every_frontier_rule_passes_over_a_fast_point_that_loses_and_takes_one_that_changes_nothing():
+    """The speed-against-risk benchmark on a hand-made cache: on one curve the fastest point turns
+    60 of 400 right predictions wrong; on the other a faster-than-the-first point changes
+    nothing. Every rule family, at every confidence, takes the harmless point; the marginal rule
+    would too (it only sees accuracy), so this checks the families' wiring, not their power."""
+    from types import SimpleNamespace
+
+    bench = _selection_trust()
+    n = 400
+    labels = np.zeros(n, dtype=int)
+    stage1 = labels.copy()
+    lossy = labels.copy()
+    lossy[:60] = 1
+    points = [("a", 0, 1.0), ("a", 0, 2.0), ("b", 0, 1.0), ("b", 0, 1.5)]
+    pred = {points[0]: stage1, points[1]: lossy, points[2]: stage1, points[3]: stage1}
+    flops = {points[0]: 0.8, points[1]: 0.25, points[2]: 0.7, points[3]: 0.5}
+    cache = SimpleNamespace(
+        points=points,
+        labels=labels,
+        stage1=stage1,
+        pred=pred,
+        flops={p: np.full(n, f) for p, f in flops.items()},
+        unpruned={("a", 0): stage1, ("b", 0): stage1},
+        backbone_flops=np.ones(n),
+    )
+    chosen = bench.frontier_rules(cache, np.arange(n))
+    assert {rule for rule, _ in chosen} == {
+        "paired",
+        "curves_no_correction",
+        "sequence_by_disagreement",
+        "exact_no_correction",
+    }
+    assert set(chosen.values()) == {("b", 0, 1.5)}, chosen
+    speedup, drop = bench.on_test(cache, np.arange(n), ("a", 0, 2.0))
+    assert speedup == pytest.approx(4.0) and drop == pytest.approx(0.15)
