@@ -10,8 +10,8 @@ Three graphs per model:
                   (1, N_l, H) with no padding, for every dense layer (Q/K/V, attention output,
                   FFN); only attention gathers them into the batch's grid (B, T_l), cut to the
                   longest kept row, as the torch packed path does.
-  adapler_single.onnx  the same for one example without padding (B = 1): no grid, no mask, no
-                  TopK (what batch 1 pays per layer otherwise); OnnxAdapLeR runs it for B = 1.
+  adapler_single.onnx  the same for one example without padding (B = 1): no grid, no mask (what
+                  batch 1 pays per layer otherwise); OnnxAdapLeR runs it for B = 1.
   backbone.onnx   (input_ids, attention_mask, token_type_ids) -> logits: the plain backbone, the
                   same layers in one graph (removal "none" and every benchmark's ONNX baseline).
 
@@ -60,7 +60,7 @@ from adapler.artifacts import ADAPLER_WEIGHTS, BACKBONE_WEIGHTS, CONFIG_FILE
 from adapler.backbones.base import MASK_BIAS, AbsolutePositionFamily, BackboneFamily, TokenRows, fused_linear
 from adapler.modeling import AdapLeRForSequenceClassification
 
-EXPORT_FORMAT = 6  # bump when the graphs change: cached exports of older formats are rebuilt
+EXPORT_FORMAT = 7  # bump when the graphs change: cached exports of older formats are rebuilt
 OPSET = 17
 ONNX_SUBDIR = "onnx"  # a model directory's own export: <model>/onnx/
 MANIFEST = "manifest.json"
@@ -104,8 +104,10 @@ class _GatheredRows(TokenRows):
         rows: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
         present: torch.Tensor | None = None,
+        counts: torch.Tensor | None = None,
     ):
         self.grid, self.rows, self.bias, self._positions, self.present = grid, rows, bias, positions, present
+        self.counts = counts  # (B,) tokens in each grid row, where the caller has them
 
     def to_grid(self, rows):
         return rows if self.grid is None else rows[0][self.grid]  # (B, T, C)
@@ -129,7 +131,9 @@ class _GatheredRows(TokenRows):
     @property
     def lengths(self) -> torch.Tensor | None:
         """(B,) int32 tokens in each grid row (they come first); None without padding."""
-        return None if self.present is None else self.present.sum(-1).to(torch.int32)
+        if self.present is None:
+            return None
+        return (self.present.sum(-1) if self.counts is None else self.counts).to(torch.int32)
 
     @property
     def token_weight(self):
@@ -222,22 +226,23 @@ def _packing(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, grid
 
 
-def _removal_step(z, present, threshold, position):
-    """One layer's removal on a (B, T_l) grid whose present slots come first in each row: token i
-    stays iff softmax(z)_i >= threshold / n ([CLS] always). z (B, T_l) the CP logits, threshold
-    (B, 1), position (B, T_l) each slot's input position. Returns (chosen (B, T_{l+1}) the old slot
-    of each new slot, kept first in input order; present (B, T_{l+1}); position (B, T_{l+1}))."""
-    width = z.shape[1]
-    slots = torch.arange(width)  # (T_l,)
+def _grid_of(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (B, T) grid of token rows packed example after example, counts (B,) rows each, T their
+    maximum: (grid (B, T) the row in each slot, the example's rows first in order, padding row 0;
+    present (B, T); rows (N,) the flat slot of each row; first (1, T) slot 0, [CLS])."""
+    slots = torch.arange(counts.max())[None, :]  # (1, T)
+    present = slots < counts[:, None]
+    first_row = torch.cumsum(counts, 0) - counts  # (B,)
+    grid = torch.where(present, first_row[:, None] + slots, 0)
+    return grid, present, torch.nonzero(present.reshape(-1)).squeeze(1), slots == 0
+
+
+def _keep(z, present, first, counts, threshold):
+    """One layer's cut on a (B, T_l) grid: token i stays iff softmax(z)_i >= threshold / n, n its
+    example's tokens ([CLS], ``first``, always). z (B, T_l) the CP logits, threshold (B, 1),
+    counts (B,) n. Returns keep (B, T_l)."""
     scores = torch.softmax(z.masked_fill(~present, float("-inf")), dim=-1)
-    tokens = present.sum(-1, keepdim=True).to(scores.dtype)  # (B, 1) n
-    keep = ((scores >= threshold / tokens) & present) | (slots == 0)[None, :]
-    # kept slots first, each group in input order: a sort key that TopK orders
-    order = torch.topk(keep.to(torch.float32) * (2.0 * width) - slots.to(torch.float32), width, dim=-1).indices
-    lengths = keep.sum(-1)  # (B,)
-    chosen = order.index_select(1, torch.arange(lengths.max()))  # (B, T_{l+1})
-    present = torch.arange(chosen.shape[1])[None, :] < lengths[:, None]
-    return chosen, present, torch.gather(position, 1, chosen)
+    return ((scores >= threshold / counts[:, None].to(scores.dtype)) & present) | first
 
 
 def _key_bias(present: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -259,25 +264,26 @@ class RemovalGraph(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids, thresholds):
         hidden = self.family.embed(input_ids, token_type_ids, attention_mask)  # (B, T, H)
         batch, seq = input_ids.shape[0], input_ids.shape[1]
-        present = attention_mask > 0  # (B, T_l) the slots of the current grid that hold a token
-        rows, grid = _packing(present)
-        x = hidden.reshape(1, batch * seq, -1)[:, rows]  # (1, N, H) the tokens, packed
-        position = torch.arange(seq)[None, :].expand(batch, -1)  # (B, T_l) input position of each slot
-        kept = []
+        origin = torch.nonzero(attention_mask.reshape(-1) > 0).squeeze(1)  # (N,) flat input slot of each token
+        x = hidden.reshape(1, batch * seq, -1)[:, origin]  # (1, N, H) the tokens, packed example after example
+        counts = (attention_mask > 0).sum(-1)  # (B,) tokens of each example
+        grid, present, rows, first = _grid_of(counts)
+        nothing_kept, kept = torch.zeros(batch * seq, dtype=torch.bool), []
         for index, layer in enumerate(self.layers):
             z = self.predictors[index](x)[0][grid]  # (B, T_l)
-            chosen, present, position = _removal_step(z, present, thresholds[:, index : index + 1], position)
-            survivors = torch.gather(grid, 1, chosen)  # (B, T_{l+1}) their rows in x
-            rows, grid = _packing(present)
-            x = x[:, survivors.flatten()[rows]]  # (1, N_{l+1}, H)
-            kept.append(torch.zeros(batch, seq, dtype=torch.bool).scatter(1, position, present))
-            token_rows = _GatheredRows(position, grid, rows, _key_bias(present, x.dtype), present)
+            keep = _keep(z, present, first, counts, thresholds[:, index : index + 1])
+            survivors = torch.nonzero(keep.reshape(-1)[rows]).squeeze(1)  # (N_{l+1},) rows of x that stay, in order
+            x, origin, counts = x[:, survivors], origin[survivors], keep.sum(-1)
+            grid, present, rows, first = _grid_of(counts)
+            kept.append(nothing_kept.scatter(0, origin, torch.ones_like(origin, dtype=torch.bool)))
+            position = (origin % seq)[grid]  # (B, T_{l+1}) input position of each slot
+            token_rows = _GatheredRows(position, grid, rows, _key_bias(present, x.dtype), present, counts)
             x = layer(x, token_rows)
-        return self.head(x, token_rows), torch.stack(kept, dim=1)
+        return self.head(x, token_rows), torch.stack(kept).view(len(kept), batch, seq).transpose(0, 1)
 
 
 class SingleRemovalGraph(RemovalGraph):
-    """The removal forward for one example (B = 1, no padding): no grid, no mask, no TopK, so the
+    """The removal forward for one example (B = 1, no padding): no grid and no mask, so the
     bookkeeping that batch 1 would otherwise pay on every layer (about a sixth of a short text's
     time) is gone. The same modules and cut as :class:`RemovalGraph`; :class:`OnnxAdapLeR` runs it
     for single examples, as the torch path's ``_forward_single`` does."""
