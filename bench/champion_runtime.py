@@ -13,7 +13,8 @@ swaps one for the other.
         --set train_file=bench/.cache/bbc_titles/train.csv --set dev_file=bench/.cache/bbc_titles/dev.csv \
         --set test_file=bench/.cache/bbc_titles/test.csv
 
-Appends one record per batch size to bench/results/champion_runtime.json: {dataset, data, batch_size,
+Writes one record per batch size to bench/results/champion_runtime.json, in place of the earlier
+record of the same data set, batch size, runtime and precision: {dataset, data, batch_size,
 texts, model_texts_per_s, backbone_texts_per_s, measured_speedup, flops_speedup, realization,
 model_accuracy, backbone_accuracy, run, runtime, quantize}.
 """
@@ -137,7 +138,15 @@ def main() -> None:
         )
     output = Path(args.output)
     earlier = json.loads(output.read_text()) if output.is_file() else []
-    output.write_text(json.dumps(earlier + records, indent=2) + "\n")
+    measured = {record_key(r) for r in records}
+    current = [r for r in earlier if record_key(r) not in measured]
+    output.write_text(json.dumps(current + records, indent=2) + "\n")
+
+
+def record_key(record: dict) -> tuple:
+    """What a new record replaces: the one of the same data set, batch size, runtime and precision
+    (the file holds the current record; git keeps the earlier ones)."""
+    return record["dataset"], record["batch_size"], record.get("runtime"), record.get("quantize")
 
 
 if __name__ == "__main__":
