@@ -89,7 +89,7 @@ class PairedGoal:
     reference: np.ndarray  # (N,) the reference's dev predictions (stage 1: the backbone fine-tuned)
     labels: np.ndarray  # (N,) dev labels
     tolerance: float  # fraction (0.01 = one point)
-    confidence: float  # of this curve's walk (already corrected for other curves searched)
+    confidence: float  # of each point in the walk (adapler.selection.certified: no correction needed)
     relative_tolerance: float | None = None
     unpruned: np.ndarray | None = None  # (N,) the same weights with removal off; None: not compared
     label_free: Callable[[float], LabelFree] | None = None  # factor -> changes on texts without labels

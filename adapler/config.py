@@ -135,7 +135,7 @@ class Stage2Config:
     selection_tolerance: float = 0.01
     # Where paired dev predictions are measured (adapler.selection.select): the one-sided
     # confidence of the upper bound on a candidate's paired accuracy drop, which must be within
-    # the tolerance (for the whole choice: corrected for the number of curves searched).
+    # the tolerance (for the whole choice: one fixed sequence over every point, no correction).
     selection_confidence: float = 0.9
     # The drop allowed may also be a share of stage 1's dev error rate (0.5: at most 1.5 times its
     # errors); the smaller of the two applies. None: points only.

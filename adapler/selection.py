@@ -21,16 +21,22 @@ rules over them:
   within the tolerance (:func:`effective_tolerance`: points, and optionally a share of stage 1's
   dev error rate), and its observed paired drop against its own weights unpruned is too (the guard
   above, in paired form: :func:`keeps_its_unpruned_accuracy`; bounding that drop as well cost a
-  fifth of the speed where stage 1 is under-trained). The bound accounts for the choice itself:
-  the candidates form one curve per (trial, epoch), factors ascending (an order fixed before any
-  label is read: the factor, not the accuracy); each curve is walked up at confidence 1 - (1 -
-  confidence) / curves (Bonferroni over the curves) and stops at its first point that fails
-  (fixed-sequence testing: no correction along a curve). The fastest certified point wins; if none
+  fifth of the speed where stage 1 is under-trained). The bound accounts for the choice itself
+  by fixed-sequence testing: every candidate takes its place in one sequence, ordered by the
+  share of predictions it changes against stage 1 (fewest first, then the eta factor; an order
+  known before any label is read), and the sequence is walked at ``confidence`` until its first
+  point whose bound exceeds the tolerance (:func:`certified`). Such a walk needs no correction for
+  the number of points, so a search of many trials and epochs costs the bound nothing; a
+  Bonferroni correction over the (trial, epoch) curves cost a four-trial search on 221 dev
+  examples its fast points (bench/results/selection_frontier.json, the benchmarks page). The
+  fastest certified point wins; if none
   is, the one with the smallest bound among those that keep the guard (ties: faster), ``eligible``
   False. How often each rule's choice loses more than the tolerance on test, on five labelled sets
-  no preset was tuned on, against the marginal rule and the variants (no correction, Bonferroni
-  over every point, the bootstrap, a bound against the unpruned weights too, no guard):
-  ``bench/results/selection_trust.json`` and the benchmarks page of the docs.
+  no preset was tuned on, against the marginal rule and the variants (the walk per curve with and
+  without the Bonferroni correction, no correction at all, Bonferroni over every point, the
+  bootstrap, a bound against the unpruned weights too, no guard):
+  ``bench/results/selection_trust.json``, ``bench/results/selection_frontier.json`` and the
+  benchmarks page of the docs.
 - :func:`select_for`: :func:`select` with the settings of a stage-2 config (every entry point).
 - :func:`certificate`: what the chosen point's dev split can certify (observed drop, bound,
   disagreement rate and on how many texts, smallest certifiable drop, error ratio), and
@@ -86,9 +92,7 @@ class Selection:
     chosen: Candidate
     eligible: bool  # False: no candidate was within tolerance; the most accurate (or least uncertain) was taken
     front: list[Candidate]
-    confidence: float | None = (
-        None  # per-candidate confidence of the paired rule (after the correction); None: marginal rule
-    )
+    confidence: float | None = None  # the paired rule's confidence for each point; None: marginal rule
 
 
 def accuracy_floor(candidate: Candidate, reference: float, tolerance: float) -> float:
@@ -115,7 +119,7 @@ def select(
         raise ValueError("no candidate to select from (the run reported no epoch)")
     order = {id(c): i for i, c in enumerate(candidates)}
     if all(c.paired is not None for c in candidates):
-        level = curve_confidence(candidates, confidence)
+        level = confidence
         eligible = certified(candidates, level, tolerance, relative_tolerance)
         fallback = lambda: min(  # noqa: E731
             candidates,
@@ -160,12 +164,6 @@ def effective_tolerance(tolerance: float, relative_tolerance: float | None, refe
     return min(tolerance, relative_tolerance * reference_error_rate)
 
 
-def curve_confidence(candidates: Sequence[Candidate], confidence: float) -> float:
-    """The confidence each curve (trial, epoch) is walked at: Bonferroni over the curves."""
-    curves = len({(c.trial, c.epoch) for c in candidates})
-    return 1 - (1 - confidence) / max(curves, 1)
-
-
 def paired_bound(candidate: Candidate, confidence: float) -> float:
     """The upper bound of the candidate's paired drop against stage 1 (with its label-free texts)."""
     if candidate.paired is None:
@@ -182,24 +180,29 @@ def keeps_its_unpruned_accuracy(candidate: Candidate, tolerance: float) -> bool:
     return own is None or own.drop <= tolerance + 1e-12
 
 
+def changed_share(candidate: Candidate) -> float:
+    """The share of predictions ``candidate`` changes against stage 1, on the labelled dev texts and
+    its label-free texts together (no label read): the order of :func:`certified`'s walk."""
+    extra = candidate.label_free or LabelFree(0, 0)
+    return (candidate.paired.changed + extra.changed) / max(candidate.paired.examples + extra.texts, 1)
+
+
 def certified(
     candidates: Sequence[Candidate], confidence: float, tolerance: float, relative_tolerance: float | None = None
 ) -> list[Candidate]:
-    """The candidates the walk certifies: along each (trial, epoch) curve, factors ascending,
-    every point up to the first whose bound at ``confidence`` exceeds the tolerance, less those
-    that fail the guard on their own unpruned accuracy (:func:`keeps_its_unpruned_accuracy`; the
-    walk goes on past them: the guard is no test)."""
-    curves: dict[tuple[str, int], list[Candidate]] = {}
-    for c in candidates:
-        curves.setdefault((c.trial, c.epoch), []).append(c)
+    """The candidates the walk certifies: all of them in one sequence, fewest changed predictions
+    first (:func:`changed_share`; ties by eta factor), every point up to the first whose bound at
+    ``confidence`` exceeds the tolerance, less those that fail the guard on their own unpruned
+    accuracy (:func:`keeps_its_unpruned_accuracy`; the walk goes on past them: the guard is no
+    test)."""
+    order = {id(c): i for i, c in enumerate(candidates)}
     passed = []
-    for curve in curves.values():
-        for c in sorted(curve, key=lambda c: c.factor):
-            limit = effective_tolerance(tolerance, relative_tolerance, c.paired.reference_error_rate)
-            if paired_bound(c, confidence) > limit:
-                break
-            if keeps_its_unpruned_accuracy(c, limit):
-                passed.append(c)
+    for c in sorted(candidates, key=lambda c: (changed_share(c), c.factor, order[id(c)])):
+        limit = effective_tolerance(tolerance, relative_tolerance, c.paired.reference_error_rate)
+        if paired_bound(c, confidence) > limit:
+            break
+        if keeps_its_unpruned_accuracy(c, limit):
+            passed.append(c)
     return passed
 
 
@@ -209,7 +212,7 @@ class Certificate:
 
     dev_drop: float  # observed paired drop (fraction)
     drop_bound: float  # one-sided upper bound at ``confidence``
-    confidence: float  # per-candidate level (after the correction for the choice)
+    confidence: float  # each point's level in the walk (fixed-sequence: no further correction)
     tolerance: float  # the drop allowed (effective_tolerance)
     error_ratio: float  # chosen error rate / stage 1's on dev
     disagreement_rate: float  # predictions changed against stage 1's, labelled and label-free texts together

@@ -265,12 +265,31 @@ def candidates_on(cache: Cache, dev: np.ndarray) -> tuple[list, float]:
     return candidates, float(np.mean(cache.stage1[dev] == labels))
 
 
+def bonferroni_over_curves(candidates, confidence: float) -> float:
+    """The level each (trial, epoch) curve is walked at when the correction is Bonferroni over the
+    curves (the product's rule before the single fixed sequence)."""
+    return 1 - (1 - confidence) / max(len({(c.trial, c.epoch) for c in candidates}), 1)
+
+
+def curve_walk(candidates, bound, guard=lambda c: True) -> list:
+    """Each (trial, epoch) curve walked up its eta factors until its first point whose ``bound(c)``
+    exceeds the tolerance; the points passed that keep ``guard``."""
+    passed = []
+    for key in dict.fromkeys((c.trial, c.epoch) for c in candidates):
+        for c in sorted((c for c in candidates if (c.trial, c.epoch) == key), key=lambda c: c.factor):
+            if bound(c) > TOLERANCE:
+                break
+            if guard(c):
+                passed.append(c)
+    return passed
+
+
 def split_rules(cache: Cache, dev: np.ndarray, test: np.ndarray, spare: np.ndarray, rng) -> dict[str, tuple]:
     """rule -> the chosen point, on one dev split."""
     from dataclasses import replace
 
     from adapler.paired import changes
-    from adapler.selection import curve_confidence, paired_bound, select
+    from adapler.selection import paired_bound, select
 
     candidates, reference = candidates_on(cache, dev)
     marginal = [replace(c, paired=None, unpruned_paired=None) for c in candidates]
@@ -305,18 +324,14 @@ def split_rules(cache: Cache, dev: np.ndarray, test: np.ndarray, spare: np.ndarr
     )
     rules["bootstrap_no_correction"] = fastest(lambda c: bootstrap_bound(c.paired, CONFIDENCE, rng) <= TOLERANCE)
     # the rule with a bound against the unpruned weights as well (instead of the guard on the
-    # observed drop): each curve walked while both bounds are within the tolerance
-    level = curve_confidence(candidates, CONFIDENCE)
+    # observed drop): each curve walked while both bounds are within the tolerance (Bonferroni
+    # over the curves, as that rule was)
+    level = bonferroni_over_curves(candidates, CONFIDENCE)
 
     def both_bounds(c):
         return max(paired_bound(c, level), drop_upper_bound(c.unpruned_paired, level))
 
-    walked = []
-    for key in dict.fromkeys((c.trial, c.epoch) for c in candidates):
-        for c in sorted((c for c in candidates if (c.trial, c.epoch) == key), key=lambda c: c.factor):
-            if both_bounds(c) > TOLERANCE:
-                break
-            walked.append(c)
+    walked = curve_walk(candidates, both_bounds)
     rules["paired_unpruned_bound"] = (
         max(walked, key=lambda c: (c.dev_flops_speedup, c.dev_accuracy))
         if walked
@@ -334,52 +349,50 @@ def split_rules(cache: Cache, dev: np.ndarray, test: np.ndarray, spare: np.ndarr
         if within
         else min(candidates, key=lambda c: test_drop[(c.trial, c.epoch, c.factor)])
     )
-    return {rule: (c.trial, c.epoch, c.factor) for rule, c in rules.items()}
+    chosen = {rule: (c.trial, c.epoch, c.factor) for rule, c in rules.items()}
+    # the rule before the single sequence: each curve walked at the Bonferroni level, the guard kept
+    chosen["paired_curves_bonferroni"] = frontier_rules(cache, dev, (CONFIDENCE,))[("curves_bonferroni", CONFIDENCE)]
+    return chosen
 
 
 FRONTIER_CONFIDENCES = (0.8, 0.85, 0.9, 0.95)
 
 
-def frontier_rules(cache: Cache, dev: np.ndarray) -> dict[tuple[str, float], tuple]:
+def frontier_rules(cache: Cache, dev: np.ndarray, confidences=FRONTIER_CONFIDENCES) -> dict[tuple[str, float], tuple]:
     """(rule family, confidence) -> the chosen point, on one dev split: how much speed each way
     of correcting for the choice buys for how much risk, at several confidence levels. Families:
-    ``paired`` (the product's rule), ``curves_no_correction`` (each curve walked at the confidence,
-    no Bonferroni over the curves), ``sequence_by_disagreement`` (every point in one fixed
-    sequence ordered by the share of predictions it changes against stage 1, a label-free
-    order), ``exact_no_correction`` (the fastest point whose bound is within the tolerance)."""
+    ``paired`` (the product's rule: every point in one fixed sequence, fewest changed predictions
+    first), ``curves_bonferroni`` (each (trial, epoch) curve walked up its factors at the
+    confidence corrected by Bonferroni over the curves, the rule before), ``curves_no_correction``
+    (the same walk without the correction), ``exact_no_correction`` (the fastest point whose bound
+    is within the tolerance). Every family keeps the guard on the unpruned drop."""
     from adapler.paired import drop_upper_bound
-    from adapler.selection import certified, keeps_its_unpruned_accuracy, select
+    from adapler.selection import keeps_its_unpruned_accuracy, paired_bound, select
 
     candidates, reference = candidates_on(cache, dev)
+
+    def guard(c):
+        return keeps_its_unpruned_accuracy(c, TOLERANCE)
 
     def fastest(passed, confidence):
         if passed:
             return max(passed, key=lambda c: (c.dev_flops_speedup, c.dev_accuracy))
         return min(
-            candidates,
-            key=lambda c: (
-                not keeps_its_unpruned_accuracy(c, TOLERANCE),
-                drop_upper_bound(c.paired, confidence),
-                -c.dev_flops_speedup,
-            ),
+            candidates, key=lambda c: (not guard(c), drop_upper_bound(c.paired, confidence), -c.dev_flops_speedup)
         )
 
-    def sequence(confidence):
-        passed = []
-        for c in sorted(candidates, key=lambda c: (c.paired.changed, c.factor)):
-            if drop_upper_bound(c.paired, confidence) > TOLERANCE:
-                break
-            if keeps_its_unpruned_accuracy(c, TOLERANCE):
-                passed.append(c)
-        return passed
-
     chosen = {}
-    for confidence in FRONTIER_CONFIDENCES:
+    for confidence in confidences:
+        level = bonferroni_over_curves(candidates, confidence)
         chosen[("paired", confidence)] = select(candidates, reference, TOLERANCE, confidence).chosen
-        chosen[("curves_no_correction", confidence)] = fastest(certified(candidates, confidence, TOLERANCE), confidence)
-        chosen[("sequence_by_disagreement", confidence)] = fastest(sequence(confidence), confidence)
+        chosen[("curves_bonferroni", confidence)] = fastest(
+            curve_walk(candidates, lambda c, level=level: paired_bound(c, level), guard), level
+        )
+        chosen[("curves_no_correction", confidence)] = fastest(
+            curve_walk(candidates, lambda c, confidence=confidence: paired_bound(c, confidence), guard), confidence
+        )
         chosen[("exact_no_correction", confidence)] = fastest(
-            [c for c in candidates if drop_upper_bound(c.paired, confidence) <= TOLERANCE], confidence
+            [c for c in candidates if guard(c) and paired_bound(c, confidence) <= TOLERANCE], confidence
         )
     return {key: (c.trial, c.epoch, c.factor) for key, c in chosen.items()}
 

@@ -35,7 +35,6 @@ from adapler.selection import (
     GENTLER_PHI,
     Candidate,
     Selection,
-    curve_confidence,
     early_stopping_score,
     select_for,
 )
@@ -303,14 +302,13 @@ def paired_selection(
     (``stage1_model_dir``) and with its own weights' with removal off, and its changes on
     ``data.unlabeled_file`` (:mod:`adapler.evidence`). With ``calibrate_factors`` (calibration in
     the loop, ``tune.calibrate``), from each trial the epoch the rule picks is calibrated on dev
-    at its input budget with goal ``paired`` at the confidence of one curve among all searched,
+    at its input budget with goal ``paired`` at the rule's confidence,
     and every factor measured becomes a candidate of its own (same trial, epoch and model; its
     speedup against the full-length backbone). The rule then selects over them all."""
     stage2 = config.stage2
     unlabeled = configured_unlabeled(config)
     stage1 = AdapLeRForSequenceClassification.from_pretrained(local_copy(stage1_model_dir))
     evidence = reference_predictions(stage1, data.dev, unlabeled, stage2.batch_size)
-    level = curve_confidence(outcome.candidates, stage2.selection_confidence)
 
     def load(candidate: Candidate):
         return AdapLeRForSequenceClassification.from_pretrained(local_copy(candidate.model_dir))
@@ -337,7 +335,7 @@ def paired_selection(
             unlabeled,
             evidence,
             stage2.selection_tolerance,
-            level,
+            stage2.selection_confidence,
             stage2.selection_relative_tolerance,
             stage2.batch_size,
         )

@@ -72,7 +72,7 @@ def test_every_frontier_rule_passes_over_a_fast_point_that_loses_and_takes_one_t
     assert {rule for rule, _ in chosen} == {
         "paired",
         "curves_no_correction",
-        "sequence_by_disagreement",
+        "curves_bonferroni",
         "exact_no_correction",
     }
     assert set(chosen.values()) == {("b", 0, 1.5)}, chosen

@@ -14,6 +14,7 @@ from adapler.selection import (
     best_epochs,
     certificate,
     early_stopping_score,
+    paired_bound,
     pareto_front,
     select,
 )
@@ -215,23 +216,36 @@ def paired_point(
     )
 
 
-def test_paired_rule_walks_each_curve_up_and_stops_at_its_first_failure():
-    """The documented point: along trial a's curve 1.0 and 1.4 certify, 2.0 fails (30 newly wrong
-    of 2,000), so 2.8 is out even though it reads fine; trial b's 3.0 changes 200 predictions
-    evenly (no marginal drop) and fails. The fastest certified point is a at 1.4."""
+def test_paired_rule_walks_one_sequence_by_changed_predictions_and_stops_at_its_first_failure():
+    """The documented point: the walk orders every point by the predictions it changes against
+    stage 1 (a 1.0: 3, a 1.4: 8, b 1.0: 32, b 1.4: 40) and stops at b 1.0 (30 newly wrong of
+    2,000), so b 1.4 is out even though its 20 newly wrong and 20 newly right would certify
+    alone. The fastest certified point is a at 1.4; the marginal rule would take b 1.4 (no
+    accuracy drop at 4.0x)."""
     table = [
         paired_point("a", 0, 1.0, 2.0, b=2, c=1),
         paired_point("a", 0, 1.4, 2.5, b=6, c=2),
-        paired_point("a", 0, 2.0, 3.0, b=30, c=2),
-        paired_point("a", 0, 2.8, 3.6, b=4, c=2),
-        paired_point("b", 0, 1.0, 3.0, b=100, c=100),
+        paired_point("b", 0, 1.0, 3.0, b=30, c=2),
+        paired_point("b", 0, 1.4, 4.0, b=20, c=20),
     ]
     selection = select(table, reference=0.8, tolerance=0.01, confidence=0.9)
     assert selection.eligible and selection.chosen is table[1]
-    assert selection.confidence == pytest.approx(1 - 0.1 / 2)  # Bonferroni over the two curves
-    # The marginal rule would take b (no accuracy drop at 3.0x): the paired rule is what differs.
+    assert selection.confidence == 0.9  # fixed-sequence testing: no correction for the choice
+    assert select(table[3:], reference=0.8, tolerance=0.01, confidence=0.9).eligible  # certifies alone
     marginal = select([replace(c, paired=None) for c in table], reference=0.8, tolerance=0.01)
-    assert marginal.chosen.trial == "a" and marginal.chosen.factor == 2.8
+    assert (marginal.chosen.trial, marginal.chosen.factor) == ("b", 1.4)
+
+
+def test_a_wide_search_costs_the_bound_nothing():
+    """Nine more trials in the search leave a point's certificate as it was: 100 newly wrong and
+    100 newly right of 2,000 has a 90% bound of 0.95 points, certified beside any number of
+    gentler points (a Bonferroni correction over ten curves, at 99%, would refuse it)."""
+    gentle = [paired_point(f"t{i}", 0, 1.0, 1.5, b=1, c=1) for i in range(9)]
+    wide = paired_point("x", 0, 1.0, 3.0, b=100, c=100)
+    for table in ([wide], [*gentle, wide]):
+        selection = select(table, reference=0.8, tolerance=0.01, confidence=0.9)
+        assert selection.eligible and selection.chosen is wide
+    assert paired_bound(wide, 0.99) > 0.01
 
 
 def test_the_own_unpruned_accuracy_is_a_guard_on_the_observed_drop_not_a_second_bound():

@@ -172,7 +172,7 @@ def test_without_calibration_the_trained_epochs_are_still_chosen_by_the_paired_r
     )
     assert [c.factor for c in outcome.candidates] == [1.0, 1.0]  # no factor added
     assert all(c.paired.examples == len(data.dev) for c in outcome.candidates)
-    assert outcome.selection.confidence == pytest.approx(1 - 0.1 / 2)  # two curves: Bonferroni
+    assert outcome.selection.confidence == config.stage2.selection_confidence  # one fixed sequence: no correction
 
 
 def test_paired_calibration_in_the_loop_compares_with_stage_1_on_dev_and_the_unlabeled_file(
