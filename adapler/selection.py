@@ -26,12 +26,12 @@ rules over them:
   share of predictions it changes against stage 1 (fewest first, then the eta factor; an order
   known before any label is read), and the sequence is walked at ``confidence`` until its first
   point whose bound exceeds the tolerance (:func:`certified`). Such a walk needs no correction for
-  the number of points, so a search of many trials and epochs costs the bound nothing; a
-  Bonferroni correction over the (trial, epoch) curves cost a four-trial search on 221 dev
-  examples its fast points (bench/results/selection_frontier.json, the benchmarks page). The
-  fastest certified point wins; if none
-  is, the one with the smallest bound among those that keep the guard (ties: faster), ``eligible``
-  False. How often each rule's choice loses more than the tolerance on test, on five labelled sets
+  the number of points, so a search of many trials and epochs costs the bound nothing (a
+  Bonferroni correction over the (trial, epoch) curves left a four-trial search on 221 dev
+  examples with no certified point; the benchmarks page). Its weakness: a point that fails stops
+  the walk for every point after it, however well those read. The fastest certified point wins;
+  if none is, the one with the smallest bound among those that keep the guard (ties: faster),
+  ``eligible`` False. How often each rule's choice loses more than the tolerance on test, on five labelled sets
   no preset was tuned on, against the marginal rule and the variants (the walk per curve with and
   without the Bonferroni correction, no correction at all, Bonferroni over every point, the
   bootstrap, a bound against the unpruned weights too, no guard):
