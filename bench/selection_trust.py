@@ -349,16 +349,55 @@ def split_rules(cache: Cache, dev: np.ndarray, test: np.ndarray, spare: np.ndarr
         if within
         else min(candidates, key=lambda c: test_drop[(c.trial, c.epoch, c.factor)])
     )
-    chosen = {rule: (c.trial, c.epoch, c.factor) for rule, c in rules.items()}
     # the rule before the single sequence: each curve walked at the Bonferroni level, the guard kept
-    chosen["paired_curves_bonferroni"] = frontier_rules(cache, dev, (CONFIDENCE,))[("curves_bonferroni", CONFIDENCE)]
-    return chosen
+    rules["paired_curves_bonferroni"] = curve_walk_choice(candidates, CONFIDENCE, bonferroni=True)
+    return {rule: (c.trial, c.epoch, c.factor) for rule, c in rules.items()}
 
 
 FRONTIER_CONFIDENCES = (0.8, 0.85, 0.9, 0.95)
 
 
-def frontier_rules(cache: Cache, dev: np.ndarray, confidences=FRONTIER_CONFIDENCES) -> dict[tuple[str, float], tuple]:
+def curve_walk_choice(candidates, confidence: float, bonferroni: bool):
+    """The point a per-curve walk chooses: each (trial, epoch) curve walked up its eta factors at
+    ``confidence`` (corrected by Bonferroni over the curves where ``bonferroni``), the guard on
+    the unpruned drop kept; the fastest certified point, else the smallest bound among the points
+    that keep the guard."""
+    from adapler.selection import paired_bound
+
+    level = bonferroni_over_curves(candidates, confidence) if bonferroni else confidence
+    return fastest_certified(
+        candidates,
+        curve_walk(candidates, lambda c: paired_bound(c, level), keeps_guard),
+        level,
+    )
+
+
+def keeps_guard(candidate) -> bool:
+    """The product's guard at the benchmark's tolerance: the observed drop against its own
+    weights with removal off is within it."""
+    from adapler.selection import keeps_its_unpruned_accuracy
+
+    return keeps_its_unpruned_accuracy(candidate, TOLERANCE)
+
+
+def fastest_certified(candidates, passed, confidence: float):
+    """The fastest of ``passed``; if none, the smallest bound at ``confidence`` among the points
+    that keep the guard (the product's fallback)."""
+    from adapler.paired import drop_upper_bound
+
+    if passed:
+        return max(passed, key=lambda c: (c.dev_flops_speedup, c.dev_accuracy))
+    return min(
+        candidates,
+        key=lambda c: (
+            not keeps_guard(c),
+            drop_upper_bound(c.paired, confidence),
+            -c.dev_flops_speedup,
+        ),
+    )
+
+
+def frontier_rules(cache: Cache, dev: np.ndarray) -> dict[tuple[str, float], tuple]:
     """(rule family, confidence) -> the chosen point, on one dev split: how much speed each way
     of correcting for the choice buys for how much risk, at several confidence levels. Families:
     ``paired`` (the product's rule: every point in one fixed sequence, fewest changed predictions
@@ -366,33 +405,18 @@ def frontier_rules(cache: Cache, dev: np.ndarray, confidences=FRONTIER_CONFIDENC
     confidence corrected by Bonferroni over the curves, the rule before), ``curves_no_correction``
     (the same walk without the correction), ``exact_no_correction`` (the fastest point whose bound
     is within the tolerance). Every family keeps the guard on the unpruned drop."""
-    from adapler.paired import drop_upper_bound
-    from adapler.selection import keeps_its_unpruned_accuracy, paired_bound, select
+    from adapler.selection import paired_bound, select
 
     candidates, reference = candidates_on(cache, dev)
-
-    def guard(c):
-        return keeps_its_unpruned_accuracy(c, TOLERANCE)
-
-    def fastest(passed, confidence):
-        if passed:
-            return max(passed, key=lambda c: (c.dev_flops_speedup, c.dev_accuracy))
-        return min(
-            candidates, key=lambda c: (not guard(c), drop_upper_bound(c.paired, confidence), -c.dev_flops_speedup)
-        )
-
     chosen = {}
-    for confidence in confidences:
-        level = bonferroni_over_curves(candidates, confidence)
+    for confidence in FRONTIER_CONFIDENCES:
         chosen[("paired", confidence)] = select(candidates, reference, TOLERANCE, confidence).chosen
-        chosen[("curves_bonferroni", confidence)] = fastest(
-            curve_walk(candidates, lambda c, level=level: paired_bound(c, level), guard), level
-        )
-        chosen[("curves_no_correction", confidence)] = fastest(
-            curve_walk(candidates, lambda c, confidence=confidence: paired_bound(c, confidence), guard), confidence
-        )
-        chosen[("exact_no_correction", confidence)] = fastest(
-            [c for c in candidates if guard(c) and paired_bound(c, confidence) <= TOLERANCE], confidence
+        chosen[("curves_bonferroni", confidence)] = curve_walk_choice(candidates, confidence, bonferroni=True)
+        chosen[("curves_no_correction", confidence)] = curve_walk_choice(candidates, confidence, bonferroni=False)
+        chosen[("exact_no_correction", confidence)] = fastest_certified(
+            candidates,
+            [c for c in candidates if keeps_guard(c) and paired_bound(c, confidence) <= TOLERANCE],
+            confidence,
         )
     return {key: (c.trial, c.epoch, c.factor) for key, c in chosen.items()}
 
@@ -405,12 +429,7 @@ def frontier(sets: list[str], splits: int, output: Path) -> None:
     from adapler.selection import select
 
     records = []
-    for name in sets:
-        path = CACHE / f"{name}.npz"
-        if not path.is_file():
-            print(f"{name}: no cache ({path}); run collect first", flush=True)
-            continue
-        cache = Cache(path)
+    for name, cache in cached_sets(sets):
         for dev_size, test_size, _, draws in split_draws(len(cache.labels), splits):
             rows: dict[tuple[str, float], list[tuple[float, float]]] = {}
             for dev, test, _ in draws:
@@ -424,22 +443,42 @@ def frontier(sets: list[str], splits: int, output: Path) -> None:
                     rows.setdefault(key, []).append(on_test(cache, test, point))
             today = float(np.mean([s for s, _ in rows[("today", 0.0)]]))
             for (family, confidence), values in rows.items():
-                speedups, drops = np.array(values).T
+                summary = outcome(values)
                 record = {
                     "dataset": name,
                     "dev_size": dev_size,
                     "test_size": test_size,
                     "rule": family,
                     "confidence": confidence or None,
-                    "mean_flops_speedup": round(float(speedups.mean()), 4),
-                    "share_of_today_speedup": round(float(speedups.mean()) / today, 4),
-                    "p_test_drop_over_tolerance": round(float(np.mean(drops > TOLERANCE + 1e-12)), 4),
+                    "mean_flops_speedup": summary["mean_flops_speedup"],
+                    "share_of_today_speedup": round(float(np.mean([v for v, _ in values])) / today, 4),
+                    "p_test_drop_over_tolerance": summary["p_test_drop_over_tolerance"],
                     "splits": splits,
                 }
                 records.append(record)
                 print(json.dumps(record), flush=True)
     output.write_text(json.dumps({"tolerance_points": TOLERANCE * 100, "records": records}, indent=1) + "\n")
     print(f"wrote {output}")
+
+
+def cached_sets(sets: list[str]):
+    """(name, Cache) of each set whose cache ``collect`` wrote; a line for each that has none."""
+    for name in sets:
+        path = CACHE / f"{name}.npz"
+        if path.is_file():
+            yield name, Cache(path)
+        else:
+            print(f"{name}: no cache ({path}); run collect first", flush=True)
+
+
+def outcome(values: list[tuple[float, float]]) -> dict[str, float]:
+    """The chosen points' mean FLOPs speedup on test and the share of splits whose test drop is
+    over the tolerance, from (speedup, drop) per split."""
+    speedups, drops = np.array(values).T
+    return {
+        "mean_flops_speedup": round(float(speedups.mean()), 4),
+        "p_test_drop_over_tolerance": round(float(np.mean(drops > TOLERANCE + 1e-12)), 4),
+    }
 
 
 def on_test(cache: Cache, test: np.ndarray, point) -> tuple[float, float]:
@@ -468,12 +507,7 @@ def split_draws(pool: int, splits: int):
 
 def analyze(sets: list[str], splits: int, output: Path) -> None:
     records, label_free = [], {}
-    for name in sets:
-        path = CACHE / f"{name}.npz"
-        if not path.is_file():
-            print(f"{name}: no cache ({path}); run collect first", flush=True)
-            continue
-        cache = Cache(path)
+    for name, cache in cached_sets(sets):
         pool = len(cache.labels)
         train_rate = np.array([np.mean(cache.train_pred[p] != cache.train_stage1) for p in cache.points])
         pool_rate = np.array([np.mean(cache.pred[p] != cache.stage1) for p in cache.points])
@@ -493,16 +527,14 @@ def analyze(sets: list[str], splits: int, output: Path) -> None:
                 for rule, point in split_rules(cache, dev, test, spare, rng).items():
                     rows.setdefault(rule, []).append(on_test(cache, test, point))
             for rule, values in rows.items():
-                speedups, drops = np.array(values).T
                 record = {
                     "dataset": name,
                     "dev_size": dev_size,
                     "test_size": test_size,
                     "pool": pool,
                     "rule": rule,
-                    "mean_flops_speedup": round(float(speedups.mean()), 4),
-                    "p_test_drop_over_tolerance": round(float(np.mean(drops > TOLERANCE + 1e-12)), 4),
-                    "mean_test_drop": round(float(drops.mean()) * 100, 3),
+                    **outcome(values),
+                    "mean_test_drop": round(float(np.mean([d for _, d in values])) * 100, 3),
                     "splits": splits,
                 }
                 records.append(record)
