@@ -190,13 +190,20 @@ class Predictor:
             if reference and reference > self.max_length
             else None
         )
-        # similar lengths share a batch
-        for chunk, batch in sorted_batches(self.model.tokenizer, texts, text_pairs, self.batch_size, self.max_length):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+        # similar lengths share a batch; the model runs the batches (ONNX Runtime: small ones side by side)
+        batches = sorted_batches(self.model.tokenizer, texts, text_pairs, self.batch_size, self.max_length)
+        calls = [
+            {
+                **{k: v.to(self.device) for k, v in batch.items()},
+                "removal": self.removal,
+                "eta_factors": self._eta_factors([points[i] for i in chunk]),
+            }
+            for chunk, batch in batches
+        ]
+        for (chunk, _), call, out in zip(batches, calls, self.model.forward_batches(calls)):
             mine = [points[i] for i in chunk]
-            out = self.model(**batch, removal=self.removal, eta_factors=self._eta_factors(mine))
             full_lengths = None if full is None else full[chunk]
-            for row, prediction in enumerate(self._unbatch(batch, out, explain, mine, full_lengths)):
+            for row, prediction in enumerate(self._unbatch(call, out, explain, mine, full_lengths)):
                 results[chunk[row]] = prediction
         return results  # type: ignore[return-value]
 

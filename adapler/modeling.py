@@ -24,6 +24,7 @@ Shapes: B batch, T padded input length, H hidden, L layers, N kept tokens in the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,6 +290,12 @@ class AdapLeRForSequenceClassification(nn.Module):
         if removal == "masked":
             return self._forward_masked(hidden, present, eta_factors)
         return self._forward_packed(hidden, present, eta_factors)
+
+    def forward_batches(self, calls: Sequence[dict]) -> list[AdapLeROutput]:
+        """The forwards of several batches (each the keyword arguments of :meth:`forward`), in
+        order, one after another: torch spreads each one's ops over its threads (the ONNX Runtime
+        model runs small batches side by side instead, ``OnnxAdapLeR.forward_batches``)."""
+        return [self(**call) for call in calls]
 
     def _layer(self, index: int, x: torch.Tensor, rows: TokenRows) -> torch.Tensor:
         """Layer ``index`` of the backbone over token rows x (N, H), placed by ``rows``."""

@@ -8,10 +8,17 @@ in eval (same arguments, same :class:`AdapLeROutput`), so ``Predictor``, ``evalu
 ``calibrate`` run it unchanged; its etas are a (L,) parameter outside the graphs, fed to the
 graph as per-example thresholds, so scaling them (calibration, operating points) needs no
 re-export.
+
+:meth:`OnnxAdapLeR.forward_batches` runs a whole prediction's batches (``Predictor.predict``):
+on CPU, small batches run side by side, one core each, on single-thread sessions, and larger ones
+one at a time on every thread (:func:`runs_side_by_side`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,13 +84,22 @@ class OnnxAdapLeR(nn.Module):
         self.num_layers = graphs.num_layers
         self.etas = nn.Parameter(etas.detach().float().cpu().clone(), requires_grad=False)
         self.operating_points = None  # set by from_pretrained: the per-request speed knob (adapler.operating_points)
-        providers = providers_for(device)
-        threads = threads or torch.get_num_threads()
-        self._sessions = {
-            name: onnxruntime.InferenceSession(str(graphs.path(name)), session_options(threads), providers=providers)
-            for name in graphs.names
-        }
+        self._providers = providers_for(device)
+        self.threads = threads or torch.get_num_threads()
+        self._sessions = self._open_sessions(self.threads)
+        self._single: dict | None = None  # the single-thread sessions, for batches run side by side
+        # forward_batches runs small batches side by side (CPU, two threads or more); False: one at a time
+        self.side_by_side = self.threads > 1 and device.split(":")[0] == "cpu"
         self._inputs = {name: [i.name for i in session.get_inputs()] for name, session in self._sessions.items()}
+
+    def _open_sessions(self, threads: int) -> dict:
+        """One ONNX Runtime session per graph, on ``threads`` intra-op threads."""
+        return {
+            name: onnxruntime.InferenceSession(
+                str(self.graphs.path(name)), session_options(threads), providers=self._providers
+            )
+            for name in self.graphs.names
+        }
 
     @classmethod
     def from_pretrained(
@@ -119,16 +135,42 @@ class OnnxAdapLeR(nn.Module):
         raise TypeError("an ONNX Runtime model is not copied: apply eta factors to the torch model and save it")
 
     # ------------------------------------------------------------------ forward
-    def forward(
+    def forward(self, *args, **kwargs) -> AdapLeROutput:
+        """One batch, on every thread. Arguments as the torch model's forward in eval (see
+        :meth:`_call`)."""
+        call = self._call(*args, **kwargs)
+        return call.output(self._run(call, self._sessions))
+
+    def forward_batches(self, calls: Sequence[dict]) -> list[AdapLeROutput]:
+        """The forwards of several batches (each the keyword arguments of :meth:`forward`), in
+        order. On CPU with two threads or more, the small batches (:func:`runs_side_by_side`) run
+        side by side, one core each, on single-thread sessions; the others one at a time on
+        every thread."""
+        prepared = [self._call(**call) for call in calls]
+        small = [i for i, call in enumerate(prepared) if runs_side_by_side(call.feeds["input_ids"].shape)]
+        raw: list[list[np.ndarray] | None] = [None] * len(prepared)
+        if self.side_by_side and len(small) > 1:
+            sessions = self._single_thread_sessions()
+            with ThreadPoolExecutor(self.threads) as pool:
+                for i, out in zip(small, pool.map(lambda i: self._run(prepared[i], sessions), small)):
+                    raw[i] = out
+        for i, call in enumerate(prepared):
+            if raw[i] is None:
+                raw[i] = self._run(call, self._sessions)
+        return [call.output(out) for call, out in zip(prepared, raw)]
+
+    def _call(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         removal: str | None = None,
         eta_factors: torch.Tensor | None = None,
-    ) -> AdapLeROutput:
-        """Arguments as the torch model's forward in eval; eta_factors (B,): example b keeps a
-        token at layer l iff its score >= eta_l * eta_factors[b] / n_b."""
+    ) -> _GraphCall:
+        """The graph and the feeds of one forward, checked (numpy, no session run yet).
+        input_ids, attention_mask, token_type_ids (B, T), padded on the right; removal "packed"
+        (default) or "none"; eta_factors (B,): example b keeps a token at layer l iff its score
+        >= eta_l * eta_factors[b] / n_b."""
         removal = removal or "packed"
         if removal not in ("packed", "none"):
             raise RuntimeUnavailable(f"runtime onnx runs removal 'packed' or 'none', got {removal!r}")
@@ -138,37 +180,58 @@ class OnnxAdapLeR(nn.Module):
         mask = np.ones_like(ids) if attention_mask is None else attention_mask.cpu().numpy().astype(np.int64)
         _check_right_padded(torch.from_numpy(mask > 0))
         types = np.zeros_like(ids) if token_type_ids is None else token_type_ids.cpu().numpy().astype(np.int64)
-        present = mask.astype(bool)  # (B, T)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         if removal == "none":
-            (logits,) = self._run("backbone", {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
-            kept_mask = np.broadcast_to(present[:, None, :], (len(ids), self.num_layers, ids.shape[1]))
-            return _output(logits, kept_mask)
+            return _GraphCall("backbone", feeds, present=mask.astype(bool), layers=self.num_layers)
         factors = (
             np.ones(len(ids), dtype=np.float32) if eta_factors is None else eta_factors.cpu().numpy().astype(np.float32)
         )
-        return self._forward_packed(ids, types, mask, factors)
-
-    def _forward_packed(
-        self, ids: np.ndarray, types: np.ndarray, mask: np.ndarray, factors: np.ndarray
-    ) -> AdapLeROutput:
         thresholds = self.etas.detach().numpy()[None, :] * factors[:, None]  # (B, L) eta_l times each factor
+        feeds["thresholds"] = np.ascontiguousarray(thresholds, dtype=np.float32)
         single = len(ids) == 1 and bool(mask.all())  # one example, no padding: the graph without a grid
-        graph = "adapler_single" if single else "adapler"
-        feeds = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "token_type_ids": types,
-            "thresholds": np.ascontiguousarray(thresholds, dtype=np.float32),
-        }
-        logits, kept = self._run(graph, feeds)
-        return _output(logits, kept)
+        return _GraphCall("adapler_single" if single else "adapler", feeds)
 
-    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run one graph on the feeds it takes (an input the graph does not read, e.g. the token
-        types of a family without them, is not in the exported graph)."""
-        return self._sessions[graph].run(None, {name: feeds[name] for name in self._inputs[graph]})
+    def _run(self, call: _GraphCall, sessions: dict) -> list[np.ndarray]:
+        """Run the call's graph on the feeds it takes (an input the graph does not read, e.g. the
+        token types of a family without them, is not in the exported graph)."""
+        return sessions[call.graph].run(None, {name: call.feeds[name] for name in self._inputs[call.graph]})
+
+    def _single_thread_sessions(self) -> dict:
+        """The graphs on one thread each, for batches run side by side (built on first use)."""
+        if self._single is None:
+            self._single = self._open_sessions(1)
+        return self._single
 
 
-def _output(logits: np.ndarray, kept_mask: np.ndarray) -> AdapLeROutput:
-    kept = np.ascontiguousarray(kept_mask)
-    return AdapLeROutput(torch.from_numpy(logits), torch.from_numpy(kept.sum(-1)), torch.from_numpy(kept))
+# Batches at most this long and this large (padded tokens, B x T) run side by side on CPU, one core
+# each (OnnxAdapLeR.forward_batches): a pruned model spends much of a small batch on single-threaded
+# bookkeeping between its layers, which a second batch can overlap. Larger batches split each op over
+# the cores better than they overlap (cache and attention): bench/results/side_by_side.json.
+SIDE_BY_SIDE_LENGTH = 128
+SIDE_BY_SIDE_TOKENS = 1024
+
+
+def runs_side_by_side(shape: tuple[int, ...]) -> bool:
+    """Whether a batch of input shape (B, T) runs side by side with others (module constants)."""
+    batch, length = shape
+    return length <= SIDE_BY_SIDE_LENGTH and batch * length <= SIDE_BY_SIDE_TOKENS
+
+
+@dataclass
+class _GraphCall:
+    """One forward, ready to run: its graph, its feeds, and for the backbone graph the present
+    tokens (B, T) (every one enters every layer)."""
+
+    graph: str
+    feeds: dict[str, np.ndarray]
+    present: np.ndarray | None = None
+    layers: int = 0
+
+    def output(self, raw: list[np.ndarray]) -> AdapLeROutput:
+        if self.present is None:
+            logits, kept = raw
+        else:
+            (logits,) = raw
+            kept = np.broadcast_to(self.present[:, None, :], (len(self.present), self.layers, self.present.shape[1]))
+        kept = np.ascontiguousarray(kept)
+        return AdapLeROutput(torch.from_numpy(logits), torch.from_numpy(kept.sum(-1)), torch.from_numpy(kept))

@@ -22,7 +22,6 @@ model_accuracy, backbone_accuracy, run, runtime, quantize}.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from adapler.flops import adapler_flops, backbone_flops
 from adapler.inference import Predictor
 from adapler.run_layout import RunLayout
 from adapler.stage1_record import read_stage1
-from harness import interleaved  # bench/harness.py
+from harness import interleaved, replace_records  # bench/harness.py
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -136,16 +135,11 @@ def main() -> None:
             f"{record['model_accuracy']:.3f} vs {record['backbone_accuracy']:.3f}",
             flush=True,
         )
-    output = Path(args.output)
-    earlier = json.loads(output.read_text()) if output.is_file() else []
-    measured = {record_key(r) for r in records}
-    current = [r for r in earlier if record_key(r) not in measured]
-    output.write_text(json.dumps(current + records, indent=2) + "\n")
+    replace_records(Path(args.output), records, record_key)
 
 
 def record_key(record: dict) -> tuple:
-    """What a new record replaces: the one of the same data set, batch size, runtime and precision
-    (the file holds the current record; git keeps the earlier ones)."""
+    """What a new record replaces: the one of the same data set, batch size, runtime and precision."""
     return record["dataset"], record["batch_size"], record.get("runtime"), record.get("quantize")
 
 

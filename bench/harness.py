@@ -124,15 +124,25 @@ def interleaved(
     passes: dict[Hashable, Callable[[list[dict]], TimedPass]], batches: list[dict], repeats: int
 ) -> dict[Hashable, tuple[float, TimedPass]]:
     """Each engine's median seconds over ``repeats`` passes and its last pass (any record with
-    ``seconds``: a TimedPass over batches, or a timed ``Predictor.predict`` over texts): a warm-up on two
-    batches first (lazy initialisation, thread pools, first-run allocations), then the engines in
-    turn, ``repeats`` times, so that drift hits every engine alike."""
-    for run in passes.values():
-        run(batches[:2])
+    ``seconds``: a TimedPass over batches, or a timed ``Predictor.predict`` over texts). The
+    engines take turns, ``repeats`` times, so that drift hits every engine alike; each turn is an
+    untimed pass, then the timed one, so that every timed pass runs as a deployment serving that one
+    engine runs: its weights in the caches and the thread pool of the engine before it at rest
+    (right after another engine's pass, ONNX Runtime ran a short pass here about a quarter slower:
+    the other pool spins on the same cores for some milliseconds, and the caches hold its weights)."""
     seconds: dict[Hashable, list[float]] = {key: [] for key in passes}
     last: dict[Hashable, TimedPass] = {}
     for _ in range(repeats):
         for key, run in passes.items():
+            run(batches)
             last[key] = run(batches)
             seconds[key].append(last[key].seconds)
     return {key: (statistics.median(seconds[key]), last[key]) for key in passes}
+
+
+def replace_records(output: Path, records: list[dict], key: Callable[[dict], Hashable]) -> None:
+    """Write ``records`` to the JSON list in ``output`` in place of its records of the same key
+    (the file holds the current record of each; git keeps the earlier ones)."""
+    earlier = json.loads(output.read_text()) if output.is_file() else []
+    measured = {key(record) for record in records}
+    output.write_text(json.dumps([r for r in earlier if key(r) not in measured] + records, indent=2) + "\n")

@@ -78,3 +78,32 @@ def test_every_frontier_rule_passes_over_a_fast_point_that_loses_and_takes_one_t
     assert set(chosen.values()) == {("b", 0, 1.5)}, chosen
     speedup, drop = bench.on_test(cache, np.arange(n), ("a", 0, 2.0))
     assert speedup == pytest.approx(4.0) and drop == pytest.approx(0.15)
+
+
+def test_interleaved_times_each_turn_after_an_untimed_pass_of_the_same_engine():
+    """bench/harness.py: the engines take turns; in each turn the engine runs once untimed (its
+    caches and thread pool warm, the engine before it at rest), then once timed; the median of the
+    timed passes is kept."""
+    import sys
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        harness = importlib.import_module("harness")
+    finally:
+        sys.path.remove(str(BENCH))
+    calls = []
+
+    def engine(name, seconds):
+        def run(batches):
+            calls.append(name)
+            return SimpleNamespace(seconds=seconds[len([c for c in calls if c == name]) - 1], name=name)
+
+        return run
+
+    timed = harness.interleaved(
+        {"a": engine("a", [9, 1, 9, 3, 9, 2]), "b": engine("b", [9, 5, 9, 4, 9, 6])}, ["batch"], repeats=3
+    )
+    assert calls == ["a", "a", "b", "b"] * 3
+    assert timed["a"][0] == 2 and timed["b"][0] == 5  # the medians of the timed (second) passes only
+    assert timed["a"][1].seconds == 2 and timed["b"][1].seconds == 6  # the last timed pass

@@ -80,6 +80,32 @@ def test_an_example_in_a_mixed_batch_equals_itself_alone(onnx_model, tokenizer, 
         assert torch.allclose(batch.logits[row], alone.logits[0], atol=1e-5)
 
 
+def test_batches_run_side_by_side_equal_each_batch_alone(model_dir, tokenizer, sentences, monkeypatch):
+    """forward_batches: the small batches run side by side on single-thread sessions, the large
+    ones on every thread, and each output is that batch's forward alone, in the order given."""
+    import adapler.onnx_runtime as onnx_runtime
+
+    model = OnnxAdapLeR.from_pretrained(model_dir, threads=2)
+    singles = [encode(tokenizer, [sentence]) for sentence in sentences]
+    everything = encode(tokenizer, sentences)
+    widest = max(batch["input_ids"].shape[1] for batch in singles)
+    monkeypatch.setattr(onnx_runtime, "SIDE_BY_SIDE_TOKENS", widest)  # the batch of all five is large
+    assert not onnx_runtime.runs_side_by_side(tuple(everything["input_ids"].shape))
+    calls = [
+        *({**batch, "removal": "packed"} for batch in singles),
+        {**everything, "removal": "packed", "eta_factors": torch.tensor([0.5, 1.0, 2.0, 1.5, 0.8])},
+        {**singles[0], "removal": "none"},
+    ]
+    outputs = model.forward_batches(calls)
+    assert model._single is not None  # the small ones did run on the single-thread sessions
+    assert len(outputs) == len(calls)
+    for call, got in zip(calls, outputs):
+        assert_same(model(**call), got, atol=1e-6)
+    alone = OnnxAdapLeR.from_pretrained(model_dir, threads=1)
+    alone.forward_batches(calls)
+    assert alone._single is None  # one thread: nothing to run side by side
+
+
 def test_per_example_factors_equal_scaled_etas_alone(onnx_model, tokenizer, sentences):
     factors = torch.tensor([0.5, 1.0, 2.0, 1.5, 0.8])
     batch = onnx_model(**encode(tokenizer, sentences), eta_factors=factors)
