@@ -86,20 +86,17 @@ class OnnxAdapLeR(nn.Module):
         self.operating_points = None  # set by from_pretrained: the per-request speed knob (adapler.operating_points)
         self._providers = providers_for(device)
         self.threads = threads or torch.get_num_threads()
-        self._sessions = self._open_sessions(self.threads)
-        self._single: dict | None = None  # the single-thread sessions, for batches run side by side
+        self._sessions = {name: self._open_session(name, self.threads) for name in graphs.names}
+        self._single: dict = {}  # single-thread sessions of the graphs that ran side by side, opened on first use
         # forward_batches runs small batches side by side (CPU, two threads or more); False: one at a time
         self.side_by_side = self.threads > 1 and device.split(":")[0] == "cpu"
         self._inputs = {name: [i.name for i in session.get_inputs()] for name, session in self._sessions.items()}
 
-    def _open_sessions(self, threads: int) -> dict:
-        """One ONNX Runtime session per graph, on ``threads`` intra-op threads."""
-        return {
-            name: onnxruntime.InferenceSession(
-                str(self.graphs.path(name)), session_options(threads), providers=self._providers
-            )
-            for name in self.graphs.names
-        }
+    def _open_session(self, graph: str, threads: int):
+        """An ONNX Runtime session of one graph, on ``threads`` intra-op threads."""
+        return onnxruntime.InferenceSession(
+            str(self.graphs.path(graph)), session_options(threads), providers=self._providers
+        )
 
     @classmethod
     def from_pretrained(
@@ -150,7 +147,7 @@ class OnnxAdapLeR(nn.Module):
         small = [i for i, call in enumerate(prepared) if runs_side_by_side(call.feeds["input_ids"].shape)]
         raw: list[list[np.ndarray] | None] = [None] * len(prepared)
         if self.side_by_side and len(small) > 1:
-            sessions = self._single_thread_sessions()
+            sessions = self._single_thread_sessions({prepared[i].graph for i in small})
             with ThreadPoolExecutor(self.threads) as pool:
                 for i, out in zip(small, pool.map(lambda i: self._run(prepared[i], sessions), small)):
                     raw[i] = out
@@ -196,10 +193,11 @@ class OnnxAdapLeR(nn.Module):
         token types of a family without them, is not in the exported graph)."""
         return sessions[call.graph].run(None, {name: call.feeds[name] for name in self._inputs[call.graph]})
 
-    def _single_thread_sessions(self) -> dict:
-        """The graphs on one thread each, for batches run side by side (built on first use)."""
-        if self._single is None:
-            self._single = self._open_sessions(1)
+    def _single_thread_sessions(self, graphs: set[str]) -> dict:
+        """Single-thread sessions of ``graphs`` (and of those opened before), for batches run side
+        by side: a graph's second session is opened only once batches of it run side by side."""
+        for name in graphs - self._single.keys():
+            self._single[name] = self._open_session(name, 1)
         return self._single
 
 

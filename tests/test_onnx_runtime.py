@@ -97,13 +97,13 @@ def test_batches_run_side_by_side_equal_each_batch_alone(model_dir, tokenizer, s
         {**singles[0], "removal": "none"},
     ]
     outputs = model.forward_batches(calls)
-    assert model._single is not None  # the small ones did run on the single-thread sessions
+    assert set(model._single) == {"adapler_single", "backbone"}  # small ones ran on single-thread sessions
     assert len(outputs) == len(calls)
     for call, got in zip(calls, outputs):
         assert_same(model(**call), got, atol=1e-6)
     alone = OnnxAdapLeR.from_pretrained(model_dir, threads=1)
     alone.forward_batches(calls)
-    assert alone._single is None  # one thread: nothing to run side by side
+    assert not alone._single  # one thread: nothing runs side by side, no second session
 
 
 def test_per_example_factors_equal_scaled_etas_alone(onnx_model, tokenizer, sentences):
