@@ -31,10 +31,10 @@ rules over them:
   examples with no certified point; the benchmarks page). Its weakness: a point that fails stops
   the walk for every point after it, however well those read. The fastest certified point wins;
   if none is, the one with the smallest bound among those that keep the guard (ties: faster),
-  ``eligible`` False. How often each rule's choice loses more than the tolerance on test, on five labelled sets
-  no preset was tuned on, against the marginal rule and the variants (the walk per curve with and
-  without the Bonferroni correction, no correction at all, Bonferroni over every point, the
-  bootstrap, a bound against the unpruned weights too, no guard):
+  ``eligible`` False. How often each rule's choice loses more than the tolerance on test, on five
+  labelled sets no preset was tuned on, against the marginal rule and the variants (the walk per
+  curve with and without the Bonferroni correction, no correction at all, Bonferroni over every
+  point, the bootstrap, a bound against the unpruned weights too, no guard):
   ``bench/results/selection_trust.json``, ``bench/results/selection_frontier.json`` and the
   benchmarks page of the docs.
 - :func:`select_for`: :func:`select` with the settings of a stage-2 config (every entry point).
@@ -118,29 +118,28 @@ def select(
     if not candidates:
         raise ValueError("no candidate to select from (the run reported no epoch)")
     order = {id(c): i for i, c in enumerate(candidates)}
-    if all(c.paired is not None for c in candidates):
-        level = confidence
-        eligible = certified(candidates, level, tolerance, relative_tolerance)
+    paired = all(c.paired is not None for c in candidates)
+    if paired:
+        eligible = certified(candidates, confidence, tolerance, relative_tolerance)
         fallback = lambda: min(  # noqa: E731
             candidates,
             key=lambda c: (
                 not keeps_its_unpruned_accuracy(
                     c, effective_tolerance(tolerance, relative_tolerance, c.paired.reference_error_rate)
                 ),
-                paired_bound(c, level),
+                paired_bound(c, confidence),
                 -c.dev_flops_speedup,
                 order[id(c)],
             ),
         )
     else:
-        level = None
         eligible = [c for c in candidates if within_tolerance(c, reference, tolerance)]
         fallback = lambda: max(candidates, key=lambda c: (c.dev_accuracy, -order[id(c)]))  # noqa: E731
     if eligible:
         chosen = max(eligible, key=lambda c: (c.dev_flops_speedup, c.dev_accuracy, -order[id(c)]))
     else:
         chosen = fallback()
-    return Selection(chosen, bool(eligible), pareto_front(candidates), level)
+    return Selection(chosen, bool(eligible), pareto_front(candidates), confidence if paired else None)
 
 
 def select_for(candidates: Sequence[Candidate], reference: float, stage2: Stage2Config) -> Selection:

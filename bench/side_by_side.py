@@ -47,18 +47,17 @@ def predictor(directory: Path, batch_size: int, max_length: int | None, removal:
     )
 
 
-def ways(model: Predictor) -> dict:
-    """The two ways of running a predictor's batches, as timed passes over texts."""
+def way(model: Predictor, side_by_side: bool):
+    """A timed pass of ``model`` over texts with its small batches side by side, or one at a time."""
 
-    def one_at_a_time(texts: list[str]) -> TimedPredict:
-        model.model.side_by_side = False
+    def run(texts: list[str]) -> TimedPredict:
+        model.model.side_by_side = side_by_side
         return timed_predict(model, texts)
 
-    def side_by_side(texts: list[str]) -> TimedPredict:
-        model.model.side_by_side = True
-        return timed_predict(model, texts)
+    return run
 
-    return {"one_at_a_time": one_at_a_time, "side_by_side": side_by_side}
+
+WAYS = {"one_at_a_time": False, "side_by_side": True}
 
 
 def main() -> None:
@@ -91,9 +90,9 @@ def main() -> None:
                 for _, batch in sorted_batches(backbone.model.tokenizer, texts, None, batch_size, length)
             ]
             passes = {
-                (side, way): timed
+                (side, name): way(pred, on)
                 for side, pred in (("model", model), ("backbone", backbone))
-                for way, timed in ways(pred).items()
+                for name, on in WAYS.items()
             }
             timed = interleaved(passes, texts, args.repeats)
             record = {
